@@ -1,0 +1,1 @@
+"""Conformance: fixed inputs, float64 golden logits, tolerances, per-port tests, the matrix."""

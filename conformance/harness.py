@@ -1,0 +1,112 @@
+"""Comparison of logits against an expected array, with a report that says how much.
+
+``compare(actual, expected, atol, rtol)`` returns an :class:`Agreement`;
+``assert_agrees`` raises ``AssertionError`` carrying its report, in the spirit of
+``numpy.testing.assert_allclose``::
+
+    Logits of torch float32 on 1_0-p1-none at 227 disagree with the golden
+    (atol=0.0001, rtol=0):
+    Mismatched elements: 3 / 8000 (0.0375%)
+    Worst index: (5, 412)  actual 3.21004  expected 3.20981
+    Max absolute difference: 0.00023
+    Max relative difference: 7.2e-05
+    Top-5 agreement: 8 / 8 images
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TOLERANCES = Path(__file__).with_name("tolerances.toml")
+RESULTS = Path(os.environ.get("SQUEEZENET_RESULTS", ROOT / "build" / "conformance"))
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class Agreement:
+    max_abs: float
+    max_rel: float
+    mismatches: int
+    total: int
+    worst_index: tuple
+    worst_actual: float
+    worst_expected: float
+    top5_agree: int
+    images: int
+    atol: float
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0 and self.top5_agree == self.images
+
+    def report(self) -> str:
+        pct = 100.0 * self.mismatches / max(self.total, 1)
+        return "\n".join([
+            f"Mismatched elements: {self.mismatches} / {self.total} ({pct:.4g}%)",
+            f"Worst index: {self.worst_index}  actual {self.worst_actual:.9g}"
+            f"  expected {self.worst_expected:.9g}",
+            f"Max absolute difference: {self.max_abs:.3g}",
+            f"Max relative difference: {self.max_rel:.3g}",
+            f"Top-5 agreement: {self.top5_agree} / {self.images} images",
+        ])
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["worst_index"] = list(d["worst_index"])
+        d["ok"] = self.ok
+        return d
+
+
+def tolerance(port: str, dtype: str, fixture: str | None = None) -> tuple[float, float]:
+    """(atol, rtol) from the tolerance table."""
+    table = tomllib.loads(TOLERANCES.read_text())
+    for section in ((table.get("fixture", {}).get(fixture, {}) if fixture else {}),
+                    table.get(port, {}), table["default"]):
+        if dtype in section:
+            return float(section[dtype]["atol"]), float(section[dtype]["rtol"])
+    raise KeyError(f"no tolerance for {port} {dtype}")
+
+
+def top5_agrees(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray) -> bool:
+    """Ranked top-5 of ``actual`` equals that of ``expected`` up to swaps between classes
+    whose expected logits are within ``bound`` of each other (a tie at this precision)."""
+    exp_top = np.argsort(-expected, kind="stable")[:5]
+    act_top = np.argsort(-actual, kind="stable")[:5]
+    return bool(np.all(np.abs(expected[act_top] - expected[exp_top]) <= 2 * bound[exp_top]))
+
+
+def compare(actual, expected, atol: float, rtol: float) -> Agreement:
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {actual.shape}, expected {expected.shape}")
+    diff = np.abs(actual - expected)
+    bound = atol + rtol * np.abs(expected)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(expected != 0, diff / np.abs(expected), np.where(diff == 0, 0.0, np.inf))
+    worst = np.unravel_index(int(np.argmax(diff - bound)), diff.shape)
+    agree = sum(top5_agrees(a, e, b) for a, e, b in zip(actual, expected, bound))
+    return Agreement(
+        max_abs=float(diff.max()), max_rel=float(rel.max()),
+        mismatches=int((diff > bound).sum() + (~np.isfinite(actual)).sum()), total=diff.size,
+        worst_index=tuple(int(i) for i in worst), worst_actual=float(actual[worst]),
+        worst_expected=float(expected[worst]), top5_agree=int(agree), images=len(actual),
+        atol=atol, rtol=rtol)
+
+
+def assert_agrees(actual, expected, atol: float, rtol: float, what: str) -> Agreement:
+    a = compare(actual, expected, atol, rtol)
+    if not a.ok:
+        raise AssertionError(f"{what} disagree (atol={atol:g}, rtol={rtol:g}):\n{a.report()}")
+    return a

@@ -1,0 +1,51 @@
+"""The conformance test suite every port's test module instantiates.
+
+    class TestTorch(PortSuite):
+        port = "torch"
+
+Each golden case (variant x input size x dtype) and each real-weights fixture is one test;
+results are recorded and written to ``build/conformance/<port>.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import collect
+from .fixtures import SharedDataMissing, require_shared
+
+_records: dict[str, tuple[list, dict]] = {}
+
+
+def _store(port, case, agreement, logits, extra, error=None):
+    recs, arrays = _records.setdefault(port, ([], {}))
+    recs.append(collect.record(port, case, agreement, extra, error))
+    if logits is not None:
+        arrays[case.id] = logits.astype("float32")
+
+
+def flush() -> None:
+    for port, (recs, arrays) in _records.items():
+        collect.save(port, recs, arrays)
+
+
+class PortSuite:
+    port: str = ""
+
+    def test_case(self, case: collect.Case) -> None:
+        try:
+            agreement, logits, extra = collect.evaluate(self.port, case)
+        except SharedDataMissing as e:
+            if require_shared():
+                raise AssertionError(f"SQUEEZENET_REQUIRE_SHARED=1 but {e}") from None
+            pytest.skip(str(e))
+        except Exception as e:
+            _store(self.port, case, None, None, {}, f"{type(e).__name__}: {e}")
+            raise
+        _store(self.port, case, agreement, logits, extra)
+        what = f"Logits of {self.port} {case.dtype} on {case.name}" + \
+            (f" at {case.size}" if case.size else "")
+        assert agreement.ok, (f"{what} disagree (atol={agreement.atol:g}, "
+                              f"rtol={agreement.rtol:g}):\n{agreement.report()}")
+        if case.kind == "fixture" and "top1_ok" in extra:
+            assert extra["top1_ok"], f"{what}: top-5 per image {extra['top5']}"

@@ -1,0 +1,29 @@
+"""The only module that transposes weights or activations between layouts.
+
+Canonical layouts: convolution weights OIHW, activations NCHW.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+    """Convolution kernel for Keras / Flax / TensorFlow."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # [O,I,H,W] -> [H,W,I,O]
+
+
+def hwio_to_oihw(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))  # [H,W,I,O] -> [O,I,H,W]
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # [N,C,H,W] -> [N,H,W,C]
+
+
+def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # [N,H,W,C] -> [N,C,H,W]
+
+
+def hwc_to_chw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # [H,W,C] -> [C,H,W]

@@ -1,0 +1,119 @@
+"""The float64 NumPy reference: the oracle every other port is compared to.
+
+Written for clarity, not speed.  NCHW activations, OIHW weights, ceil-mode max pooling.
+
+    >>> from ports import numpy as ref
+    >>> model = ref.load("w.safetensors")
+    >>> logits = ref.predict(model, x)            # x: [N, 3, H, W] -> [N, num_classes]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .. import spec as S
+from ..canonical import Weights, check
+from ..spec import Variant
+from .._predict import as_input
+
+__all__ = ["SqueezeNet", "load", "predict", "forward"]
+
+
+@dataclass
+class SqueezeNetModel:
+    """A variant plus its parameters, float64 by default."""
+
+    variant: Variant
+    params: dict[str, np.ndarray]
+    dtype: np.dtype = np.dtype(np.float64)
+
+    def load_weights(self, weights: Weights) -> "SqueezeNetModel":
+        check(weights, self.variant)
+        self.params = {k: v.astype(self.dtype) for k, v in weights.tensors.items()}
+        return self
+
+
+def SqueezeNet(version: str = "1_1", num_classes: int = 1000, final_conv_padding: int = 0,
+               bypass: str = "none", dtype="float64") -> SqueezeNetModel:
+    """A reference model with zero parameters (load weights with ``load_weights``)."""
+    v = Variant(version, num_classes, final_conv_padding, bypass)
+    dt = np.dtype(dtype)
+    return SqueezeNetModel(v, {k: np.zeros(s, dt) for k, s in v.params().items()}, dt)
+
+
+def load(source, dtype="float64") -> SqueezeNetModel:
+    """Model from a weights file (any supported format) or :class:`Weights`."""
+    from ..formats import read
+
+    weights = source if isinstance(source, Weights) else read(source)
+    v = weights.variant
+    return SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass,
+                      dtype).load_weights(weights)
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """[N,C,H,W] (*) [O,C,k,k] + [O] -> [N,O,H',W'] by explicit im2col and one matmul."""
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    k = w.shape[-1]
+    windows = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    n, c, ho, wo = windows.shape[:4]
+    cols = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * k * k)
+    out = cols @ w.reshape(w.shape[0], -1).T + b
+    return out.reshape(n, ho, wo, -1).transpose(0, 3, 1, 2)
+
+
+def max_pool_ceil(x: np.ndarray, pool: S.MaxPool) -> np.ndarray:
+    """Max pool whose output size rounds up: the last windows may overhang bottom/right,
+    and overhanging cells never win (padded with -inf)."""
+    extra = pool.ceil_extra(x.shape[2]), pool.ceil_extra(x.shape[3])
+    x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])), constant_values=-np.inf)
+    windows = sliding_window_view(x, (pool.kernel, pool.kernel), axis=(2, 3))
+    return windows[:, :, ::pool.stride, ::pool.stride].max(axis=(4, 5))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def forward(model: SqueezeNetModel, x: np.ndarray) -> np.ndarray:
+    """[N,3,H,W] -> logits [N, num_classes] (ReLU'd conv10 scores, averaged)."""
+    p = model.params
+
+    def conv(c: S.Conv, h: np.ndarray) -> np.ndarray:
+        return conv2d(h, p[f"{c.name}.weight"], p[f"{c.name}.bias"], c.stride, c.padding)
+
+    h = x.astype(model.dtype)
+    for layer in model.variant.layers():
+        if isinstance(layer, S.Conv):
+            h = conv(layer, h)
+        elif isinstance(layer, S.ReLU):
+            h = relu(h)
+        elif isinstance(layer, S.MaxPool):
+            h = max_pool_ceil(h, layer)
+        elif isinstance(layer, S.Fire):
+            s = relu(conv(layer.squeeze, h))
+            out = np.concatenate([relu(conv(layer.expand1x1, s)),
+                                  relu(conv(layer.expand3x3, s))], axis=1)
+            if layer.bypass == "identity":
+                out = out + h
+            elif layer.bypass == "conv":
+                out = out + conv(layer.bypass_conv, h)
+            h = out
+        elif isinstance(layer, S.Dropout):
+            pass
+        elif isinstance(layer, S.GlobalAvgPool):
+            h = h.mean(axis=(2, 3))
+        else:  # pragma: no cover - the spec has no other layer kinds
+            raise TypeError(f"unknown layer {layer!r}")
+    return h
+
+
+def predict(model: SqueezeNetModel, x, batch_size: int = 8) -> np.ndarray:
+    """Canonical NCHW input -> logits [N, num_classes] as ``model.dtype``."""
+    x = as_input(x, model.variant)
+    return np.concatenate([forward(model, x[i:i + batch_size])
+                           for i in range(0, len(x), batch_size)], axis=0)
