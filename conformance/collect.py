@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def cases(port: str) -> list[Case]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(port: str):
     return PORTS[port].import_module()
 

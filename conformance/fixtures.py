@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -52,8 +52,8 @@ class Fixture:
     weights: Callable[[], Weights]
     inputs: Callable[[], np.ndarray]
     expected: Callable[[], np.ndarray]
-    tolerance: Optional[str] = None
-    top1: Optional[list[int]] = None
+    tolerance: str | None = None
+    top1: list[int] | None = None
     top3_contains: dict = field(default_factory=dict)  # image index -> classes in top 3
 
 

@@ -107,7 +107,8 @@ def table(records: list[dict]) -> str:
         lines.append("real-weights fixtures (max abs / max rel / top-5 / top-1):")
         for r in fixtures:
             if r.get("error"):
-                lines.append(f"  {r['port']:<12} {r['dtype']:<8} {r['name']:<28} ERROR {r['error']}")
+                lines.append(f"  {r['port']:<12} {r['dtype']:<8} {r['name']:<28} "
+                             f"ERROR {r['error']}")
                 continue
             top1 = {True: "ok", False: "WRONG"}.get(r.get("top1_ok"), "-")
             lines.append(f"  {r['port']:<12} {r['dtype']:<8} {r['name']:<28} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, BinaryIO, Union
+from typing import BinaryIO, Callable, Union
 
 PathLike = Union[str, os.PathLike]
 

@@ -18,7 +18,7 @@ Metadata (all values strings):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
@@ -63,8 +63,8 @@ def make(tensors: Mapping[str, np.ndarray], variant: Variant, *, preprocessing: 
     return weights
 
 
-def check(weights: Weights, expected: Optional[Variant] = None, *, path=None,
-          format: Optional[str] = None) -> Weights:
+def check(weights: Weights, expected: Variant | None = None, *, path=None,
+          format: str | None = None) -> Weights:
     """Strict validation against the spec; returns ``weights``.
 
     Raises one :class:`WeightsError` listing every missing, unexpected and mis-shaped

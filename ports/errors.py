@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Union
 
 
 class WeightsError(ValueError):
@@ -14,7 +14,7 @@ class WeightsError(ValueError):
     """
 
     def __init__(self, reason: str, *, path: Union[str, os.PathLike, None] = None,
-                 format: Optional[str] = None) -> None:
+                 format: str | None = None) -> None:
         self.path = os.fspath(path) if path is not None else None
         self.format = format
         self.reason = reason

@@ -44,31 +44,59 @@ def _as_rgb255(image) -> np.ndarray:
     return img.astype(np.float64) * 255.0
 
 
-def _resize_matrix(src: int, dst: int, antialias: bool) -> np.ndarray:
-    """[dst, src] weights of a triangle (bilinear) filter with half-pixel centres."""
+# Pillow's fixed-point precision for 8-bit images (libImaging/Resample.c).
+_PRECISION_BITS = 32 - 8 - 2
+
+
+def _bilinear_coefficients(src: int, dst: int) -> np.ndarray:
+    """``[dst, src]`` fixed-point weights of Pillow's ``BILINEAR`` resampling.
+
+    Pillow's triangle filter is widened by the scale factor when shrinking (antialiasing),
+    sampled at half-pixel centres, normalised per output pixel in double precision, then
+    rounded to integers of ``_PRECISION_BITS`` fractional bits.  Replicated step by step
+    (same formulas, same order of floating-point operations) so results are bit-exact.
+    """
     scale = src / dst
-    support = max(scale, 1.0) if antialias else 1.0
-    centres = (np.arange(dst) + 0.5) * scale - 0.5
-    taps = np.arange(src)
-    w = np.maximum(0.0, 1.0 - np.abs(taps[None, :] - centres[:, None]) / support)
-    if not antialias:
-        # Edge clamping (OpenCV INTER_LINEAR): mass that falls outside goes to the border.
-        lo = np.clip(np.floor(centres).astype(int), 0, src - 1)
-        frac = np.clip(centres - np.floor(centres), 0, 1)
-        w = np.zeros((dst, src))
-        hi = np.clip(np.floor(centres).astype(int) + 1, 0, src - 1)
-        rows = np.arange(dst)
-        np.add.at(w, (rows, lo), 1 - frac)
-        np.add.at(w, (rows, hi), frac)
-    return w / w.sum(axis=1, keepdims=True)
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # the bilinear filter's support is 1
+    inv = 1.0 / filterscale
+    out = np.zeros((dst, src), dtype=np.float64)
+    for i in range(dst):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), src)
+        taps = [max(0.0, 1.0 - abs((x - centre + 0.5) * inv)) for x in range(lo, hi)]
+        total = 0.0
+        for t in taps:  # sequential, like Pillow (numpy's pairwise sum may round differently)
+            total += t
+        for j, t in enumerate(taps):
+            w = t / total if total != 0.0 else t
+            out[i, lo + j] = int(w * (1 << _PRECISION_BITS) + (0.5 if w >= 0 else -0.5))
+    return out
 
 
-def resize(img: np.ndarray, height: int, width: int, antialias: bool = False) -> np.ndarray:
-    """Bilinear resize of ``[H, W, C]`` float values, result rounded to integers 0-255."""
-    rows = _resize_matrix(img.shape[0], height, antialias)
-    cols = _resize_matrix(img.shape[1], width, antialias)
-    out = np.einsum("yh,hwc,xw->yxc", rows, img, cols, optimize=True)
-    return np.clip(np.rint(out), 0, 255)
+def _resample_rows(img: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """One Pillow pass along axis 0 of an ``[H, W, C]`` integer-valued array -> 8-bit values.
+
+    Every product and sum is an integer below 2**53, so float64 arithmetic is exact."""
+    acc = np.einsum("yh,hwc->ywc", coeffs, img, optimize=True) + (1 << (_PRECISION_BITS - 1))
+    return np.clip(np.floor(acc / (1 << _PRECISION_BITS)), 0, 255)
+
+
+def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an ``[H, W, C]`` 0-255 image, exactly as Pillow's
+    ``Image.resize((width, height), Image.BILINEAR)`` on an 8-bit image: antialiased when
+    shrinking, horizontal pass then vertical pass, each rounded to 8 bits.
+
+    Non-integer inputs are rounded to 8-bit first.  Returns float64 integers 0-255.
+    """
+    img = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255)
+    if img.shape[1] != width:  # horizontal pass first, as Pillow does
+        img = _resample_rows(img.transpose(1, 0, 2),
+                             _bilinear_coefficients(img.shape[1], width)).transpose(1, 0, 2)
+    if img.shape[0] != height:
+        img = _resample_rows(img, _bilinear_coefficients(img.shape[0], height))
+    return np.ascontiguousarray(img)
 
 
 def _centre_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -95,8 +123,12 @@ def preprocess(image, mode: str) -> np.ndarray:
         return hwc_to_chw(bgr)[None].astype(np.float32)
     h, w = img.shape[:2]
     short = 256
-    nh, nw = (short, max(1, round(w * short / h))) if h <= w else (max(1, round(h * short / w)), short)
-    img = _centre_crop(resize(img, nh, nw, antialias=True), INPUT_SIZE["torchvision"]) / 255.0
+    # torchvision.transforms.Resize(256): the long side is truncated, not rounded.
+    if h <= w:
+        nh, nw = short, max(1, int(short * w / h))
+    else:
+        nh, nw = max(1, int(short * h / w)), short
+    img = _centre_crop(resize(img, nh, nw), INPUT_SIZE["torchvision"]) / 255.0
     img = (img - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     return hwc_to_chw(img)[None].astype(np.float32)
 

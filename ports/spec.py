@@ -198,7 +198,8 @@ class Variant:
             )
         if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) \
                 or not 1 <= self.num_classes <= 1_000_000:
-            raise ValueError(f"num_classes: expected an int in 1..1000000, got {self.num_classes!r}")
+            raise ValueError(
+                f"num_classes: expected an int in 1..1000000, got {self.num_classes!r}")
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -208,7 +209,7 @@ class Variant:
         return base if self.num_classes == 1000 else f"{base}-c{self.num_classes}"
 
     @classmethod
-    def from_id(cls, ident: str) -> "Variant":
+    def from_id(cls, ident: str) -> Variant:
         parts = ident.split("-")
         if len(parts) not in (3, 4) or not parts[1].startswith("p"):
             raise ValueError(f"variant id: expected 'VERSION-pPAD-BYPASS[-cN]', got {ident!r}")
@@ -225,7 +226,7 @@ class Variant:
         }
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Variant":
+    def from_meta(cls, meta: dict) -> Variant:
         try:
             return cls(
                 str(meta["variant"]),

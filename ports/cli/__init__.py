@@ -7,14 +7,14 @@ problem on stderr and exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from ..errors import WeightsError
 
 EXIT_BAD_INPUT = 2
 
 
-def run(main: Callable[[list[str]], int], argv: Optional[Sequence[str]] = None,
+def run(main: Callable[[list[str]], int], argv: Sequence[str] | None = None,
         prog: str = "") -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args

@@ -17,7 +17,6 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
 
 from ..canonical import Weights, check
 from ..errors import WeightsError
@@ -59,8 +58,8 @@ def detect(path: os.PathLike | str) -> str:
     return best
 
 
-def read(path: os.PathLike | str, format: Optional[str] = None, *,
-         variant: Optional[Variant] = None) -> Weights:
+def read(path: os.PathLike | str, format: str | None = None, *,
+         variant: Variant | None = None) -> Weights:
     """Read any supported file into checked canonical :class:`Weights`."""
     name = format or detect(path)
     if not Path(path).is_file():
@@ -69,7 +68,7 @@ def read(path: os.PathLike | str, format: Optional[str] = None, *,
     return check(weights, variant, path=path, format=name)
 
 
-def write(weights: Weights, path: os.PathLike | str, format: Optional[str] = None, *,
+def write(weights: Weights, path: os.PathLike | str, format: str | None = None, *,
           overwrite: bool = True) -> list[Path]:
     """Write checked ``weights`` to ``path``; returns every file written."""
     name = format or detect(path)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -32,7 +30,7 @@ MAX_HEADER = 16 * 1024 * 1024
 _DTYPES = {"F32": np.dtype("<f4")}
 
 
-def read(path, *, variant: Optional[Variant] = None) -> Weights:
+def read(path, *, variant: Variant | None = None) -> Weights:
     with open(path, "rb") as f:
         blob = f.read()
     return decode(blob, path=path)

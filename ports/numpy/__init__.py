@@ -15,9 +15,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import spec as S
+from .._predict import as_input
 from ..canonical import Weights, check
 from ..spec import Variant
-from .._predict import as_input
 
 __all__ = ["SqueezeNet", "load", "predict", "forward"]
 
@@ -30,7 +30,7 @@ class SqueezeNetModel:
     params: dict[str, np.ndarray]
     dtype: np.dtype = np.dtype(np.float64)
 
-    def load_weights(self, weights: Weights) -> "SqueezeNetModel":
+    def load_weights(self, weights: Weights) -> SqueezeNetModel:
         check(weights, self.variant)
         self.params = {k: v.astype(self.dtype) for k, v in weights.tensors.items()}
         return self

@@ -87,7 +87,7 @@ class SqueezeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N,3,H,W] -> [N, classes]
         return torch.flatten(self.classifier(self.features(x)), 1)
 
-    def load_weights(self, weights: Weights) -> "SqueezeNet":
+    def load_weights(self, weights: Weights) -> SqueezeNet:
         """Copy canonical weights in (strict: every name and shape checked first)."""
         check(weights, self.variant)
         table = key_table(self.variant)

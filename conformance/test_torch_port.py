@@ -1,0 +1,88 @@
+"""PyTorch port specifics: torchvision key names, strict loading, dtypes."""
+
+import numpy as np
+import pytest
+import torch
+
+from conformance import golden
+from conformance.inputs import inputs
+from ports import torch as tport
+from ports.canonical import Weights
+from ports.errors import WeightsError
+from ports.formats.torch import key_table
+from ports.seeded import seeded_weights
+from ports.spec import Variant
+
+
+def torchvision_keys(version):
+    """torchvision.models.squeezenet's state_dict keys, written out by hand."""
+    fires = {"1_0": (3, 4, 5, 7, 8, 9, 10, 12), "1_1": (3, 4, 6, 7, 9, 10, 11, 12)}[version]
+    keys = ["features.0.weight", "features.0.bias"]
+    for i in fires:
+        for conv in ("squeeze", "expand1x1", "expand3x3"):
+            keys += [f"features.{i}.{conv}.weight", f"features.{i}.{conv}.bias"]
+    return keys + ["classifier.1.weight", "classifier.1.bias"]
+
+
+@pytest.mark.parametrize("version", ["1_0", "1_1"])
+def test_state_dict_keys_equal_torchvisions(version):
+    model = tport.SqueezeNet(version)
+    assert list(model.state_dict()) == torchvision_keys(version)
+    assert sorted(key_table(Variant(version)).values()) == sorted(torchvision_keys(version))
+
+
+def test_complex_bypass_conv_lives_inside_its_fire_module():
+    model = tport.SqueezeNet("1_0", bypass="complex")
+    table = key_table(model.variant)
+    assert table["fire2.bypass.weight"] == "features.3.bypass.weight"
+    assert tuple(model.state_dict()["features.3.bypass.weight"].shape) == (128, 96, 1, 1)
+
+
+def test_a_torchvision_state_dict_loads_as_is_and_matches_the_golden():
+    variant = Variant("1_1")
+    w = seeded_weights(variant)
+    state = {key_table(variant)[k]: torch.from_numpy(v) for k, v in w.tensors.items()}
+    model = tport.SqueezeNet("1_1")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    got = tport.predict(model, inputs(224))
+    expected = golden.load(variant.id, 224)
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_float64_model_computes_in_float64():
+    model = tport.load(seeded_weights(Variant("1_0")), dtype="float64")
+    assert next(model.parameters()).dtype == torch.float64
+    out = tport.predict(model, inputs(227)[:2])
+    assert out.dtype == np.float64
+    assert np.abs(out - golden.load("1_0-p0-none", 227)[:2]).max() <= 1e-10
+
+
+def test_final_conv_padding_changes_the_logits_by_the_known_border_formula():
+    # On a 13x13 map, pad 1 averages 169 real cells and 56 border cells equal to relu(bias).
+    w0 = seeded_weights(Variant("1_0"))
+    w1 = Weights(dict(w0.tensors), {**w0.meta, "final_conv_padding": "1"})
+    x = inputs(227)[:2]
+    l0 = tport.predict(tport.load(w0, dtype="float64"), x)
+    l1 = tport.predict(tport.load(w1, dtype="float64"), x)
+    b = np.maximum(w0["conv10.bias"].astype(np.float64), 0)
+    np.testing.assert_allclose(l1, (169 * l0 + 56 * b) / 225, rtol=0, atol=1e-12)
+
+
+def test_to_weights_round_trips():
+    w = seeded_weights(Variant("1_1", bypass="complex"))
+    back = tport.to_weights(tport.load(w))
+    assert all(np.array_equal(back[k], w[k]) for k in w.tensors)
+
+
+def test_loading_the_wrong_variant_names_the_tensor_and_both_shapes():
+    model = tport.SqueezeNet("1_1")
+    with pytest.raises(WeightsError) as e:
+        model.load_weights(seeded_weights(Variant("1_0")))
+    assert "conv1.weight: expected shape [64, 3, 3, 3], got [96, 3, 7, 7]" in str(e.value)
+
+
+def test_predict_rejects_nhwc_input():
+    model = tport.load(seeded_weights(Variant("1_1")))
+    with pytest.raises(ValueError, match="NHWC"):
+        tport.predict(model, np.zeros((1, 224, 224, 3), np.float32))
