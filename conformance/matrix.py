@@ -29,7 +29,11 @@ _TOX_VARS = ("TOX_ENV_NAME", "TOX_ENV_DIR", "TOX_WORK_DIR", "TOX_PACKAGE", "VIRT
              "PYTHONHOME", "TOX_PARALLEL_ENV")
 
 
-def run_port(port: str, log=print) -> tuple[bool, str]:
+def _log(*args, **kwargs) -> None:
+    print(*args, **kwargs, flush=True)
+
+
+def run_port(port: str, log=_log) -> tuple[bool, str]:
     env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
     # Drop this environment's bin directory from PATH so the inner tox picks each env's own.
     venv = os.environ.get("VIRTUAL_ENV")
@@ -82,25 +86,27 @@ def cross(logits: dict) -> dict[str, dict[str, float]]:
 
 
 def table(records: list[dict]) -> str:
-    golden = [r for r in records if r["kind"] == "golden"]
-    cols = sorted({(r["name"], r["size"]) for r in golden})
-    rows = sorted({(r["port"], r["dtype"]) for r in records})
-    width = 12
-    head = f"{'port / dtype':<22}" + "".join(f"{n[:9] + '@' + str(s):>{width}}" for n, s in cols)
-    lines = [head]
-    for port, dtype in rows:
+    """Rows: variant @ input size; columns: port / dtype; cells: max abs diff vs golden
+    (``!`` marks a disagreement, ``ERR`` a port that failed)."""
+    golden = {(r["port"], r["dtype"], r["name"], r["size"]): r
+              for r in records if r["kind"] == "golden"}
+    rows = sorted({(k[2], k[3]) for k in golden})
+    cols = sorted({(k[0], k[1]) for k in golden},
+                  key=lambda c: (list(PORTS).index(c[0]) if c[0] in PORTS else 99, c[1]))
+    width = 10
+    lines = [f"{'variant @ size':<22}" + "".join(f"{p[:width - 1]:>{width}}" for p, _ in cols),
+             f"{'':<22}" + "".join(f"{d:>{width}}" for _, d in cols)]
+    for name, size in rows:
         cells = []
-        for name, size in cols:
-            r = next((r for r in golden if (r["port"], r["dtype"], r["name"], r["size"])
-                      == (port, dtype, name, size)), None)
+        for port, dtype in cols:
+            r = golden.get((port, dtype, name, size))
             if r is None:
                 cells.append(f"{'-':>{width}}")
             elif r.get("error"):
-                cells.append(f"{'ERROR':>{width}}")
+                cells.append(f"{'ERR':>{width}}")
             else:
-                mark = "" if r["ok"] else "!"
-                cells.append(f"{r['max_abs']:>{width - 1}.1e}{mark or ' '}")
-        lines.append(f"{port + ' ' + dtype:<22}" + "".join(cells))
+                cells.append(f"{r['max_abs']:>{width - 1}.1e}{' ' if r['ok'] else '!'}")
+        lines.append(f"{name + ' @' + str(size):<22}" + "".join(cells))
     fixtures = [r for r in records if r["kind"] == "fixture"]
     if fixtures:
         lines.append("")
@@ -124,9 +130,10 @@ def plot(records: list[dict], crossed: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    golden = [r for r in records if r["kind"] == "golden" and not r.get("error")]
-    cols = sorted({(r["name"], r["size"]) for r in golden})
-    rows = sorted({(r["port"], r["dtype"]) for r in golden})
+    golden = [r for r in records if not r.get("error")]
+    cols = sorted({(r["name"], r["size"]) for r in golden}, key=lambda c: (c[1] == 0, c))
+    rows = sorted({(r["port"], r["dtype"]) for r in golden},
+                  key=lambda c: (list(PORTS).index(c[0]) if c[0] in PORTS else 99, c[1]))
     grid = np.full((len(rows), len(cols)), np.nan)
     for r in golden:
         grid[rows.index((r["port"], r["dtype"])), cols.index((r["name"], r["size"]))] = \
@@ -138,19 +145,22 @@ def plot(records: list[dict], crossed: dict, path) -> None:
                                                   2 + 0.35 * max(len(rows), len(ports))),
                                    gridspec_kw={"width_ratios": [len(cols), max(len(ports), 1)]})
     im = ax1.imshow(grid, cmap="viridis", vmin=-16, vmax=-2, aspect="auto")
-    ax1.set_xticks(range(len(cols)), [f"{n} @{s}" for n, s in cols], rotation=90, fontsize=7)
+    ax1.set_xticks(range(len(cols)), [f"{n} @{s}" if s else f"{n} (real)" for n, s in cols],
+                   rotation=90, fontsize=7)
     ax1.set_yticks(range(len(rows)), [f"{p} {d}" for p, d in rows], fontsize=8)
-    ax1.set_title("log10 max |port - float64 golden|")
+    ax1.set_title("log10 max |port - expected logits| (float64 golden; real Caffe for 'real')")
     for (i, j), v in np.ndenumerate(grid):
         if np.isfinite(v):
-            ax1.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w")
+            ax1.text(j, i, "0" if v <= -17 else f"{v:.0f}", ha="center", va="center",
+                     fontsize=6, color="w")
     ax2.imshow(cgrid, cmap="viridis", vmin=-16, vmax=-2)
     ax2.set_xticks(range(len(ports)), ports, rotation=90, fontsize=8)
     ax2.set_yticks(range(len(ports)), ports, fontsize=8)
     ax2.set_title("log10 max |port A - port B|")
     for (i, j), v in np.ndenumerate(cgrid):
         if np.isfinite(v):
-            ax2.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w")
+            ax2.text(j, i, "0" if v <= -17 else f"{v:.0f}", ha="center", va="center",
+                     fontsize=6, color="w")
     fig.colorbar(im, ax=[ax1, ax2], shrink=0.8)
     tmp = str(path) + ".part.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -170,7 +180,7 @@ def main(argv=None) -> int:
     failed = {}
     if not args.no_run:
         for i, port in enumerate(ports, 1):
-            print(f"[{i}/{len(ports)}]", end=" ")
+            print(f"[{i}/{len(ports)}]", end=" ", flush=True)
             ok, tail = run_port(port)
             if not ok:
                 failed[port] = tail
