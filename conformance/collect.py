@@ -86,7 +86,10 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
         fx = _fixture(case.name)
         extra["top5"] = np.argsort(-logits, axis=1)[:, :5].tolist()
         if fx.top1 is not None:
-            extra["top1_ok"] = extra["top5"] and [t[0] for t in extra["top5"]] == fx.top1
+            extra["top1_ok"] = [t[0] for t in extra["top5"]] == fx.top1
+        if fx.top3_contains:
+            extra["top3_ok"] = all(set(classes) <= set(extra["top5"][int(i)][:3])
+                                   for i, classes in fx.top3_contains.items())
     return agreement, logits, extra
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -57,4 +58,46 @@ class Fixture:
     top3_contains: dict = field(default_factory=dict)  # image index -> classes in top 3
 
 
-FIXTURES: list[Fixture] = []
+# --- real Caffe's own logits ---------------------------------------------------------------
+# ``weights/caffe-real/*.caffe_logits.npz``: ``x`` [N,3,227,227] float32 (Caffe preprocessing:
+# BGR, 0-255 minus (104, 117, 123)), ``logits`` [N,1000] float32: real Caffe's ``pool10``.
+CAFFE_REAL = "weights/caffe-real"
+DC_NET = "weights/deep-compression/compressed_SqueezeNet.net"
+
+
+@lru_cache(maxsize=4)
+def _npz(relative: str) -> dict[str, np.ndarray]:
+    with np.load(shared(relative)) as data:
+        return {k: data[k] for k in data.files}
+
+
+@lru_cache(maxsize=2)
+def _deep_compression_weights() -> Weights:
+    """The Deep Compression v1.0 release decoded from its ``.net`` (not from Caffe's file)."""
+    from ports.formats import deepcompression
+
+    return deepcompression.read(shared(DC_NET))
+
+
+@lru_cache(maxsize=2)
+def _caffe_weights(relative: str) -> Weights:
+    from ports.formats import caffe
+
+    return caffe.read(shared(relative))
+
+
+def _caffe_real(name: str, stem: str, weights: Callable[[], Weights], **classes) -> Fixture:
+    npz = f"{CAFFE_REAL}/{stem}.caffe_logits.npz"
+    return Fixture(name, weights, lambda: _npz(npz)["x"], lambda: _npz(npz)["logits"],
+                   tolerance="caffe-real", **classes)
+
+
+FIXTURES: list[Fixture] = [
+    # Real ImageNet weights: chelsea (a cat: 285 Egyptian cat, 281 tabby / 282 tiger cat in
+    # the top 3) and coffee (967 espresso), as real Caffe classified them.
+    _caffe_real("caffe-real-v1_0", "squeezenet_v1.0_deep_compression",
+                _deep_compression_weights, top1=[285, 967], top3_contains={0: [281, 282]}),
+    # Seeded v1.1 weights saved by real Caffe: at 227 its ceil-mode pooling changes the grid.
+    _caffe_real("caffe-real-v1_1", "squeezenet_v1.1_seeded",
+                lambda: _caffe_weights(f"{CAFFE_REAL}/squeezenet_v1.1_seeded.caffemodel")),
+]

@@ -116,7 +116,8 @@ def table(records: list[dict]) -> str:
                 lines.append(f"  {r['port']:<12} {r['dtype']:<8} {r['name']:<28} "
                              f"ERROR {r['error']}")
                 continue
-            top1 = {True: "ok", False: "WRONG"}.get(r.get("top1_ok"), "-")
+            classes = [r[k] for k in ("top1_ok", "top3_ok") if k in r]
+            top1 = "-" if not classes else ("ok" if all(classes) else "WRONG")
             lines.append(f"  {r['port']:<12} {r['dtype']:<8} {r['name']:<28} "
                          f"{r['max_abs']:.2e} / {r['max_rel']:.2e} / "
                          f"{r['top5_agree']}/{r['images']} / {top1}"

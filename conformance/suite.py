@@ -47,5 +47,6 @@ class PortSuite:
             (f" at {case.size}" if case.size else "")
         assert agreement.ok, (f"{what} disagree (atol={agreement.atol:g}, "
                               f"rtol={agreement.rtol:g}):\n{agreement.report()}")
-        if case.kind == "fixture" and "top1_ok" in extra:
-            assert extra["top1_ok"], f"{what}: top-5 per image {extra['top5']}"
+        if case.kind == "fixture":
+            assert extra.get("top1_ok", True), f"{what}: wrong top-1; top-5 {extra['top5']}"
+            assert extra.get("top3_ok", True), f"{what}: wrong top-3; top-5 {extra['top5']}"

@@ -1,0 +1,219 @@
+"""The Deep Compression ``.net`` format (Han et al., SqueezeNet v1.0 release): read and write.
+
+The file has no magic number, no names and no shapes; shapes come from the architecture
+(:mod:`ports.spec`).  All numbers are little-endian.  For L weighted layers in spec order
+(``conv1``; per fire ``squeeze``, ``expand1x1``, ``expand3x3`` [, ``bypass``]; ``conv10``)::
+
+    header   uint32[L]              n_l: stored entries of layer l (non-zeros + fillers)
+    per layer l, back to back:
+      codebook float32[2**b]        b = 8 (256 entries); entry 0 is 0.0
+      bias     float32[C_out]       not quantized
+      codes    uint8[n_l]           one 8-bit codebook index per stored entry
+                                    (b = 4: ceil(n_l/2) bytes, two codes per byte, low
+                                    nibble first)
+      gaps     uint8[ceil(n_l/2)]   two 4-bit gaps per byte, low nibble first
+
+The flat position (into the OIHW-flattened weight ``[O, I, kH, kW]``) of entry k is
+``pos_k = pos_{k-1} + gap_k + 1`` from ``pos_{-1} = -1``; positions never written hold
+code 0.  Zero runs longer than 16 are bridged by filler entries with code 0.  The file ends
+exactly after the last layer: ``4*L + sum(4*2**b + 4*C_out + code bytes + ceil(n_l/2))``.
+
+The file carries no metadata: a file whose size fits conv1 with 96 filters is SqueezeNet
+v1.0 as released (``final_conv_padding=1``, Caffe preprocessing); one that fits 64 filters is
+v1.1 (``final_conv_padding=0``).  Pass ``variant=`` to read any other variant (the bypass
+kind and conv10 padding are not recorded in the file).
+
+Layer names of the release (``DC_NAMES``): ``conv1``, ``fireN/conv1x1_1`` (squeeze),
+``fireN/conv1x1_2`` (expand1x1), ``fireN/conv3x3_2`` (expand3x3), ``conv_final`` (conv10).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_write
+from ..canonical import Weights, make
+from ..errors import WeightsError
+from ..spec import Variant
+
+NAME = "deepcompression"
+EXTENSIONS = (".net",)
+BITS = 8
+# Variants a file with no explicit variant may be: told apart by conv1's bias length.
+DEFAULT_VARIANTS = (Variant("1_0", 1000, 1, "none"), Variant("1_1", 1000, 0, "none"))
+
+# Canonical layer (conv) name -> Deep Compression release layer name.
+_FIRE_DC = {"squeeze": "conv1x1_1", "expand1x1": "conv1x1_2", "expand3x3": "conv3x3_2",
+            "bypass": "bypass"}
+
+
+def dc_layer_name(canonical_conv: str) -> str:
+    """``"fire2.squeeze"`` -> ``"fire2/conv1x1_1"``; ``"conv10"`` -> ``"conv_final"``."""
+    if canonical_conv == "conv10":
+        return "conv_final"
+    if canonical_conv == "conv1":
+        return "conv1"
+    fire, _, part = canonical_conv.partition(".")
+    if not fire.startswith("fire") or part not in _FIRE_DC:
+        raise KeyError(canonical_conv)
+    return f"{fire}/{_FIRE_DC[part]}"
+
+
+def name_table(variant: Variant) -> dict[str, str]:
+    """Deep Compression layer name -> canonical conv name, in file (spec) order."""
+    return {dc_layer_name(c.name): c.name for c in variant.convs()}
+
+
+DC_NAMES = name_table(Variant("1_0", 1000, 1, "none"))
+
+
+def _expected_size(variant: Variant, counts: np.ndarray, bits: int) -> int:
+    convs = list(variant.convs())
+    total = 4 * len(convs)
+    for conv, n in zip(convs, counts.tolist()):
+        code_bytes = n if bits == 8 else (n + 1) // 2
+        total += 4 * 2 ** bits + 4 * conv.out_channels + code_bytes + (n + 1) // 2
+    return total
+
+
+def read(path, *, variant: Variant | None = None, bits: int = BITS) -> Weights:
+    """Decode ``path`` into canonical weights (float32 OIHW).  See the module docstring."""
+    candidates = (variant,) if variant is not None else DEFAULT_VARIANTS
+    largest = max(_expected_size(v, np.array([math.prod(c.weight_shape) for c in v.convs()]),
+                                 bits) for v in candidates)
+    size = os.path.getsize(path)
+    if size > largest:  # checked before reading: a wrong file may be huge
+        raise WeightsError(f"file is {size} bytes; a .net of "
+                           f"{' or '.join(v.id for v in candidates)} has at most {largest}",
+                           path=path, format=NAME)
+    with open(path, "rb") as f:
+        blob = f.read(largest + 1)
+    return decode(blob, path=path, variant=variant, bits=bits)
+
+
+def decode(blob: bytes, *, path=None, variant: Variant | None = None,
+           bits: int = BITS) -> Weights:
+    """Decode the bytes of a ``.net`` file; raises :class:`WeightsError` on any inconsistency."""
+
+    def fail(reason: str) -> WeightsError:
+        return WeightsError(reason, path=path, format=NAME)
+
+    if bits not in (4, 8):
+        raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
+    candidates = (variant,) if variant is not None else DEFAULT_VARIANTS
+    num_layers = len(list(candidates[0].convs()))
+    if len(blob) < 4 * num_layers:
+        raise fail(f"file is {len(blob)} bytes, too short for the {num_layers}-entry "
+                   f"uint32 header ({4 * num_layers} bytes)")
+    counts = np.frombuffer(blob, dtype="<u4", count=num_layers).astype(np.int64)
+    sizes = {v: _expected_size(v, counts, bits) for v in candidates}
+    matching = [v for v, size in sizes.items() if size == len(blob)]
+    if not matching:
+        expect = " or ".join(f"{size} ({v.id})" for v, size in sizes.items())
+        raise fail(f"file is {len(blob)} bytes; its header's entry counts imply {expect} "
+                   f"with {bits}-bit codebooks (truncated, extra bytes, or not a .net file)")
+    variant = matching[0]
+
+    tensors: dict[str, np.ndarray] = {}
+    offset = 4 * num_layers
+    for conv, n in zip(variant.convs(), counts.tolist()):
+        layer = f"layer {dc_layer_name(conv.name)} ({conv.name})"
+        size = math.prod(conv.weight_shape)
+        if n > size:
+            raise fail(f"{layer}: header counts {n} stored entries, more than the "
+                       f"{size} weights of shape {list(conv.weight_shape)}")
+        # All lengths were checked against the file size above; slices cannot overrun.
+        codebook = np.frombuffer(blob, "<f4", 2 ** bits, offset).astype(np.float32)
+        offset += 4 * 2 ** bits
+        bias = np.frombuffer(blob, "<f4", conv.out_channels, offset).astype(np.float32)
+        offset += 4 * conv.out_channels
+        if bits == 8:
+            codes = np.frombuffer(blob, np.uint8, n, offset)
+            offset += n
+        else:
+            codes = _nibbles(np.frombuffer(blob, np.uint8, (n + 1) // 2, offset), n)
+            offset += (n + 1) // 2
+        gaps = _nibbles(np.frombuffer(blob, np.uint8, (n + 1) // 2, offset), n)
+        offset += (n + 1) // 2
+        positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
+        if n and positions[-1] >= size:
+            first = int(np.argmax(positions >= size))
+            raise fail(f"{layer}: entry {first} of {n} lands at flat position "
+                       f"{int(positions[first])}, past the end of its {size} weights")
+        for what, arr in (("codebook", codebook), ("bias", bias)):
+            if not np.isfinite(arr).all():
+                raise fail(f"{layer}: {int((~np.isfinite(arr)).sum())} non-finite {what} values")
+        code = np.zeros(size, np.uint8)
+        code[positions] = codes
+        tensors[f"{conv.name}.weight"] = codebook[code].reshape(conv.weight_shape)
+        tensors[f"{conv.name}.bias"] = bias
+    assert offset == len(blob)
+    source = f"Deep Compression .net ({os.path.basename(os.fspath(path))})" if path else \
+        "Deep Compression .net"
+    try:
+        return make(tensors, variant, preprocessing="caffe", source=source)
+    except WeightsError as e:
+        raise fail(e.reason) from None
+
+
+def _nibbles(packed: np.ndarray, n: int) -> np.ndarray:
+    """uint8[ceil(n/2)] -> uint8[n]: low nibble first, then high nibble."""
+    out = np.empty(2 * len(packed), np.uint8)
+    out[0::2] = packed & 0x0F
+    out[1::2] = packed >> 4
+    return out[:n]
+
+
+def _pack_nibbles(values: np.ndarray) -> bytes:
+    """uint8[n] (each < 16) -> ceil(n/2) bytes, low nibble first."""
+    v = np.zeros(len(values) + len(values) % 2, np.uint8)
+    v[:len(values)] = values
+    return (v[0::2] | (v[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def encode(weights: Weights) -> bytes:
+    """Lossless 8-bit encoding of ``weights``: each layer's distinct weight values (by bit
+    pattern, -0.0 distinct from 0.0) other than +0.0 must number at most 255; they become
+    codebook entries 1..255 (entry 0 is 0.0).  Raises :class:`WeightsError` otherwise."""
+    variant = weights.variant
+    header, body = [], []
+    for conv in variant.convs():
+        w = np.ascontiguousarray(weights[f"{conv.name}.weight"], dtype="<f4").reshape(-1)
+        b = np.ascontiguousarray(weights[f"{conv.name}.bias"], dtype="<f4")
+        bits_view = w.view("<u4")
+        values = np.unique(bits_view[bits_view != 0])
+        if len(values) > 2 ** BITS - 1:
+            raise WeightsError(
+                f"{conv.name}.weight has {len(values)} distinct non-zero values; the .net "
+                f"format stores at most {2 ** BITS - 1} per layer (an 8-bit codebook), so it "
+                "cannot hold these weights losslessly (quantize them first)", format=NAME)
+        codebook = np.zeros(2 ** BITS, "<u4")
+        codebook[1:len(values) + 1] = values
+        nz = np.flatnonzero(bits_view)
+        # Entries: every non-zero position, plus a filler (code 0) every 16 zeros of a gap.
+        prev = np.concatenate([[-1], nz[:-1]])
+        gap = nz - prev - 1                     # zeros before each non-zero
+        fillers = gap // 16                     # each filler consumes 16 positions
+        codes_nz = (np.searchsorted(values, bits_view[nz]) + 1).astype(np.uint8)
+        ends = np.cumsum(fillers + 1) - 1         # entry index of each non-zero
+        n = int(ends[-1]) + 1 if len(nz) else 0
+        codes = np.zeros(n, np.uint8)
+        codes[ends] = codes_nz
+        entry_gaps = np.full(n, 15, np.uint8)   # fillers: 15 zeros + their own 0.0
+        entry_gaps[ends] = gap - 16 * fillers
+        header.append(n)
+        body += [codebook.tobytes(), b.tobytes(), codes.tobytes(), _pack_nibbles(entry_gaps)]
+    return np.asarray(header, "<u4").tobytes() + b"".join(body)
+
+
+def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
+    """Write ``weights`` as a ``.net`` file (see :func:`encode` for what can be written)."""
+    try:
+        blob = encode(weights)
+    except WeightsError as e:
+        raise WeightsError(e.reason, path=path, format=NAME) from None
+    return [atomic_write(path, blob, overwrite=overwrite)]
