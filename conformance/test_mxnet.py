@@ -1,0 +1,272 @@
+"""MXNet Gluon port (mxnet 1.9.1): goldens, fixtures, ``.params`` files, Gluon model zoo.
+
+* ``TestMXNet``: every golden case (hybridized, float32 and float64) and every real-weights
+  fixture, recorded in ``build/conformance/mxnet.json``;
+* the goldens again with the net *not* hybridized (imperative Gluon), both dtypes;
+* files written by :mod:`ports.formats.mxnet` load with MXNet's own ``load_parameters``
+  (our net and the zoo's) and give the golden logits;
+* a real Gluon model zoo ``squeezenet1_0`` / ``squeezenet1_1``, initialised and saved by
+  MXNet itself (``save_parameters`` and ``export``), converts bit-exact to canonical and its
+  own logits are reproduced by this port and by the float64 NumPy reference.
+
+The measured differences of the extra tests go to ``build/conformance/mxnet-extra.json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon.model_zoo import vision
+
+import ports.mxnet as port
+from conformance import golden
+from conformance.harness import RESULTS, assert_agrees, compare, tolerance
+from conformance.inputs import SIZES, inputs
+from conformance.suite import PortSuite
+from ports import numpy as ref
+from ports.canonical import Weights
+from ports.formats import mxnet as codec
+from ports.formats import read, write
+from ports.seeded import key, seeded_weights, uniform
+from ports.spec import MaxPool, Variant
+
+PORT = "mxnet"
+_extra: list[dict] = []
+
+
+class TestMXNet(PortSuite):
+    port = PORT
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_extra_records():
+    yield
+    if _extra:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        tmp = RESULTS / ".mxnet-extra.json.part"
+        tmp.write_text(json.dumps({"port": PORT, "cases": _extra}, indent=1))
+        tmp.replace(RESULTS / "mxnet-extra.json")
+
+
+def _check(test: str, name: str, actual, expected, dtype: str, **extra) -> None:
+    atol, rtol = tolerance(PORT, dtype)
+    agreement = compare(actual, expected, atol, rtol)
+    _extra.append({"test": test, "name": name, "dtype": dtype, **extra, **agreement.as_dict()})
+    assert_agrees(actual, expected, atol, rtol, f"{test}: {name} {dtype}")
+
+
+# --- geometry --------------------------------------------------------------------------------
+def test_full_pooling_convention_is_the_spec_ceil_mode():
+    """MXNet's 'full' lacks the "last window starts inside" clip; with kernel 3 > stride 2
+    and no padding it never matters: output sizes equal the spec's for every input size."""
+    pool = MaxPool("p")
+    data = mx.sym.var("data")
+    sym = mx.sym.Pooling(data, kernel=(pool.kernel, pool.kernel),
+                         stride=(pool.stride, pool.stride), pool_type="max",
+                         pooling_convention="full")
+    for size in range(pool.kernel, 401):
+        _, (out,), _ = sym.infer_shape(data=(1, 1, size, size))
+        assert out[2:] == (pool.out_size(size),) * 2, size
+
+
+def test_net_parameter_names_are_the_zoo_names():
+    for version in ("1.0", "1.1"):
+        zoo = vision.get_model("squeezenet" + version)
+        ours = port.SqueezeNet(version.replace(".", "_"))
+        assert list(ours.structural_params()) == list(zoo._collect_params_with_prefix())
+        # global names (used by export) too, up to the block's own prefix
+        strip = lambda net: [n[len(net.prefix):] for n in net.collect_params()]  # noqa: E731
+        assert strip(ours) == strip(zoo)
+        assert list(codec.key_table(ours.variant).values()) == list(ours.structural_params())
+
+
+def test_complex_bypass_names():
+    net = port.SqueezeNet("1_0", bypass="complex")
+    table = codec.key_table(net.variant)
+    assert table["fire2.bypass.weight"] == "features.3.bypass.weight"
+    assert set(table.values()) == set(net.structural_params())
+
+
+# --- goldens, not hybridized -------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("vid", golden.VARIANTS)
+def test_golden_not_hybridized(vid, dtype):
+    weights = seeded_weights(Variant.from_id(vid))
+    imperative = port.load(weights, dtype, hybridize=False)
+    hybrid = port.load(weights, dtype, hybridize=True)
+    for size in SIZES:
+        x = inputs(size).astype(dtype)
+        out = port.predict(imperative, x)
+        assert out.dtype == np.dtype(dtype)
+        vs_hybrid = float(np.abs(out - port.predict(hybrid, x)).max())
+        _check("golden-not-hybridized", f"{vid}-{size}", out, golden.load(vid, size), dtype,
+               max_abs_vs_hybridized=vs_hybrid)
+
+
+# --- .params written by the codec, read by MXNet ------------------------------------------
+@pytest.mark.parametrize("vid", golden.VARIANTS)
+def test_codec_file_loads_with_load_parameters(vid, tmp_path):
+    variant = Variant.from_id(vid)
+    weights = seeded_weights(variant)
+    path = tmp_path / "w.params"
+    write(weights, path)
+    # MXNet's own reader sees the structural names and float32 arrays
+    loaded = mx.nd.load(str(path))
+    table = codec.key_table(variant)
+    assert list(loaded) == list(table.values())
+    for canonical, name in table.items():
+        assert loaded[name].dtype == np.float32
+        assert np.array_equal(loaded[name].asnumpy(), weights.tensors[canonical]), name
+    net = port.SqueezeNet(variant.version, variant.num_classes, variant.final_conv_padding,
+                          variant.bypass)
+    net.load_parameters(str(path), ctx=mx.cpu())
+    net.hybridize()
+    _check("codec-file-load_parameters", f"{vid}-227", port.predict(net, inputs(227)),
+           golden.load(vid, 227), "float32")
+    # the file's variant is inferred, except what .params cannot tell (see the codec)
+    back = read(path, variant=variant)
+    assert all(np.array_equal(back.tensors[k], weights.tensors[k]) for k in weights.tensors)
+    assert codec.encode(back) == path.read_bytes()
+
+
+def test_codec_file_loads_into_float64_net_with_cast_dtype(tmp_path):
+    vid = "1_0-p1-simple"
+    variant = Variant.from_id(vid)
+    path = tmp_path / "w.params"
+    write(seeded_weights(variant), path)
+    net = port.SqueezeNet("1_0", final_conv_padding=1, bypass="simple")
+    net.cast("float64")
+    net.load_parameters(str(path), ctx=mx.cpu(), cast_dtype=True)
+    out = port.predict(net, inputs(224))
+    assert out.dtype == np.float64
+    _check("codec-file-load_parameters", f"{vid}-224", out, golden.load(vid, 224), "float64")
+
+
+@pytest.mark.parametrize("version", ["1_0", "1_1"])
+def test_codec_file_loads_into_zoo_net(version, tmp_path):
+    variant = Variant(version)
+    weights = seeded_weights(variant)
+    path = tmp_path / "w.params"
+    write(weights, path)
+    zoo = vision.get_model("squeezenet" + version.replace("_", "."))
+    zoo.load_parameters(str(path), ctx=mx.cpu())
+    # at 224 the zoo's fixed 13x13 average pool is the global one
+    x = mx.nd.array(inputs(224))
+    _check("codec-file-into-zoo", f"{variant.id}-224", zoo(x).asnumpy(),
+           golden.load(variant.id, 224), "float32")
+
+
+def test_port_to_weights_and_export_round_trip(tmp_path):
+    variant = Variant("1_0", bypass="complex")
+    weights = seeded_weights(variant)
+    net = port.load(weights)
+    again = port.to_weights(net)
+    assert all(np.array_equal(again.tensors[k], weights.tensors[k]) for k in weights.tensors)
+    net(mx.nd.array(inputs(224)[:1]))
+    net.export(str(tmp_path / "ours"))
+    exported = read(tmp_path / "ours-0000.params", variant=variant)
+    assert all(np.array_equal(exported.tensors[k], weights.tensors[k]) for k in weights.tensors)
+    assert codec.infer_variant(codec.decode_ndarrays(
+        (tmp_path / "ours-0000.params").read_bytes())) == variant
+
+
+# --- the Gluon model zoo's own networks -----------------------------------------------------
+def _zoo_net(version: str) -> mx.gluon.HybridBlock:
+    """A zoo SqueezeNet initialised by MXNet itself (He-normal weights), with small positive
+    biases so that the ReLU'd logits are informative."""
+    mx.random.seed(int(version.replace(".", "")))
+    zoo = vision.get_model("squeezenet" + version)
+    zoo.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2),
+                   ctx=mx.cpu())
+    zoo(mx.nd.zeros((1, 3, 224, 224)))  # the zoo's shapes are inferred on the first call
+    for i, (name, param) in enumerate(zoo._collect_params_with_prefix().items()):
+        if name.endswith(".bias"):
+            bias = 0.01 + 0.04 * uniform(key("mxnet-zoo-bias", version, i), param.shape[0])
+            param.set_data(mx.nd.array(bias.astype(np.float32)))
+    return zoo
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_zoo_checkpoint_converts_bit_exact_and_reproduces_zoo_logits(version, tmp_path):
+    zoo = _zoo_net(version)
+    x = inputs(224)
+    zoo_logits = zoo(mx.nd.array(x)).asnumpy()
+    assert (zoo_logits > 0).mean() > 0.5, "uninformative logits"
+    path = tmp_path / f"squeezenet{version}.params"
+    zoo.save_parameters(str(path))
+
+    weights = read(path)  # through the generic reader: detection, check against the spec
+    variant = Variant(version.replace(".", "_"))
+    assert weights.variant == variant
+    zoo_params = zoo._collect_params_with_prefix()
+    for canonical, name in codec.key_table(variant).items():
+        assert np.array_equal(weights.tensors[canonical], zoo_params[name].data().asnumpy()), \
+            name
+    assert codec.encode(weights) == path.read_bytes()  # byte-identical when written back
+
+    net = port.load(weights)
+    _check("zoo-logits", f"squeezenet{version}-224 mxnet port", port.predict(net, x),
+           zoo_logits, "float32")
+    reference = ref.predict(ref.load(weights), x.astype(np.float64))
+    _check("zoo-logits", f"squeezenet{version}-224 numpy reference", reference, zoo_logits,
+           "float32")
+    # canonical safetensors in between changes nothing (what every other port loads)
+    write(weights, tmp_path / "c.safetensors")
+    again = read(tmp_path / "c.safetensors")
+    assert all(np.array_equal(again.tensors[k], weights.tensors[k]) for k in weights.tensors)
+
+    # At 227 the zoo's fixed 13x13 head is global for v1.0 (13x13 map) but truncates
+    # v1.1's 14x14 map: the trap this port avoids.
+    x227 = inputs(227)
+    ours227 = port.predict(net, x227)
+    _check("zoo-vs-reference", f"squeezenet{version}-227 mxnet port vs reference", ours227,
+           ref.predict(ref.load(weights), x227.astype(np.float64)), "float32")
+    zoo227 = zoo(mx.nd.array(x227)).asnumpy()
+    if variant.feature_sizes(227)["fire9"] == 13:
+        _check("zoo-logits", f"squeezenet{version}-227 mxnet port", ours227, zoo227, "float32")
+    else:
+        assert np.abs(zoo227 - ours227).max() > 1e-3
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_zoo_export_checkpoint_converts_bit_exact(version, tmp_path):
+    zoo = _zoo_net(version)
+    zoo.hybridize()
+    zoo(mx.nd.array(inputs(224)[:1]))
+    zoo.export(str(tmp_path / "zoo"))
+    zoo.save_parameters(str(tmp_path / "zoo.params"))
+    exported, saved = read(tmp_path / "zoo-0000.params"), read(tmp_path / "zoo.params")
+    assert exported.variant == saved.variant == Variant(version.replace(".", "_"))
+    assert set(exported.tensors) == set(saved.tensors)
+    assert all(np.array_equal(exported.tensors[k], saved.tensors[k]) for k in saved.tensors)
+
+
+def test_float64_zoo_checkpoint_reads_as_float32(tmp_path):
+    zoo = _zoo_net("1.1")
+    zoo.cast("float64")
+    zoo.save_parameters(str(tmp_path / "z64.params"))
+    weights = read(tmp_path / "z64.params")
+    params = zoo._collect_params_with_prefix()
+    for canonical, name in codec.key_table(weights.variant).items():
+        assert weights.tensors[canonical].dtype == np.float32
+        assert np.array_equal(weights.tensors[canonical],
+                              params[name].data().asnumpy().astype(np.float32))
+
+
+def test_predict_refuses_bad_input():
+    net = port.load(seeded_weights(Variant("1_1")))
+    with pytest.raises(ValueError, match="NHWC"):
+        port.predict(net, np.zeros((1, 224, 224, 3), np.float32))
+    with pytest.raises(ValueError, match="too small"):
+        port.predict(net, np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_load_reads_params_file(tmp_path):
+    weights = seeded_weights(Variant("1_1"))
+    write(weights, tmp_path / "w.params")
+    net = port.load(tmp_path / "w.params", "float64", hybridize=False)
+    assert net.dtype == np.float64 and net.variant == Variant("1_1")
+    assert isinstance(port.to_weights(net), Weights)
