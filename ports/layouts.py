@@ -27,3 +27,9 @@ def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
 
 def hwc_to_chw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # [H,W,C] -> [C,H,W]
+
+
+def oihw_shape_to_hwio(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape :func:`oihw_to_hwio` gives an array of ``shape`` (no data touched)."""
+    o, i, h, w = shape
+    return (h, w, i, o)  # [O,I,H,W] -> [H,W,I,O]

@@ -1,0 +1,149 @@
+"""Flax NNX port: goldens, fixtures, the msgpack codec against real Flax, jit tracing."""
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+flax = pytest.importorskip("flax")
+
+from flax import (
+    nnx,  # noqa: E402
+    serialization,  # noqa: E402
+)
+
+from conformance import golden  # noqa: E402
+from conformance.harness import assert_agrees, tolerance  # noqa: E402
+from conformance.inputs import inputs  # noqa: E402
+from conformance.ports import PORTS  # noqa: E402
+from conformance.suite import PortSuite  # noqa: E402
+
+PORTS["flax"].import_module()  # checks JAX_ENABLE_X64=1 before JAX computes anything
+
+import ports.flax as pf  # noqa: E402
+from ports.formats import flax as codec  # noqa: E402
+from ports.formats import read  # noqa: E402
+from ports.layouts import nchw_to_nhwc, oihw_to_hwio  # noqa: E402
+from ports.seeded import seeded_weights  # noqa: E402
+from ports.spec import Variant  # noqa: E402
+
+
+class TestFlax(PortSuite):
+    port = "flax"
+
+
+# Both versions, both paddings, every bypass kind among them; complex has conv bypasses.
+CODEC_VARIANTS = ["1_0-p1-complex", "1_1-p0-none", "1_1-p1-simple"]
+
+
+@pytest.mark.parametrize("vid", CODEC_VARIANTS)
+def test_codec_file_restores_in_real_flax(tmp_path, vid):
+    """A file our framework-free writer made, restored with Flax's own API into a fresh
+    NNX model, gives the golden logits."""
+    v = Variant.from_id(vid)
+    path = tmp_path / "w.msgpack"
+    codec.write(seeded_weights(v), path)
+    state = serialization.msgpack_restore(path.read_bytes())
+    meta = state.pop("__metadata__")
+    assert Variant.from_meta(meta) == v
+    model = pf.SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass,
+                          dtype="float32", rngs=nnx.Rngs(1))
+    nnx.update(model, state)
+    x = inputs(227)[:2]
+    logits = model(jax.numpy.asarray(nchw_to_nhwc(x)))
+    atol, rtol = tolerance("flax", "float32")
+    assert_agrees(np.asarray(logits), golden.load(vid, 227)[:2], atol, rtol,
+                  f"Flax-restored {vid}")
+
+
+@pytest.mark.parametrize("vid", CODEC_VARIANTS)
+def test_real_flax_file_round_trips_bit_exact(tmp_path, vid):
+    """A file Flax itself saved (``msgpack_serialize`` of the NNX state) converts to canonical
+    weights bit-exactly, and our writer gives back Flax's very bytes (without metadata)."""
+    v = Variant.from_id(vid)
+    model = pf.SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass,
+                          rngs=nnx.Rngs(7))  # Flax's own initialisation, not ours
+    blob = serialization.msgpack_serialize(nnx.to_pure_dict(nnx.state(model)))
+    path = tmp_path / "flax_saved.msgpack"
+    path.write_bytes(blob)
+    w = read(path, variant=v)  # final_conv_padding / simple bypass are not in the shapes
+    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for name, key in codec.key_table(v).items():
+        node = state
+        for part in key.split("/"):
+            node = node[part]
+        want = np.asarray(node)
+        got = w.tensors[name]
+        got = oihw_to_hwio(got) if key.endswith("/kernel") else got
+        assert got.dtype == np.float32 and got.tobytes() == want.tobytes(), key
+    assert codec.encode(w, metadata=False) == blob
+    # and our writer's file (with metadata) reloads into an equal model
+    out = tmp_path / "ours.msgpack"
+    codec.write(w, out)
+    again = pf.load(out)
+    for a, b in zip(jax.tree_util.tree_leaves(nnx.state(again, nnx.Param)),
+                    jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_real_flax_file_without_variant_infers_shapes(tmp_path):
+    model = pf.SqueezeNet("1_0", 10, 0, "complex")
+    path = tmp_path / "m.msgpack"
+    path.write_bytes(serialization.msgpack_serialize(nnx.to_pure_dict(nnx.state(model))))
+    w = read(path)
+    assert w.variant == Variant("1_0", 10, 0, "complex")
+
+
+def test_to_weights_round_trip():
+    v = Variant("1_1", 1000, 0, "complex")
+    w = seeded_weights(v)
+    back = pf.to_weights(pf.load(w))
+    assert all(np.array_equal(back.tensors[k], w.tensors[k]) for k in w.tensors)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_jitted_forward_is_not_retraced(dtype):
+    """Repeated calls with one batch shape trace the jitted forward once; a second model
+    of the same architecture reuses the compiled function."""
+    v = Variant("1_1", 1000, 0, "simple")
+    x = inputs(224)[:2]
+    model = pf.load(seeded_weights(v), dtype=dtype)
+    first = pf.predict(model, x)
+    before = pf.trace_count()
+    for _ in range(3):
+        np.testing.assert_array_equal(pf.predict(model, x), first)
+    other = pf.load(seeded_weights(v), dtype=dtype)
+    pf.predict(other, x)
+    assert pf.trace_count() == before, "jitted forward re-traced for a fixed batch shape"
+    pf.predict(model, x[:1])  # a new batch shape is one new trace
+    assert pf.trace_count() == before + 1
+
+
+def test_float64_logits_are_float64():
+    v = Variant("1_0", 1000, 1, "none")
+    out = pf.predict(pf.load(seeded_weights(v), dtype="float64"), inputs(227)[:1])
+    assert out.dtype == np.float64
+
+
+def test_ceil_pool_pads_with_minus_inf():
+    """Negative pool inputs (possible after a complex bypass): the overhanging window's
+    padded cells must never win."""
+    from ports import spec as S
+
+    x = -np.arange(1, 1 + 2 * 6 * 6, dtype=np.float32).reshape(1, 6, 6, 2) - 1.0
+    out = np.asarray(pf.max_pool_ceil(jax.numpy.asarray(x), S.MaxPool("p")))
+    assert out.shape == (1, 3, 3, 2)  # ceil((6 - 3) / 2) + 1 = 3
+    assert out[0, 2, 2, 0] == x[0, 4:6, 4:6, 0].max()
+
+
+def test_flax_conv_padding_is_explicit():
+    """conv1 has VALID geometry (Flax's default SAME would give 112/114, not 109/113)."""
+    for version, side in (("1_0", 109), ("1_1", 111)):
+        m = pf.SqueezeNet(version)
+        assert m.conv1.padding == ((0, 0), (0, 0))
+        assert Variant(version).feature_sizes(224)["conv1"] == side
+
+
+def test_input_is_validated():
+    model = pf.SqueezeNet("1_1")
+    with pytest.raises(ValueError, match="NHWC"):
+        pf.predict(model, np.zeros((1, 224, 224, 3), np.float32))
