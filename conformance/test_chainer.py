@@ -1,0 +1,224 @@
+"""Chainer port: goldens, fixtures, and exchange with real Chainer's ``save_npz`` /
+``load_npz`` through the framework-free ``.npz`` codec."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+with warnings.catch_warnings():  # chainer 7 imports numpy.distutils (deprecated)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import chainer  # noqa: F401  (the chainer environment runs this module)
+    import chainer.functions as F
+    import chainer.links as L
+
+from conformance import golden  # noqa: E402
+from conformance.harness import assert_agrees, tolerance  # noqa: E402
+from conformance.inputs import SIZES, inputs  # noqa: E402
+from conformance.suite import PortSuite  # noqa: E402
+from ports import chainer as port  # noqa: E402
+from ports import spec as S  # noqa: E402
+from ports.canonical import Weights  # noqa: E402
+from ports.formats import chainer as codec  # noqa: E402
+from ports.formats import read  # noqa: E402
+from ports.seeded import seeded_weights  # noqa: E402
+from ports.spec import Variant, all_variants  # noqa: E402
+
+
+class TestChainer(PortSuite):
+    port = "chainer"
+
+
+def _model(variant: Variant, dtype="float32") -> "port.SqueezeNet":
+    return port.SqueezeNet(variant.version, variant.num_classes, variant.final_conv_padding,
+                           variant.bypass, dtype)
+
+
+def _assert_same(a: Weights, b: Weights) -> None:
+    assert set(a.tensors) == set(b.tensors)
+    for k in a.tensors:
+        assert a.tensors[k].dtype == b.tensors[k].dtype == np.float32, k
+        assert a.tensors[k].tobytes() == b.tensors[k].tobytes(), k
+
+
+# --- ceil-mode pooling ----------------------------------------------------------------------
+def test_cover_all_is_ceil_mode():
+    """Chainer's cover_all output side equals the spec's ceil rule (incl. the rule that the
+    last window starts inside the input) for every input side."""
+    pool = S.MaxPool("p")
+    bad = [n for n in range(3, 2048) if port.pool_out_size(n, pool) != pool.out_size(n)]
+    assert not bad
+
+
+@pytest.mark.parametrize("vid", ["1_0-p0-none", "1_1-p0-none"])
+@pytest.mark.parametrize("size", SIZES)
+def test_pool_geometry_on_golden_sizes(vid, size):
+    """Every pool input side of both versions at 224 and 227: the inference pooling equals
+    F.max_pooling_2d(cover_all=True) bit for bit, and both give the spec's side."""
+    variant = Variant.from_id(vid)
+    sides = variant.feature_sizes(size)
+    layers = variant.layers()
+    rng = np.random.default_rng(size)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, S.MaxPool):
+            continue
+        side_in = sides[layers[i - 1].name]
+        x = rng.standard_normal((2, 3, side_in, side_in)).astype(np.float32)
+        x[:, :, -1, :] = 9.0  # the bottom/right edge must win where it is in a window
+        x[:, :, :, -1] = 9.0
+        with chainer.using_config("train", False):
+            reference = F.max_pooling_2d(x, 3, 2, pad=0, cover_all=True).array
+            with chainer.no_backprop_mode():
+                fast = port.max_pool(x, layer).array
+        assert reference.shape[2:] == (sides[layer.name],) * 2, (layer.name, side_in)
+        assert fast.shape == reference.shape
+        assert fast.tobytes() == reference.tobytes(), layer.name
+
+
+@pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-simple"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_training_graph_equals_predict(vid, dtype):
+    """model(x) with backprop enabled (plain Chainer: F.convolution_2d, F.max_pooling_2d)
+    gives predict's logits (the inference shortcuts) within the port's tolerance."""
+    variant = Variant.from_id(vid)
+    model = port.load(seeded_weights(variant), dtype=dtype)
+    x = inputs(227)[:2].astype(dtype)
+    with chainer.using_config("train", False):
+        graph = model(x)
+    assert graph.creator is not None  # a backprop graph was built
+    atol, rtol = tolerance("chainer", dtype)
+    assert_agrees(port.predict(model, x), graph.array, atol, rtol,
+                  f"predict vs the plain Chainer graph ({vid}, {dtype})")
+
+
+@pytest.mark.parametrize("kernel,stride,pad", [(1, 1, 0), (3, 1, 1), (7, 2, 0), (3, 2, 0),
+                                               (1, 1, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_inference_conv_equals_convolution_2d(monkeypatch, kernel, stride, pad, relu):
+    calls = []
+    original = port.InferenceConv.forward_cpu
+    monkeypatch.setattr(port.InferenceConv, "forward_cpu",
+                        lambda self, inputs: calls.append(1) or original(self, inputs))
+    rng = np.random.default_rng(kernel * 10 + stride + pad)
+    x = rng.standard_normal((3, 5, 17, 17))
+    w = rng.standard_normal((4, 5, kernel, kernel))
+    b = rng.standard_normal(4)
+    link = port._conv(S.Conv("c", 5, 4, kernel, stride, pad), np.float64)
+    link.W.array[...], link.b.array[...] = w, b
+    with chainer.using_config("train", False):
+        reference = F.convolution_2d(x, w, b, stride=stride, pad=pad).array
+        if relu:
+            reference = np.maximum(reference, 0)
+        with chainer.no_backprop_mode():
+            fast = port.conv(link, x, relu=relu)
+    assert calls  # the inference shortcut ran
+    assert fast.shape == reference.shape and fast.dtype == np.float64
+    np.testing.assert_allclose(fast.array, reference, rtol=0, atol=1e-12)
+
+
+# --- exchange with real Chainer ------------------------------------------------------------
+@pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-simple", "1_0-p0-none"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_codec_file_loads_in_chainer(tmp_path, vid, dtype):
+    """A file written by the codec loads with chainer.serializers.load_npz (strict, the
+    extra metadata member ignored) and the chain gives the golden logits."""
+    variant = Variant.from_id(vid)
+    path = tmp_path / "w.npz"
+    codec.write(seeded_weights(variant), path)
+    model = _model(variant, dtype)
+    chainer.serializers.load_npz(str(path), model, strict=True)
+    for size in SIZES:
+        atol, rtol = tolerance("chainer", dtype)
+        assert_agrees(port.predict(model, inputs(size).astype(dtype)),
+                      golden.load(vid, size), atol, rtol,
+                      f"Logits of chainer {dtype} on {vid} at {size} (codec file)")
+
+
+@pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.id)
+@pytest.mark.parametrize("compression", [True, False])
+def test_chainer_saved_file_converts_back_bit_exact(tmp_path, variant, compression):
+    """save_npz of a Chainer-initialised chain -> codec read -> the chain's own numbers,
+    bit for bit; and codec write -> load_npz -> the same numbers again."""
+    model = _model(variant)
+    path = tmp_path / "chainer.npz"
+    chainer.serializers.save_npz(str(path), model, compression=compression)
+    with np.load(path, allow_pickle=False) as npz:
+        assert set(npz.files) == set(codec.key_table(variant).values())
+    weights = read(path, variant=variant)
+    _assert_same(weights, port.to_weights(model))
+    back = tmp_path / "back.npz"
+    codec.write(weights, back)
+    fresh = _model(variant)
+    chainer.serializers.load_npz(str(back), fresh, strict=True)
+    _assert_same(port.to_weights(fresh), weights)
+
+
+def test_chainer_saved_file_infers_the_variant(tmp_path):
+    """Without metadata, version, classes and the complex bypass come from the shapes;
+    padding and the identity bypass are not inferable (defaults 0 and none)."""
+    model = _model(Variant("1_0", 10, 1, "complex"))
+    path = tmp_path / "c.npz"
+    chainer.serializers.save_npz(str(path), model)
+    assert read(path).variant == Variant("1_0", 10, 0, "complex")
+    assert read(path, variant=Variant("1_0", 10, 1, "complex")).variant.final_conv_padding == 1
+    assert port.load(path, variant=Variant("1_0", 10, 1, "complex")).conv10.pad == (1, 1)
+
+
+def test_float64_chain_saved_converts_to_float32(tmp_path):
+    variant = Variant("1_1")
+    seeded = seeded_weights(variant)
+    model = port.load(seeded, dtype="float64")
+    path = tmp_path / "f64.npz"
+    chainer.serializers.save_npz(str(path), model)
+    with np.load(path, allow_pickle=False) as npz:
+        assert npz["conv1/W"].dtype == np.float64
+    _assert_same(read(path), Weights(seeded.tensors, {}))
+
+
+def test_classifier_wrapper_prefix(tmp_path):
+    """L.Classifier(model) saves under predictor/...; the codec finds the chain."""
+    variant = Variant("1_1")
+    model = _model(variant)
+    path = tmp_path / "clf.npz"
+    chainer.serializers.save_npz(str(path), L.Classifier(model))
+    _assert_same(read(path), port.to_weights(model))
+
+
+def test_codec_bytes_load_from_memory():
+    """load_npz takes a file object too; the codec's bytes are a valid npz."""
+    variant = Variant("1_1", 10, 0, "complex")
+    weights = seeded_weights(variant)
+    model = _model(variant)
+    chainer.serializers.load_npz(io.BytesIO(codec.encode(weights)), model)
+    _assert_same(port.to_weights(model), weights)
+
+
+# --- the port's interface -----------------------------------------------------------------
+def test_interface():
+    model = port.SqueezeNet("1_0", num_classes=10, final_conv_padding=1, bypass="complex",
+                            dtype="float64")
+    assert model.conv1.W.dtype == np.float64
+    assert model.conv10.pad == (1, 1)
+    assert hasattr(model.fire2, "bypass") and not hasattr(model.fire3, "bypass")
+    assert model.fire3.identity_bypass and not model.fire2.identity_bypass
+    names = {p for p, _ in model.namedparams()}
+    assert {"/" + k for k in codec.key_table(model.variant).values()} == names
+    x = np.zeros((1, 3, 227, 227), np.float32)
+    assert port.predict(model, x).shape == (1, 10)
+    assert port.predict(model, x).dtype == np.float64
+    with pytest.raises(ValueError, match="NHWC"):
+        port.predict(model, np.zeros((1, 227, 227, 3), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        port.SqueezeNet(dtype="int32")
+
+
+def test_load_from_file(tmp_path):
+    variant = Variant("1_0", final_conv_padding=1)
+    path = tmp_path / "w.npz"
+    codec.write(seeded_weights(variant), path)
+    model = port.load(path)
+    assert model.variant == variant
+    atol, rtol = tolerance("chainer", "float32")
+    assert_agrees(port.predict(model, inputs(227)), golden.load(variant.id, 227), atol, rtol,
+                  "Logits of chainer float32 on 1_0-p1-none at 227 (.npz path)")
