@@ -9,3 +9,110 @@ from conformance.suite import PortSuite  # noqa: E402
 
 class TestTorch(PortSuite):
     port = "torch"
+
+
+# --- the .pth and ONNX codecs against real torch (issue 8) ---------------------------------
+import io  # noqa: E402
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+
+from ports import formats  # noqa: E402
+from ports import torch as tport  # noqa: E402
+from ports.formats import torch as pth  # noqa: E402
+from ports.seeded import seeded_weights  # noqa: E402
+from ports.spec import Variant, all_variants  # noqa: E402
+
+ALL = [v.id for v in all_variants()]
+
+
+def _same(a, b):
+    return all(a[k].tobytes() == b[k].tobytes() for k in b.tensors)
+
+
+@pytest.mark.parametrize("vid", ALL)
+def test_pth_saved_by_torch_reads_bit_exact(vid, tmp_path):
+    w = seeded_weights(Variant.from_id(vid))
+    model = tport.load(w)
+    path = tmp_path / "tv.pth"
+    torch.save(model.state_dict(), path)
+    # a torchvision checkpoint knows neither bypass "simple" nor conv10 padding: say it
+    back = formats.read(path, variant=w.variant)
+    assert _same(back, w)
+    inferred = formats.read(path)
+    assert inferred.variant.version == w.variant.version
+    assert inferred.variant.bypass == ("complex" if w.variant.bypass == "complex" else "none")
+
+
+def test_pth_nested_and_parameter_checkpoints(tmp_path):
+    w = seeded_weights(Variant("1_0"))
+    model = tport.load(w)
+    for i, obj in enumerate([{"state_dict": model.state_dict(), "epoch": 7, "arch": "sq"},
+                             {"model": model.state_dict(), "optimizer": {"lr": 0.1}},
+                             model.state_dict(keep_vars=True)]):  # nn.Parameter values
+        path = tmp_path / f"c{i}.pth"
+        torch.save(obj, path)
+        assert _same(formats.read(path), w)
+
+
+@pytest.mark.parametrize("vid", ALL)
+def test_pth_we_write_loads_in_torch_weights_only(vid, tmp_path):
+    w = seeded_weights(Variant.from_id(vid))
+    path = tmp_path / "ours.pth"
+    formats.write(w, path)
+    state = torch.load(path, weights_only=True)
+    table = pth.key_table(w.variant)
+    assert list(state) == [table[k] for k in w.variant.params()]
+    for k, key in table.items():
+        t = state[key]
+        assert t.dtype == torch.float32 and t.is_contiguous()
+        assert t.numpy().tobytes() == w[k].tobytes()
+    model = tport.SqueezeNet(*[getattr(w.variant, f) for f in
+                               ("version", "num_classes", "final_conv_padding", "bypass")])
+    model.load_state_dict(state, strict=True)
+    mm = torch.load(path, weights_only=True, mmap=True)  # storages aligned like torch's
+    assert all(torch.equal(mm[k], state[k]) for k in state)
+
+
+CONVERTIBLE = [f for f in formats.FORMATS if f not in ("torch", "deepcompression")]
+
+
+@pytest.mark.parametrize("fmt", CONVERTIBLE)
+def test_torch_checkpoint_converts_to_every_format_and_back(fmt, tmp_path):
+    """real torch .pth -> FORMAT -> .pth -> real torch, bit-exact.  (Deep Compression's .net
+    is lossy by design: an 8-bit codebook per layer.)"""
+    w = seeded_weights(Variant("1_1"))
+    src = tmp_path / "tv.pth"
+    torch.save(tport.load(w).state_dict(), src)
+    try:
+        codec = formats.codec(fmt)
+    except ImportError as e:
+        pytest.skip(f"{fmt} codec not available here: {e}")
+    ext = codec.EXTENSIONS[0]
+    mid = tmp_path / f"mid{ext}"
+    try:
+        formats.write(formats.read(src), mid, fmt)
+        back = formats.read(mid, fmt, variant=w.variant)
+    except ModuleNotFoundError as e:  # the convert extra installs every codec's dependency
+        pytest.skip(f"{fmt} codec dependency missing here: {e}")
+    dst = tmp_path / "back.pth"
+    formats.write(back, dst)
+    state = torch.load(dst, weights_only=True)
+    original = torch.load(src, weights_only=True)
+    assert list(state) == list(original)
+    assert all(torch.equal(state[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("vid", ALL)
+def test_onnx_exported_by_torch_imports_bit_exact(vid):
+    pytest.importorskip("onnx")
+    w = seeded_weights(Variant.from_id(vid))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tport.load(w), torch.zeros(1, 3, 224, 224), buf, dynamo=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    back = formats.codec("onnx").decode(buf.getvalue(), path="torch-export.onnx")
+    assert back.variant == w.variant  # from the graph: shapes, conv10 pads, Adds
+    assert _same(back, w)

@@ -5,11 +5,36 @@ torchvision's ``SqueezeNet`` is ``features`` (conv1, ReLU, pools and fires, in o
 its ``nn.Sequential``: e.g. v1.0 ``fire2.squeeze.weight`` is ``features.3.squeeze.weight``
 and ``conv10.weight`` is ``classifier.1.weight``.  A complex-bypass conv is
 ``features.K.bypass.weight`` (no torchvision equivalent).
+
+The ``.pth`` codec needs no torch: :func:`read` opens the zip container ``torch.save``
+writes through the restricted unpickler of :mod:`ports._pickle` (only the globals a state
+dict needs resolve, nothing from the file is ever run) and accepts a bare state dict or one
+nested under ``"state_dict"`` or ``"model"`` (a ``"module."`` prefix, as
+``DataParallel`` leaves, is stripped).  :func:`write` emits the records and pickle opcodes
+``torch.save`` emits, so ``torch.load(path, weights_only=True)`` returns a plain
+``OrderedDict`` of float32 tensors that ``load_state_dict`` takes.
+
+A torchvision checkpoint carries no architecture fields, so :func:`read` infers them from
+the shapes: conv1 ``[96,3,7,7]`` is v1.0 and ``[64,3,3,3]`` v1.1, ``num_classes`` is
+conv10's filter count, ``features.K.bypass.*`` keys mean the complex bypass, and otherwise
+``bypass="none"``, ``final_conv_padding=0`` and torchvision preprocessing, as torchvision
+has it.  Files this module writes add one small record, ``NAME/extra/squeezenet.json``
+(the canonical metadata), that torch ignores and :func:`read` uses, so a simple-bypass or
+padded-conv10 variant survives the round trip.  ``variant=`` overrides both.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from pathlib import Path
+
+from .. import _pickle
 from .. import spec as S
+from .._io import atomic_write
+from ..canonical import Weights, make
+from ..errors import WeightsError
 from ..spec import Variant
 
 NAME = "torch"
@@ -38,3 +63,131 @@ def key_table(variant: Variant) -> dict[str, str]:
                 for p in ("weight", "bias"):
                     table[f"{canonical}.{p}"] = f"{group}.{index}{suffix}.{p}"
     return table
+
+
+META_RECORD = "extra/squeezenet.json"
+NESTED_KEYS = ("state_dict", "model")
+_STEMS = {(96, 3, 7, 7): "1_0", (64, 3, 3, 3): "1_1"}
+
+
+def _state_dict(obj, fail) -> dict:
+    """The state dict inside a checkpoint: the object itself or ``obj["state_dict"]`` /
+    ``obj["model"]``; keys stripped of a common ``module.`` prefix."""
+    if isinstance(obj, dict) and not any(isinstance(v, _pickle.Tensor) for v in obj.values()):
+        for key in NESTED_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        else:
+            raise fail("checkpoint holds no tensors at the top level nor a dict under "
+                       f"{' or '.join(map(repr, NESTED_KEYS))} (keys: "
+                       f"{', '.join(map(repr, list(obj)[:10]))})")
+    if not isinstance(obj, dict):
+        raise fail(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, _pickle.Tensor)]
+    if bad:
+        raise fail(f"state dict entries that are not tensors: {', '.join(map(repr, bad[:10]))}")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def infer_variant(shapes: dict[str, tuple], fail=None) -> Variant:
+    """Variant of a torchvision-named state dict from its tensor shapes (see module doc)."""
+    fail = fail or (lambda reason: WeightsError(reason, format=NAME))
+    stem = shapes.get("features.0.weight")
+    if stem is None:
+        raise fail("no features.0.weight (conv1): not a torchvision SqueezeNet state dict")
+    version = _STEMS.get(tuple(stem))
+    if version is None:
+        raise fail(f"features.0.weight (conv1) has shape {list(stem)}: expected "
+                   "[96, 3, 7, 7] (v1.0) or [64, 3, 3, 3] (v1.1)")
+    head = shapes.get("classifier.1.weight")
+    if head is None or len(head) != 4:
+        raise fail("no 4-D classifier.1.weight (conv10): not a torchvision SqueezeNet")
+    bypass = "complex" if any(re.fullmatch(r"features\.\d+\.bypass\.weight", k)
+                              for k in shapes) else "none"
+    try:
+        return Variant(version, int(head[0]), 0, bypass)
+    except ValueError as e:
+        raise fail(str(e)) from None
+
+
+def decode(blob_or_path, *, path=None, variant: Variant | None = None) -> Weights:
+    def fail(reason: str) -> WeightsError:
+        return WeightsError(reason, path=path, format=NAME)
+
+    obj, extras = _pickle.load_zip(blob_or_path, path=path, format=NAME)
+    state = _state_dict(obj, fail)
+    meta: dict[str, str] = {}
+    if META_RECORD in extras:
+        try:
+            meta = json.loads(extras[META_RECORD].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise fail(f"{META_RECORD}: not valid JSON: {e}") from None
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in meta.items()):
+            raise fail(f"{META_RECORD}: must map strings to strings")
+    shapes = {k: tuple(v.array.shape) for k, v in state.items()}
+    if variant is None:
+        if meta:
+            try:
+                variant = Variant.from_meta(meta)
+            except ValueError as e:
+                raise fail(f"{META_RECORD}: {e}") from None
+        else:
+            variant = infer_variant(shapes, fail)
+    table = key_table(variant)
+    inverse = {v: k for k, v in table.items()}
+    missing = [k for k in table.values() if k not in state]
+    unexpected = [k for k in state if k not in inverse]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    for key, t in state.items():
+        if key in inverse and t.storage_dtype not in ("float32", "float16", "uint16", "float64"):
+            problems.append(f"{key}: dtype {t.storage_dtype}, expected a float type")
+    if problems:
+        raise fail(f"not a torchvision SqueezeNet {variant.id} state dict: " + "; ".join(problems))
+    tensors = _pickle.tensors_to_float32({inverse[k]: v for k, v in state.items()})
+    if meta:
+        extra = {k: v for k, v in meta.items() if k not in variant.to_meta()}
+        extra.setdefault("preprocessing", "torchvision")
+        extra.setdefault("source", "torch checkpoint")
+    else:
+        name = os.path.basename(os.fspath(path)) if path is not None else "bytes"
+        extra = {"preprocessing": "torchvision", "source": f"torch checkpoint {name}"}
+    preprocessing, source = extra.pop("preprocessing"), extra.pop("source")
+    try:
+        return make(tensors, variant, preprocessing=preprocessing, source=source, **extra)
+    except WeightsError as e:
+        raise fail(e.reason) from None
+
+
+def read(path, *, variant: Variant | None = None) -> Weights:
+    """A torch ``.pth`` checkpoint (zip format) -> canonical :class:`Weights`."""
+    return decode(path, path=path, variant=variant)
+
+
+def encode(weights: Weights, archive: str = "archive") -> bytes:
+    """The ``.pth`` bytes of ``weights`` (state dict in torchvision key order)."""
+    import hashlib
+    import io
+
+    variant = weights.variant
+    table = key_table(variant)
+    arrays = {table[k]: weights.tensors[k] for k in variant.params()}
+    pkl, storages = _pickle.dumps_state_dict(arrays)
+    meta = json.dumps(dict(sorted(weights.meta.items())), indent=1).encode("utf-8")
+    digest = hashlib.sha256(pkl + b"".join(storages)).digest()
+    serial = str(int.from_bytes(digest[:16], "little")).zfill(40)[:40]
+    buf = io.BytesIO()
+    _pickle.write_zip(buf, archive, pkl, storages, {META_RECORD: meta}, serial)
+    return buf.getvalue()
+
+
+def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(path).name.split(".")[0]) or "archive"
+    return [atomic_write(path, encode(weights, stem), overwrite=overwrite)]

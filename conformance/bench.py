@@ -1,0 +1,624 @@
+"""Inference speed of every port against ONNX Runtime, measured side by side.
+
+``tools/bench`` (this module's :func:`main`) starts, for each port, a long-lived worker
+process in the port's own tox environment (``python -m conformance.bench --worker PORT``
+run by the interpreter ``tox exec -e ENV`` reports), and one ONNX Runtime worker that lives
+for the whole run.  Workers load SqueezeNet 1.1 with the seeded weights, choose their
+fastest honest inference mode per batch size (every candidate computes the full logits and
+hands them back as a NumPy array), and then time rounds on command.  Rounds alternate
+``port, ORT, ORT, port, ...`` so that machine drift hits both alike; each round gives one
+ratio port/ORT, and the report gives medians.  Only one worker computes at a time.
+
+Fast modes (the worker tries the candidates and keeps the fastest, per batch size):
+
+=============== ==================================================================
+torch           ``inference_mode``; NCHW or channels-last; at the run's thread count or
+                one thread (OpenMP teams stall on a busy machine); ``torch.compile``
+                (not in ``--quick``)
+onnxruntime     our ONNX export, ``ORT_ENABLE_ALL``
+opencv          ``cv2.dnn`` from our Caffe files, OpenCV backend, CPU target
+keras-*         ``predict_on_batch`` (compiled predict function) or a direct call
+flax            the port's ``jax.jit``-compiled forward, NHWC input already on device
+mxnet           ``hybridize(static_alloc=True, static_shape=True)``
+chainer         ``using_config('train', False)`` + ``no_backprop_mode``
+=============== ==================================================================
+
+Inputs are the seeded conformance images at 224x224, float32, handed over once in the
+framework's own layout (NCHW, or NHWC for Keras/Flax); outputs are copied back to NumPy in
+every timed call.  The spec's multiply-accumulate count gives achieved GFLOP/s (2 FLOP per
+MAC), compared with a measured machine peak: the best of a few large float32 matrix
+multiplies in NumPy.
+
+Writes ``build/bench/bench.json`` and ``build/bench/bench.png``.  ``--quick`` (CI) runs two
+short rounds only to prove that everything works; its numbers mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .harness import ROOT
+from .ports import PORTS
+
+OUT = Path(os.environ.get("SQUEEZENET_BENCH", ROOT / "build" / "bench"))
+REFERENCE = "onnxruntime"
+VARIANT_ID = "1_1-p0-none"
+SIZE = 224
+BATCHES = (1, 32)
+DEFAULT_PORTS = [p for p in PORTS if p != "numpy"]  # the float64 oracle is not meant to be fast
+_TOX_VARS = ("TOX_ENV_NAME", "TOX_ENV_DIR", "TOX_WORK_DIR", "TOX_PACKAGE", "VIRTUAL_ENV",
+             "PYTHONHOME", "TOX_PARALLEL_ENV")
+
+
+# ============================================================================================
+# worker side: runs inside the port's environment
+# ============================================================================================
+def _candidates(port: str, mod, weights, quick: bool):
+    """``[(mode name, make(x_nchw) -> run() -> logits ndarray)]`` for ``port``; the first
+    entry is always the port's own ``predict``-equivalent."""
+    from ports.layouts import nchw_to_nhwc
+
+    generic = ("port predict()", lambda model: lambda x: lambda: mod.predict(model, x))
+    if port == "torch":
+        import torch
+
+        threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
+        model = mod.load(weights).eval()
+
+        def eager(x, channels_last=False, compiled=False, n=threads):
+            m, t = model, torch.from_numpy(np.ascontiguousarray(x))
+            if channels_last:
+                import copy
+
+                m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                t = t.contiguous(memory_format=torch.channels_last)
+            if compiled:
+                m = torch.compile(m)
+
+            def run():
+                if torch.get_num_threads() != n:
+                    torch.set_num_threads(n)
+                with torch.inference_mode():
+                    return m(t).numpy()
+            return run
+
+        out = [("inference_mode NCHW", eager),
+               ("inference_mode channels_last", lambda x: eager(x, True))]
+        if threads > 1:  # OpenMP teams stall on a busy machine; one thread may be faster
+            out += [("inference_mode NCHW, 1 thread", lambda x: eager(x, n=1)),
+                    ("inference_mode channels_last, 1 thread", lambda x: eager(x, True, n=1))]
+        if not quick:
+            out += [("torch.compile NCHW", lambda x: eager(x, False, True)),
+                    ("torch.compile channels_last", lambda x: eager(x, True, True))]
+        return out
+    if port == "onnxruntime":
+        model = mod.load(weights)
+
+        def ort_run(x):
+            feed = {model.input_name: np.ascontiguousarray(x)}
+            return lambda: model.session.run([model.output_name], feed)[0]
+        return [("InferenceSession ORT_ENABLE_ALL", ort_run)]
+    if port == "opencv":
+        import cv2
+
+        if os.environ.get("OMP_NUM_THREADS"):
+            cv2.setNumThreads(int(os.environ["OMP_NUM_THREADS"]))
+        model = mod.load(weights)
+
+        def cv_run(x):
+            x = np.ascontiguousarray(x)
+
+            def run():
+                model.net.setInput(x)
+                return np.asarray(model.net.forward("pool10")).reshape(len(x), -1)
+            return run
+        return [("cv2.dnn OpenCV backend", cv_run)]
+    if port.startswith("keras"):
+        model = mod.load(weights)
+
+        def keras_batch(x):
+            xh = nchw_to_nhwc(x)
+            return lambda: np.asarray(model.predict_on_batch(xh))
+
+        def keras_call(x):
+            from keras import ops
+
+            xh = ops.convert_to_tensor(nchw_to_nhwc(x))
+            return lambda: np.asarray(ops.convert_to_numpy(model(xh, training=False)))
+        out = [("predict_on_batch (compiled)", keras_batch),
+               ("model(x, training=False)", keras_call)]
+        threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+        if port == "keras-torch" and threads > 1:  # as for torch: try one thread too
+            import torch
+
+            def with_threads(make, n):
+                def wrapped(x):
+                    run = make(x)
+
+                    def run_n():
+                        if torch.get_num_threads() != n:
+                            torch.set_num_threads(n)
+                        return run()
+                    return run_n
+                return wrapped
+            out = [(name, with_threads(make, threads)) for name, make in out]
+            out.append(("predict_on_batch (compiled), 1 thread", with_threads(keras_batch, 1)))
+        return out
+    if port == "flax":
+        import jax.numpy as jnp
+        from flax import nnx
+
+        model = mod.load(weights)
+        graphdef, state = nnx.split(model)
+
+        def flax_run(x):
+            xj = jnp.asarray(nchw_to_nhwc(x))
+            return lambda: np.asarray(mod._forward(graphdef, state, xj))
+        return [("jax.jit forward", flax_run)]
+    if port == "mxnet":
+        import mxnet as mx
+
+        net = mod.load(weights, hybridize=False)
+        net.hybridize(static_alloc=True, static_shape=True)
+
+        def mx_run(x):
+            xd = mx.nd.array(x, ctx=mx.cpu(), dtype="float32")
+            return lambda: net(xd).asnumpy()
+        return [("hybridize(static_alloc, static_shape)", mx_run)]
+    if port == "chainer":
+        import chainer
+
+        model = mod.load(weights)
+
+        def ch_run(x):
+            x = np.ascontiguousarray(x)
+
+            def run():
+                with chainer.using_config("train", False), chainer.no_backprop_mode():
+                    return np.asarray(model(x).array)
+            return run
+        return [("no_backprop_mode, train=False", ch_run)]
+    model = mod.load(weights)
+    return [(generic[0], generic[1](model))]
+
+
+def _time_for(run, seconds: float, min_calls: int = 1) -> tuple[int, float]:
+    calls, start = 0, time.perf_counter()
+    while True:
+        run()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if calls >= min_calls and elapsed >= seconds:
+            return calls, elapsed
+
+
+def _versions(port: str) -> dict:
+    names = {"torch": ["torch"], "onnxruntime": ["onnxruntime", "onnx"], "opencv": ["cv2"],
+             "keras-tf": ["keras", "tensorflow"], "keras-jax": ["keras", "jax"],
+             "keras-torch": ["keras", "torch"], "flax": ["flax", "jax"], "mxnet": ["mxnet"],
+             "chainer": ["chainer"]}.get(port, [])
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in names:
+        m = sys.modules.get(name)
+        if m is not None:
+            out[name] = getattr(m, "__version__", "?")
+    return out
+
+
+def worker(port: str, batches: list[int], quick: bool) -> int:
+    """JSON lines protocol on the real stdout (everything else printed goes to stderr)."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(obj) -> None:
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    try:
+        from ports.seeded import seeded_weights
+        from ports.spec import Variant
+
+        from .inputs import inputs
+
+        mod = PORTS[port].import_module()
+        weights = seeded_weights(Variant.from_id(VARIANT_ID))
+        images = inputs(SIZE, count=max(batches))
+        candidates = _candidates(port, mod, weights, quick)
+        chosen, trials = {}, {}
+        for batch in batches:
+            x = np.ascontiguousarray(images[:batch])
+            best = None
+            trials[batch] = {}
+            for name, make in candidates:
+                try:
+                    run = make(x)
+                    t0 = time.perf_counter()
+                    run()  # first call: compilation, allocation
+                    first = time.perf_counter() - t0
+                    for _ in range(1 if quick else 2):
+                        run()
+                    calls, elapsed = _time_for(run, 0.05 if quick else 0.5, 2)
+                    per_call = elapsed / calls
+                except Exception as e:  # a candidate that fails is reported, not fatal
+                    trials[batch][name] = f"failed: {type(e).__name__}: {e}"[:300]
+                    continue
+                trials[batch][name] = {"first_call_s": first, "per_call_s": per_call}
+                if best is None or per_call < best[1]:
+                    best = (name, per_call, run)
+            if best is None:
+                raise RuntimeError(f"no inference mode works at batch {batch}: {trials[batch]}")
+            chosen[batch] = best
+        logits = np.asarray(chosen[batches[0]][2]())[0].astype(np.float64)
+        send({"ready": True, "port": port, "modes": {b: c[0] for b, c in chosen.items()},
+              "trials": trials, "versions": _versions(port), "logits0": logits.tolist(),
+              "python": sys.executable})
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd.get("cmd") != "run":
+                break
+            batch = int(cmd["batch"])
+            calls, elapsed = _time_for(chosen[batch][2], float(cmd["seconds"]), 1)
+            send({"calls": calls, "seconds": elapsed, "images_per_s": calls * batch / elapsed})
+        return 0
+    except Exception as e:
+        send({"ready": False, "port": port, "error": f"{type(e).__name__}: {e}",
+              "traceback": traceback.format_exc()[-3000:]})
+        return 1
+
+
+# ============================================================================================
+# orchestrator side
+# ============================================================================================
+class Worker:
+    """A running worker process; ``info`` is its ready message."""
+
+    def __init__(self, port: str, python: str, batches, quick: bool, threads: int,
+                 log_dir: Path) -> None:
+        self.port = port
+        env = _thread_env(threads)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
+                                             env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONHASHSEED"] = "0"
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{port}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
+        cmd = [python, "-m", "conformance.bench", "--worker", port,
+               "--batches", ",".join(map(str, batches))] + (["--quick"] if quick else [])
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     bufsize=1)
+        self.info = self._read()
+        if not self.info.get("ready"):
+            self.close()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            return {"ready": False, "error": f"worker exited ({self.proc.returncode}); see "
+                                             f"{self.log_path}"}
+        return json.loads(line)
+
+    def run(self, batch: int, seconds: float) -> float:
+        self.proc.stdin.write(json.dumps({"cmd": "run", "batch": batch, "seconds": seconds})
+                              + "\n")
+        self.proc.stdin.flush()
+        reply = self._read()
+        if "images_per_s" not in reply:
+            raise RuntimeError(f"{self.port} worker: {reply.get('error', reply)}")
+        return float(reply["images_per_s"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def env_python(env: str, log=print) -> str:
+    """The interpreter of tox environment ``env`` (created on first use, like the matrix)."""
+    child_env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        child_env["PATH"] = os.pathsep.join(p for p in child_env.get("PATH", "").split(os.pathsep)
+                                            if not p.startswith(venv))
+    cmd = [sys.executable, "-m", "tox", "exec", "-q", "-e", env, "--", "python", "-c",
+           "import sys; print('PYTHON=' + sys.executable)"]
+    log(f"   tox exec -e {env} (creates the environment on first use) ...")
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    found = [ln[len("PYTHON="):] for ln in proc.stdout.splitlines() if ln.startswith("PYTHON=")]
+    if proc.returncode or not found:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        raise RuntimeError(f"tox env {env} failed (exit {proc.returncode}): {tail}")
+    return found[-1].strip()
+
+
+def machine_peak(n: int, repeats: int = 3) -> float:
+    """Best float32 GFLOP/s of an ``n x n`` matrix product in NumPy (its BLAS)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def _thread_env(threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "TF_NUM_INTRAOP_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def measure_peak(n: int, threads: int) -> float:
+    """:func:`machine_peak` in a fresh process whose BLAS uses ``threads`` threads, as the
+    workers' frameworks do."""
+    proc = subprocess.run([sys.executable, "-m", "conformance.bench", "--peak", str(n)],
+                          cwd=ROOT, env={**_thread_env(threads), "PYTHONPATH": str(ROOT)},
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int,
+          seconds: float, threads: int, batches=BATCHES, log=print) -> dict:
+    from ports.spec import Variant
+
+    macs = Variant.from_id(VARIANT_ID).macs(SIZE)
+    log(f"SqueezeNet {VARIANT_ID} at {SIZE}x{SIZE}: {macs / 1e9:.3f} G multiply-adds per image")
+    peak_n = 1024 if quick else 4096
+    peak = measure_peak(peak_n, threads)
+    log(f"machine peak (NumPy float32 {peak_n}x{peak_n} matmul, {threads} threads): "
+        f"{peak:.1f} GFLOP/s")
+    result = {"variant": VARIANT_ID, "size": SIZE, "dtype": "float32", "batches": list(batches),
+              "macs_per_image": macs, "flops_per_image": 2 * macs, "threads": threads,
+              "quick": quick, "rounds": rounds, "seconds_per_round": seconds,
+              "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+                          "peak_gflops": peak, "peak_method": "numpy float32 matmul"},
+              "reference": REFERENCE, "ports": {}, "not_run": {}}
+
+    def python_for(port: str) -> str:
+        p = PORTS[port]
+        return pythons.get(port) or pythons.get(p.env) or env_python(p.env, log)
+
+    def start(port: str) -> Worker:
+        log(f"   starting {port} worker (load, warm up, choose the fastest mode) ...")
+        t0 = time.perf_counter()
+        w = Worker(port, python_for(port), batches, quick, threads, OUT / "logs")
+        if w.info.get("ready"):
+            log(f"   {port} ready in {time.perf_counter() - t0:.0f}s: "
+                + ", ".join(f"batch {b}: {m}" for b, m in w.info["modes"].items()))
+        return w
+
+    log(f"== [{0}/{len(ports)}] {REFERENCE} (reference, lives for the whole run)")
+    ref = start(REFERENCE)
+    if not ref.info.get("ready"):
+        raise RuntimeError(f"{REFERENCE} worker failed: {ref.info.get('error')}\n"
+                           f"{ref.info.get('traceback', '')}")
+    ref_logits = np.asarray(ref.info["logits0"])
+    ref_rates: dict[int, list[float]] = {b: [] for b in batches}
+    others = [p for p in ports if p != REFERENCE]
+    try:
+        for i, port in enumerate(others, 1):
+            log(f"== [{i}/{len(others)}] {port} (env {PORTS[port].env})")
+            try:
+                w = start(port)
+            except Exception as e:
+                result["not_run"][port] = f"{type(e).__name__}: {e}"
+                log(f"   not run: {result['not_run'][port]}")
+                continue
+            if not w.info.get("ready"):
+                result["not_run"][port] = w.info.get("error", "failed")
+                log(f"   not run: {result['not_run'][port]}")
+                continue
+            try:
+                record = _measure(w, ref, batches, rounds, seconds, ref_rates, log)
+            except Exception as e:
+                result["not_run"][port] = f"{type(e).__name__}: {e}"
+                log(f"   failed while timing: {e}")
+                continue
+            finally:
+                w.close()
+            record["max_abs_vs_onnxruntime"] = float(
+                np.abs(np.asarray(w.info["logits0"]) - ref_logits).max())
+            result["ports"][port] = _finish(record, w.info, macs, peak)
+            _print_port(port, result["ports"][port], log)
+        if not any(ref_rates.values()):  # nothing else ran: time the reference on its own
+            for _ in range(rounds):
+                for b in batches:
+                    ref_rates[b].append(ref.run(b, seconds))
+    finally:
+        ref.close()
+    again = measure_peak(peak_n, threads)  # the machine may have been busier at the start
+    if again > peak:
+        log(f"machine peak measured again: {again:.1f} GFLOP/s")
+        peak = result["machine"]["peak_gflops"] = again
+    ref_record = {"batches": {str(b): {"images_per_s": statistics.median(ref_rates[b]),
+                                       "min": min(ref_rates[b]), "max": max(ref_rates[b]),
+                                       "rounds": len(ref_rates[b]),
+                                       "ratio_to_onnxruntime": 1.0} for b in batches},
+                  "max_abs_vs_onnxruntime": 0.0}
+    result["ports"] = {REFERENCE: _finish(ref_record, ref.info, macs, peak), **result["ports"]}
+    for rec in result["ports"].values():
+        for b in rec["batches"].values():
+            b["fraction_of_peak"] = b["gflops"] / peak
+    _print_port(REFERENCE, result["ports"][REFERENCE], log)
+    return result
+
+
+def _measure(w: Worker, ref: Worker, batches, rounds: int, seconds: float,
+             ref_rates: dict, log) -> dict:
+    rec: dict = {"batches": {}}
+    for b in batches:
+        mine, ratios = [], []
+        for r in range(rounds):
+            order = (w, ref) if r % 2 == 0 else (ref, w)   # ABBA: linear drift cancels
+            rates = {x.port: x.run(b, seconds) for x in order}
+            mine.append(rates[w.port])
+            ref_rates[b].append(rates[ref.port])
+            ratios.append(rates[w.port] / rates[ref.port])
+            log(f"   batch {b:>2} round {r + 1}/{rounds}: {rates[w.port]:8.1f} img/s, "
+                f"ORT {rates[ref.port]:8.1f} img/s, ratio {ratios[-1]:.2f}")
+        rec["batches"][str(b)] = {"images_per_s": statistics.median(mine), "min": min(mine),
+                                  "max": max(mine), "rounds": rounds,
+                                  "ratio_to_onnxruntime": statistics.median(ratios),
+                                  "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return rec
+
+
+def _finish(record: dict, info: dict, macs: int, peak: float) -> dict:
+    for b in record["batches"].values():
+        b["gflops"] = b["images_per_s"] * 2 * macs / 1e9
+        b["fraction_of_peak"] = b["gflops"] / peak
+    record.update({"env": PORTS[info["port"]].env, "modes": info["modes"],
+                   "trials": info["trials"], "versions": info["versions"],
+                   "python": info["python"]})
+    return record
+
+
+def _print_port(port: str, rec: dict, log) -> None:
+    for b, r in rec["batches"].items():
+        log(f"   {port} batch {b}: {r['images_per_s']:.1f} img/s, "
+            f"{r['ratio_to_onnxruntime']:.2f}x ORT, {r['gflops']:.1f} GFLOP/s "
+            f"({100 * r['fraction_of_peak']:.1f}% of peak)")
+
+
+def table(result: dict) -> str:
+    batches = [str(b) for b in result["batches"]]
+    head = f"{'port':<13}" + "".join(f"{'b' + b + ' img/s':>12}{'xORT':>7}{'%peak':>7}"
+                                     for b in batches) + "  mode"
+    lines = [head]
+    for port, rec in result["ports"].items():
+        cells = "".join(f"{rec['batches'][b]['images_per_s']:>12.1f}"
+                        f"{rec['batches'][b]['ratio_to_onnxruntime']:>7.2f}"
+                        f"{100 * rec['batches'][b]['fraction_of_peak']:>7.1f}" for b in batches)
+        modes = " / ".join(dict.fromkeys(rec["modes"].values()))
+        lines.append(f"{port:<13}{cells}  {modes}")
+    for port, why in result["not_run"].items():
+        lines.append(f"{port:<13}  not run: {why[:150]}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ports = list(result["ports"])
+    batches = [str(b) for b in result["batches"]]
+    fig, axes = plt.subplots(1, len(batches), figsize=(4 + 1.1 * len(ports), 4.5),
+                             squeeze=False)
+    bound = result["machine"]["peak_gflops"] * 1e9 / result["flops_per_image"]
+    for ax, b in zip(axes[0], batches):
+        rates = [result["ports"][p]["batches"][b]["images_per_s"] for p in ports]
+        colors = ["tab:orange" if p == REFERENCE else "tab:blue" for p in ports]
+        bars = ax.bar(range(len(ports)), rates, color=colors)
+        for bar, p in zip(bars, ports):
+            r = result["ports"][p]["batches"][b]
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(),
+                    f"{r['ratio_to_onnxruntime']:.2f}x", ha="center", va="bottom", fontsize=8)
+        ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
+        ax.text(len(ports) - 0.5, bound, f"matmul-peak bound {bound:.0f}", ha="right",
+                va="bottom", fontsize=7, color="grey")
+        ax.set_xticks(range(len(ports)), ports, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("images / s")
+        ax.set_title(f"batch {b}")
+    fig.suptitle(f"SqueezeNet {result['variant']} {result['size']}x{result['size']} float32, "
+                 f"{result['threads']} threads; labels: ratio to ONNX Runtime"
+                 + (" (--quick: not meaningful)" if result["quick"] else ""), fontsize=9)
+    fig.tight_layout()
+    tmp = str(path) + ".part.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--ports", default=",".join(DEFAULT_PORTS),
+                        help="comma-separated ports (default: all but the numpy oracle)")
+    parser.add_argument("--quick", action="store_true", help="CI: 2 short rounds, no compile")
+    parser.add_argument("--rounds", type=int, help="timed rounds per port and batch (default 7)")
+    parser.add_argument("--seconds", type=float, help="seconds per timed run (default 1.0)")
+    parser.add_argument("--threads", type=int, default=int(
+        os.environ.get("SQUEEZENET_BENCH_THREADS") or os.cpu_count() or 1),
+        help="threads per framework and for the peak matmul (default: every core, or "
+             "$SQUEEZENET_BENCH_THREADS)")
+    parser.add_argument("--python", action="append", default=[], metavar="PORT_OR_ENV=PATH",
+                        help="use this interpreter instead of the tox environment's")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--peak", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    if args.worker:
+        return worker(args.worker, batches, args.quick)
+    if args.peak:
+        print(machine_peak(args.peak))
+        return 0
+    ports = [p for p in args.ports.split(",") if p]
+    unknown = [p for p in ports if p not in PORTS]
+    if unknown:
+        parser.error(f"unknown ports {unknown}; known: {', '.join(PORTS)}")
+    pythons = {}
+    for item in args.python:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--python expects PORT_OR_ENV=PATH, got {item!r}")
+        pythons[key] = value
+    rounds = args.rounds or (2 if args.quick else 7)
+    seconds = args.seconds or (0.05 if args.quick else 1.0)
+    OUT.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = bench(ports, pythons, quick=args.quick, rounds=rounds, seconds=seconds,
+                   threads=args.threads, batches=batches)
+    result["wall_seconds"] = time.perf_counter() - start
+    print()
+    print(table(result))
+    tmp = OUT / ".bench.json.part"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(OUT / "bench.json")
+    if not args.no_plot:
+        plot(result, OUT / "bench.png")
+    print(f"\nran: {', '.join(result['ports'])}; not run: "
+          f"{', '.join(result['not_run']) or 'none'}")
+    print(f"wrote {OUT / 'bench.json'}" + ("" if args.no_plot else f" and {OUT / 'bench.png'}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

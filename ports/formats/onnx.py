@@ -1,0 +1,377 @@
+"""ONNX: export canonical weights as a complete SqueezeNet graph, import weights from ONNX
+files written by anyone.  Needs the ``onnx`` package only, never a framework.
+
+Export (:func:`encode`, :func:`write`) interprets :meth:`ports.spec.Variant.layers`::
+
+    input  "input"  float32 [N, 3, H, W]      (N, H, W symbolic)
+    Conv (pads from the spec, conv10's included) -> Relu, MaxPool 3x3/2 ceil_mode=1,
+    Fire = squeeze Conv+Relu -> Concat(expand1x1 Conv+Relu, expand3x3 Conv+Relu, axis 1)
+           [-> Add(identity or 1x1 bypass Conv)],
+    GlobalAveragePool -> Flatten(axis 1)
+    output "logits" float32 [N, num_classes]
+
+Initializers are named by canonical names (``conv1.weight``, ``fire2.squeeze.bias`` ...);
+the canonical metadata is stored as ``metadata_props``.  Opset 13, IR version 7.
+
+Import (:func:`read`, :func:`decode`) does not trust names: it walks the ``Conv`` nodes in
+graph order, cuts them into the spec's groups (conv1, each Fire's 3 or 4 convs, conv10) and
+matches each conv of a group by its weight shape, kernel, stride and padding, so the
+project's own export, the graph ``torch.onnx.export`` produces (``features.3.squeeze.weight``
+or ``onnx::Conv_123``), the ONNX model zoo's Caffe2 export (``conv1_w_0``,
+``fire2/squeeze1x1_w_0`` ...) and its Gluon export (``squeezenet0_conv0_weight`` ...) all
+load.  Where a weight's name is one a known exporter gives another layer, import fails.  The
+variant comes from the graph, never from the file name (the model zoo once shipped a
+"squeezenet1.0" file that is v1.1): conv1's shape gives the version, conv10's filters
+``num_classes`` and its ``pads`` attribute ``final_conv_padding``; 30 convs mean the complex
+bypass, an ``Add`` of two computed tensors in a 26-conv graph the simple bypass.  A Fire whose
+``Concat`` puts expand3x3 first is refused (its weights would not mean the same thing).
+
+Files larger than :data:`MAX_BYTES` and tensors stored as external data are refused (external
+data would make the reader open other files).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import spec as S
+from .._io import atomic_write
+from ..canonical import Weights, make
+from ..errors import WeightsError
+from ..spec import Variant
+
+NAME = "onnx"
+EXTENSIONS = (".onnx",)
+OPSET = 13
+IR_VERSION = 7
+MAX_BYTES = 512 * 1024**2
+PRODUCER = "squeezenet-ports"
+INPUT, OUTPUT = "input", "logits"
+_STEMS = {(96, 3, 7, 7): "1_0", (64, 3, 3, 3): "1_1"}
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - the convert extra installs it
+        raise WeightsError(f"the onnx package is needed for .onnx files ({e}); "
+                           "pip install onnx", format=NAME) from None
+    return onnx
+
+
+# --- export ----------------------------------------------------------------------------------
+def build(weights: Weights, *, dynamic_size: bool = True):
+    """The complete ``onnx.ModelProto`` of ``weights`` (checked with ``onnx.checker``)."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    variant = weights.variant
+    nodes: list = []
+    counter = [0]
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
+        counter[0] += 1
+        nodes.append(helper.make_node(op, inputs, [output], name=f"{output}/{op}", **attrs))
+        return output
+
+    def conv(c: S.Conv, x: str) -> str:
+        p = c.padding
+        return node("Conv", [x, f"{c.name}.weight", f"{c.name}.bias"], c.name,
+                    kernel_shape=[c.kernel, c.kernel], strides=[c.stride, c.stride],
+                    pads=[p, p, p, p], dilations=[1, 1], group=1)
+
+    h = INPUT
+    for layer in variant.layers():
+        if isinstance(layer, S.Conv):
+            h = conv(layer, h)
+        elif isinstance(layer, S.ReLU):
+            h = node("Relu", [h], layer.name)
+        elif isinstance(layer, S.MaxPool):
+            h = node("MaxPool", [h], layer.name, kernel_shape=[layer.kernel, layer.kernel],
+                     strides=[layer.stride, layer.stride], pads=[0, 0, 0, 0],
+                     ceil_mode=int(layer.ceil_mode))
+        elif isinstance(layer, S.Fire):
+            s = node("Relu", [conv(layer.squeeze, h)], f"{layer.name}.squeeze.relu")
+            e1 = node("Relu", [conv(layer.expand1x1, s)], f"{layer.name}.expand1x1.relu")
+            e3 = node("Relu", [conv(layer.expand3x3, s)], f"{layer.name}.expand3x3.relu")
+            out = node("Concat", [e1, e3], f"{layer.name}.concat", axis=1)
+            if layer.bypass == "identity":
+                out = node("Add", [out, h], f"{layer.name}.add")
+            elif layer.bypass == "conv":
+                out = node("Add", [out, conv(layer.bypass_conv, h)], f"{layer.name}.add")
+            h = out
+        elif isinstance(layer, S.Dropout):
+            continue  # identity at inference
+        elif isinstance(layer, S.GlobalAvgPool):
+            h = node("GlobalAveragePool", [h], layer.name)
+            h = node("Flatten", [h], OUTPUT, axis=1)
+        else:  # pragma: no cover - the spec has no other layer kinds
+            raise TypeError(f"unknown layer {layer!r}")
+    assert h == OUTPUT
+    size = ["H", "W"] if dynamic_size else [224, 224]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(weights.tensors[k], np.float32), k)
+             for k in variant.params()]
+    graph = helper.make_graph(
+        nodes, f"squeezenet_{variant.id}",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 3, *size])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", variant.num_classes])],
+        initializer=inits)
+    model = helper.make_model(graph, producer_name=PRODUCER, producer_version="1",
+                              opset_imports=[helper.make_opsetid("", OPSET)],
+                              doc_string=f"SqueezeNet {variant.id}: "
+                                         f"{weights.meta.get('source', '')}")
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, dict(sorted(weights.meta.items())))
+    onnx.checker.check_model(model)
+    return model
+
+
+def encode(weights: Weights, *, dynamic_size: bool = True) -> bytes:
+    """The ``.onnx`` bytes of ``weights``."""
+    return build(weights, dynamic_size=dynamic_size).SerializeToString()
+
+
+def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
+    return [atomic_write(path, encode(weights), overwrite=overwrite)]
+
+
+# --- import ----------------------------------------------------------------------------------
+def _known_names(variant: Variant) -> dict[str, str]:
+    """Weight names known exporters give each conv -> canonical conv name."""
+    from .torch import key_table
+
+    caffe = {"squeeze": "squeeze1x1", "expand1x1": "expand1x1", "expand3x3": "expand3x3",
+             "bypass": "bypass"}
+    out: dict[str, str] = {}
+    for key, tv in key_table(variant).items():
+        if key.endswith(".weight"):
+            conv = key[: -len(".weight")]
+            out[key] = out[tv] = conv
+            if "." in conv:
+                fire, part = conv.split(".")
+                for sep in ("/", "_"):
+                    out[f"{fire}{sep}{caffe[part]}_w_0"] = conv
+            else:
+                out[f"{conv}_w_0"] = conv
+    return out
+
+
+def read(path, *, variant: Variant | None = None) -> Weights:
+    """An ONNX file -> canonical :class:`Weights` (see the module docstring)."""
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise WeightsError(f"file is {size} bytes, more than the {MAX_BYTES} allowed",
+                           path=path, format=NAME)
+    with open(path, "rb") as f:
+        blob = f.read(MAX_BYTES + 1)
+    return decode(blob, path=path, variant=variant)
+
+
+def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights:
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    def fail(reason: str) -> WeightsError:
+        return WeightsError(reason, path=path, format=NAME)
+
+    if len(blob) > MAX_BYTES:
+        raise fail(f"file is {len(blob)} bytes, more than the {MAX_BYTES} allowed")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(bytes(blob))
+    except Exception as e:  # google.protobuf.message.DecodeError and friends
+        raise fail(f"not an ONNX model (protobuf parse failed: {e})") from None
+    graph = model.graph
+    if not graph.node:
+        raise fail("the model has an empty graph (not an ONNX model?)")
+
+    # Constants: initializers and Constant nodes, through Identity nodes.
+    consts: dict[str, object] = {i.name: i for i in graph.initializer}
+    alias: dict[str, str] = {}
+    producer: dict[str, object] = {}
+    for n in graph.node:
+        for out in n.output:
+            producer[out] = n
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    consts[n.output[0]] = a.t
+        elif n.op_type == "Identity" and n.input:
+            alias[n.output[0]] = n.input[0]
+    for t in consts.values():
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            raise fail(f"tensor {t.name!r} is stored as external data; refusing to open other "
+                       "files (save the model with its weights inside)")
+
+    def resolve(name: str) -> str:
+        seen = 0
+        while name in alias and seen < 100:
+            name, seen = alias[name], seen + 1
+        return name
+
+    def tensor(name: str, what: str) -> np.ndarray:
+        t = consts.get(resolve(name))
+        if t is None:
+            raise fail(f"{what} {name!r} is not a constant (initializer or Constant node)")
+        if len(t.dims) > 8 or any(d < 0 for d in t.dims) or np.prod(t.dims, dtype=np.float64) \
+                > MAX_BYTES:
+            raise fail(f"{what} {name!r}: bad dims {list(t.dims)}")
+        if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                               onnx.TensorProto.DOUBLE):
+            raise fail(f"{what} {name!r}: data type "
+                       f"{onnx.TensorProto.DataType.Name(t.data_type)}, expected FLOAT")
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception as e:
+            raise fail(f"{what} {name!r}: {e}") from None
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def ints(n, name: str, default):
+        for a in n.attribute:
+            if a.name == name:
+                return list(a.ints) if a.type == onnx.AttributeProto.INTS else a.i
+        return default
+
+    def strattr(n, name: str, default: str) -> str:
+        for a in n.attribute:
+            if a.name == name:
+                return a.s.decode("ascii", "replace")
+        return default
+
+    # Every Conv in graph order, with its weights and geometry.
+    convs = []
+    for n in graph.node:
+        if n.op_type != "Conv":
+            continue
+        label = n.name or n.output[0]
+        if len(n.input) < 2:
+            raise fail(f"Conv {label!r} has no weight input")
+        w = tensor(n.input[1], f"Conv {label!r} weight")
+        if w.ndim != 4:
+            raise fail(f"Conv {label!r}: weight shape {list(w.shape)}, expected 4-D OIHW")
+        if len(n.input) > 2 and n.input[2]:
+            b = tensor(n.input[2], f"Conv {label!r} bias")
+        else:
+            b = np.zeros(w.shape[0], np.float32)
+        if ints(n, "group", 1) != 1 or set(ints(n, "dilations", [1, 1])) != {1}:
+            raise fail(f"Conv {label!r}: grouped or dilated convolution is not SqueezeNet's")
+        stride = ints(n, "strides", [1, 1])
+        kernel = list(w.shape[2:])
+        pads = ints(n, "pads", [0, 0, 0, 0])
+        auto = strattr(n, "auto_pad", "NOTSET")
+        if auto in ("SAME_UPPER", "SAME_LOWER") and set(stride) == {1} and kernel[0] % 2:
+            pads = [(kernel[0] - 1) // 2] * 4
+        elif auto not in ("NOTSET", "VALID"):
+            raise fail(f"Conv {label!r}: auto_pad={auto} with stride {stride} is not "
+                       "SqueezeNet's geometry")
+        if len(set(stride)) != 1 or len(set(pads)) != 1 or kernel[0] != kernel[1]:
+            raise fail(f"Conv {label!r}: non-square stride {stride}, pads {pads} or kernel "
+                       f"{kernel}")
+        convs.append({"node": n, "label": label, "w": w, "b": b, "stride": stride[0],
+                      "pad": pads[0], "wname": resolve(n.input[1])})
+    if len(convs) not in (26, 30):
+        raise fail(f"graph has {len(convs)} Conv nodes; SqueezeNet has 26 (30 with the "
+                   "complex bypass)")
+
+    # The variant, from the graph.
+    stem, head = convs[0], convs[-1]
+    version = _STEMS.get(tuple(stem["w"].shape))
+    if version is None:
+        raise fail(f"first Conv {stem['label']!r} has weight shape {list(stem['w'].shape)}: "
+                   "expected [96, 3, 7, 7] (v1.0) or [64, 3, 3, 3] (v1.1)")
+    if len(convs) == 30:
+        bypass = "complex"
+    else:
+        computed = lambda name: resolve(name) not in consts  # noqa: E731
+        adds = [n for n in graph.node if n.op_type in ("Add", "Sum")
+                and len(n.input) >= 2 and all(computed(i) for i in n.input)]
+        bypass = "simple" if adds else "none"
+    if head["pad"] not in (0, 1):
+        raise fail(f"last Conv {head['label']!r} (conv10) has pads {head['pad']}, expected 0 "
+                   "or 1")
+    try:
+        found = Variant(version, int(head["w"].shape[0]), int(head["pad"]), bypass)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    if variant is not None and variant != found:
+        raise fail(f"the graph is SqueezeNet {found.id}, not the requested {variant.id}")
+    variant = found
+
+    # Spec groups, matched in graph order; inside a group by shape and geometry.
+    groups: list[list[S.Conv]] = []
+    for layer in variant.layers():
+        if isinstance(layer, S.Conv):
+            groups.append([layer])
+        elif isinstance(layer, S.Fire):
+            groups.append(list(layer.convs()))
+    known = _known_names(variant)
+    matched: dict[str, dict] = {}
+    start = 0
+    for group in groups:
+        pool = convs[start:start + len(group)]
+        start += len(group)
+        for c in group:
+            hits = [g for g in pool if tuple(g["w"].shape) == c.weight_shape
+                    and g["stride"] == c.stride and g["pad"] == c.padding]
+            if len(hits) != 1:
+                seen = ", ".join(f"{g['label']} {list(g['w'].shape)} stride {g['stride']} pad "
+                                 f"{g['pad']}" for g in pool)
+                raise fail(f"{c.name}: expected one Conv with weight {list(c.weight_shape)}, "
+                           f"stride {c.stride}, pad {c.padding} among [{seen}]")
+            g = hits[0]
+            if g["b"].shape != (c.out_channels,):
+                raise fail(f"{c.name}: bias shape {list(g['b'].shape)}, expected "
+                           f"[{c.out_channels}]")
+            other = known.get(g["wname"])
+            if other is not None and other != c.name:
+                raise fail(f"weight {g['wname']!r} sits where {c.name} belongs, but that name "
+                           f"is {other}'s")
+            matched[c.name] = g
+            pool.remove(g)
+
+    # Each Fire's Concat must put expand1x1 first.
+    def source_conv(name: str):
+        for _ in range(8):
+            n = producer.get(resolve(name))
+            if n is None:
+                return None
+            if n.op_type == "Conv":
+                return n
+            if n.op_type not in ("Relu", "Identity", "Clip") or not n.input:
+                return None
+            name = n.input[0]
+        return None
+
+    concat_pos: dict[int, tuple[int, int]] = {}
+    for ci, n in enumerate(graph.node):
+        if n.op_type == "Concat":
+            for pos, inp in enumerate(n.input):
+                src = source_conv(inp)
+                if src is not None:
+                    concat_pos[id(src)] = (ci, pos)
+    for fire in variant.fires():
+        a = concat_pos.get(id(matched[fire.expand1x1.name]["node"]))
+        b = concat_pos.get(id(matched[fire.expand3x3.name]["node"]))
+        if a and b and a[0] == b[0] and a[1] > b[1]:
+            raise fail(f"{fire.name}: the graph concatenates expand3x3 before expand1x1")
+
+    tensors = {}
+    for name, g in matched.items():
+        tensors[f"{name}.weight"], tensors[f"{name}.bias"] = g["w"], g["b"]
+    props = {p.key: p.value for p in model.metadata_props}
+    label = os.path.basename(os.fspath(path)) if path is not None else "bytes"
+    if model.producer_name == PRODUCER and "preprocessing" in props:
+        preprocessing, source = props["preprocessing"], props.get("source", "ONNX")
+        extra = {k: v for k, v in props.items() if k not in variant.to_meta()
+                 and k not in ("preprocessing", "source")}
+    else:
+        producer_name = " ".join(filter(None, [model.producer_name, model.producer_version]))
+        preprocessing, extra = "torchvision", {}
+        source = f"ONNX {label}" + (f" (producer {producer_name})" if producer_name else "")
+    try:
+        return make(tensors, variant, preprocessing=preprocessing, source=source, **extra)
+    except WeightsError as e:
+        raise fail(e.reason) from None
