@@ -1,0 +1,200 @@
+"""Keras 3 port on the backend named by ``KERAS_BACKEND`` (tox envs keras-tf, keras-jax,
+keras-torch): goldens, real-weights fixtures, and the ``.weights.h5`` contract with real
+Keras (our files load with ``model.load_weights``; Keras' files convert back bit-exact).
+"""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+BACKEND_PORTS = {"tensorflow": "keras-tf", "jax": "keras-jax", "torch": "keras-torch"}
+_backend = os.environ.get("KERAS_BACKEND")
+if _backend not in BACKEND_PORTS:
+    pytest.skip("set KERAS_BACKEND to tensorflow, jax or torch (tox -e keras-tf, keras-jax, "
+                "keras-torch)", allow_module_level=True)
+if importlib.util.find_spec("keras") is None:
+    pytest.skip("keras is not installed", allow_module_level=True)
+
+from conformance.ports import PORTS  # noqa: E402
+
+PORT = BACKEND_PORTS[_backend]
+kport = PORTS[PORT].import_module()  # sets JAX_ENABLE_X64 etc. before keras is imported
+
+import h5py  # noqa: E402
+import keras  # noqa: E402
+from keras.src.utils.naming import to_snake_case  # noqa: E402
+
+from conformance import golden  # noqa: E402
+from conformance.harness import assert_agrees, tolerance  # noqa: E402
+from conformance.inputs import inputs  # noqa: E402
+from conformance.suite import PortSuite  # noqa: E402
+from ports import formats  # noqa: E402
+from ports.errors import WeightsError  # noqa: E402
+from ports.formats import keras as codec  # noqa: E402
+from ports.seeded import seeded_weights  # noqa: E402
+from ports.spec import Variant, all_variants  # noqa: E402
+
+VARIANTS = all_variants()
+IDS = [v.id for v in VARIANTS]
+_seeded_cache: dict = {}
+
+
+class TestKeras(PortSuite):
+    port = PORT
+
+
+def seeded(v: Variant):
+    if v not in _seeded_cache:
+        _seeded_cache[v] = seeded_weights(v)
+    return _seeded_cache[v]
+
+
+def keras_saved(tmp_path, v: Variant, dtype="float32", name="keras.weights.h5"):
+    """A file saved by real Keras from our model holding the seeded weights."""
+    model = kport.load(seeded(v), dtype=dtype)
+    path = tmp_path / name
+    model.save_weights(path)
+    return path
+
+
+def h5_tree(path) -> dict:
+    """Every group and dataset: path -> (kind, attrs, shape, dtype, bytes)."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            attrs = {k: v for k, v in obj.attrs.items() if k != codec.META_ATTR}
+            if isinstance(obj, h5py.Dataset):
+                out[name] = ("dataset", attrs, obj.shape, obj.dtype.str, obj[()].tobytes())
+            else:
+                out[name] = ("group", attrs)
+        f.visititems(visit)
+        out["/"] = ("group", {k: v for k, v in f.attrs.items() if k != codec.META_ATTR})
+    return out
+
+
+# --- the model is what the codec's table says -------------------------------------------------
+@pytest.mark.parametrize("v", VARIANTS, ids=IDS)
+def test_layer_table_is_model_layers(v):
+    model = kport.SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass)
+    actual = [(layer.name, to_snake_case(type(layer).__name__)) for layer in model.layers]
+    assert actual == [(k.name, k.kind) for k in codec.keras_layers(v)]
+    assert model.name == codec.model_name(v)
+
+
+@pytest.mark.parametrize("v", VARIANTS, ids=IDS)
+def test_codec_writes_what_keras_writes(tmp_path, v):
+    """Same groups, attributes, shapes, dtypes and bytes as ``model.save_weights`` (the
+    codec adds only its metadata attribute)."""
+    ours = tmp_path / "ours.weights.h5"
+    formats.write(seeded(v), ours)
+    theirs = h5_tree(keras_saved(tmp_path, v))
+    assert h5_tree(ours) == theirs
+
+
+@pytest.mark.parametrize("v", VARIANTS, ids=IDS)
+def test_keras_saved_file_converts_back_bit_exact(tmp_path, v):
+    back = formats.read(keras_saved(tmp_path, v))
+    assert back.variant == v  # inferred from the layer names: no metadata in Keras' file
+    w = seeded(v)
+    assert set(back.tensors) == set(w.tensors)
+    for k, t in w.tensors.items():
+        assert back[k].tobytes() == t.tobytes(), k
+
+
+def test_float64_model_saves_readable_file(tmp_path):
+    v = Variant("1_1", bypass="complex")
+    back = formats.read(keras_saved(tmp_path, v, dtype="float64"))
+    for k, t in seeded(v).tensors.items():
+        assert back[k].tobytes() == t.tobytes(), k  # float32 -> float64 -> float32 is exact
+
+
+def test_to_weights_round_trip():
+    v = Variant("1_0", final_conv_padding=1, bypass="simple")
+    back = kport.to_weights(kport.load(seeded(v)))
+    assert back.variant == v
+    for k, t in seeded(v).tensors.items():
+        assert back[k].tobytes() == t.tobytes(), k
+
+
+# --- our file in real Keras -------------------------------------------------------------------
+@pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-simple"])
+def test_codec_file_loads_in_keras_with_golden_logits(tmp_path, vid):
+    v = Variant.from_id(vid)
+    path = tmp_path / "w.weights.h5"
+    formats.write(seeded(v), path)  # what tools/convert w.safetensors w.weights.h5 does
+    model = kport.SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass)
+    model.load_weights(path)  # real Keras, by its own paths
+    logits = kport.predict(model, inputs(227))
+    atol, rtol = tolerance(PORT, "float32")
+    assert_agrees(logits, golden.load(vid, 227), atol, rtol,
+                  f"Logits of {PORT} after model.load_weights on {vid} at 227")
+    again = kport.load(path)  # and through ports.formats.read
+    np.testing.assert_array_equal(kport.predict(again, inputs(227)), logits)
+
+
+def test_keras_refuses_our_file_for_another_variant(tmp_path):
+    path = tmp_path / "w.weights.h5"
+    formats.write(seeded(Variant("1_1")), path)
+    model = kport.SqueezeNet("1_0")
+    with pytest.raises(ValueError):
+        model.load_weights(path)
+
+
+# --- refusals ---------------------------------------------------------------------------------
+def test_wrong_variant_refused_naming_the_layer(tmp_path):
+    path = keras_saved(tmp_path, Variant("1_1"))
+    with pytest.raises(WeightsError, match=r"layer conv1: kernel has shape \[3, 3, 3, 64\]"):
+        formats.read(path, variant=Variant("1_0"))
+    with pytest.raises(WeightsError, match="missing layers fire2_bypass"):
+        formats.read(path, variant=Variant("1_1", bypass="complex"))
+    with pytest.raises(WeightsError, match="missing layer conv10_pad"):
+        kport.load(formats.read(path, variant=Variant("1_1", final_conv_padding=1)))
+
+
+def test_missing_layer_refused_naming_it(tmp_path):
+    path = keras_saved(tmp_path, Variant("1_0", bypass="complex"))
+    with h5py.File(path, "r+") as f:
+        for key in list(f["layers"]):
+            if f["layers"][key]["vars"].attrs["name"] == "fire6_bypass":
+                del f["layers"][key]
+    with pytest.raises(WeightsError, match="missing layer fire6_bypass"):
+        kport.load(path)
+
+
+# --- building blocks --------------------------------------------------------------------------
+def test_ceil_pool_is_exact_on_negative_inputs():
+    """Output size equals the spec's ceil-mode size for every side, and padded cells never win
+    even when every input is negative (complex-bypass pools see negative values)."""
+    from ports import numpy as ref
+    from ports.layouts import nchw_to_nhwc, nhwc_to_nchw
+    from ports.spec import MaxPool
+
+    pool = MaxPool("pool")
+    layer = kport.CeilMaxPooling2D(pool.kernel, pool.stride, dtype="float64")
+    rng = np.random.default_rng(0)
+    for side in range(3, 40):
+        x = -1.0 - rng.random((1, 2, side, side + 1))  # all negative, rectangular
+        out = np.asarray(keras.ops.convert_to_numpy(layer(nchw_to_nhwc(x))))  # NHWC
+        assert out.shape[1:3] == (pool.out_size(side), pool.out_size(side + 1))
+        np.testing.assert_array_equal(nhwc_to_nchw(out), ref.max_pool_ceil(x, pool))
+
+
+def test_float64_global_average_pool_is_exact():
+    x = np.random.default_rng(1).normal(size=(2, 13, 13, 7))
+    layer = kport.ExactGlobalAveragePooling2D(dtype="float64")
+    out = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(out, x.mean(axis=(1, 2)), rtol=0, atol=1e-15)
+
+
+def test_whole_model_save_and_load_model(tmp_path):
+    """``model.save('m.keras')`` then ``keras.models.load_model``: the custom layers are
+    registered, and the restored model still predicts through ports.keras."""
+    v = Variant("1_1", final_conv_padding=1, bypass="complex")
+    model = kport.load(seeded(v))
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    assert kport.variant_of(restored) == v
+    x = inputs(224)[:2]
+    np.testing.assert_array_equal(kport.predict(restored, x), kport.predict(model, x))

@@ -1,0 +1,396 @@
+"""Keras 3 ``.weights.h5`` for the ``ports.keras`` model, read and written with h5py only.
+
+Layout that Keras 3 (checked on 3.15.1) writes with ``model.save_weights("w.weights.h5")``
+for a functional model, reproduced exactly by :func:`write`::
+
+    /vars                            group, attrs {"name": <model name>}, no members
+    /layers/<kind>[_<k>]/vars        group, attrs {"name": <layer name>}, one per layer,
+                                     weightless layers included (empty group)
+    /layers/conv2d_<k>/vars/0        kernel, float32 HWIO [kh, kw, in, out]
+    /layers/conv2d_<k>/vars/1        bias, float32 [out]
+
+``<kind>`` is the snake_case of the layer's class (``input_layer``, ``conv2d``, ``re_lu``,
+``ceil_max_pooling2d``, ``concatenate``, ``add``, ``dropout``, ``zero_padding2d``,
+``exact_global_average_pooling2d``) and ``_<k>`` its ordinal among layers of that class in
+``model.layers`` order (the first has no suffix).  **Keras loads by these paths, not by
+layer name**: :func:`keras_layers` is the ``model.layers`` order of ``ports.keras``, and
+the conformance tests check it against real Keras for every variant.
+
+Layer names (Keras names cannot contain ``/``): a canonical convolution ``fire2.squeeze``
+is the layer ``fire2_squeeze`` (``.`` -> ``_``); ``conv1``, ``relu1``, ``pool1`` ...
+``drop9``, ``conv10``, ``relu10``, ``pool10`` keep their spec names; each Fire module adds
+``fireN_concat`` and, with a bypass, ``fireN_add`` (and ``fireN_bypass``, the complex
+bypass conv); ``final_conv_padding=1`` adds ``conv10_pad`` (a ``ZeroPadding2D``).
+:func:`key_table` maps canonical parameter names to dataset paths.
+
+Metadata: the canonical metadata is stored as one extra root attribute,
+``squeezenet_ports.metadata`` (a JSON object of strings), which Keras ignores.  A file saved
+by real Keras has none; the architecture is then, in order of preference:
+
+1. ``read(..., variant=...)`` when given (checked against the file's layer set);
+2. inferred from the layer names Keras records (every layer, weightless ones included):
+   version from ``conv1``'s kernel, ``num_classes`` from ``conv10``'s bias, complex bypass
+   from ``fireN_bypass``, simple from ``fireN_add`` and ``final_conv_padding=1`` from
+   ``conv10_pad`` -- exact for files saved from a ``ports.keras`` model;
+3. for files without layer names (Keras 3 versions before the ``name`` attribute), from
+   the shapes alone: version, ``num_classes`` and complex bypass are exact, but "simple"
+   (no parameters) cannot be told from "none" nor conv10 padding 1 from 0: they default
+   to ``"none"`` and ``0`` and ``source`` says so -- pass ``variant=`` for anything else.
+
+``preprocessing`` is then ``"none"`` (unknown) and ``source`` names how the architecture
+was found.  A file whose layers do not match the architecture (a missing or unexpected
+layer, a wrong shape) raises :class:`ports.errors.WeightsError` naming the layer; shapes are
+checked before any data is read.  float16/float64 datasets are accepted and rounded to
+float32 (canonical); float32 ones convert bit-exact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import spec as S
+from .._io import atomic_write
+from ..canonical import Weights
+from ..errors import WeightsError
+from ..layouts import hwio_to_oihw, oihw_to_hwio
+from ..spec import Variant
+
+NAME = "keras"
+EXTENSIONS = (".weights.h5", ".h5")
+META_ATTR = "squeezenet_ports.metadata"
+MAX_LAYERS = 10_000          # groups under /layers before we give up on a file
+MAX_META = 1 << 20           # bytes of the metadata attribute
+_FLOATS = (np.dtype("<f2"), np.dtype("<f4"), np.dtype("<f8"),
+           np.dtype(">f2"), np.dtype(">f4"), np.dtype(">f8"))
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    """One layer of the ``ports.keras`` model: Keras ``name``, ``kind`` (snake_case class
+    name, the file's group prefix) and the canonical convolution it holds, if any."""
+
+    name: str
+    kind: str
+    canonical: str | None = None
+
+
+def layer_name(canonical: str) -> str:
+    """Keras layer name of a canonical layer name: ``fire2.squeeze`` -> ``fire2_squeeze``."""
+    return canonical.replace(".", "_")
+
+
+def model_name(variant: Variant) -> str:
+    """Name of the Keras model, e.g. ``squeezenet_1_0_p1_none``."""
+    return "squeezenet_" + variant.id.replace("-", "_")
+
+
+def _conv_layers(c: S.Conv) -> list[KerasLayer]:
+    name = layer_name(c.name)
+    pad = [] if c.padding == 0 or (c.stride == 1 and 2 * c.padding == c.kernel - 1) else \
+        [KerasLayer(f"{name}_pad", "zero_padding2d")]
+    return pad + [KerasLayer(name, "conv2d", c.name)]
+
+
+def keras_layers(variant: Variant) -> list[KerasLayer]:
+    """``model.layers`` of ``ports.keras.SqueezeNet`` for ``variant``, in order."""
+    out = [KerasLayer("input", "input_layer")]
+    for layer in variant.layers():
+        if isinstance(layer, S.Conv):
+            out += _conv_layers(layer)
+        elif isinstance(layer, S.ReLU):
+            out.append(KerasLayer(layer.name, "re_lu"))
+        elif isinstance(layer, S.MaxPool):
+            out.append(KerasLayer(layer.name,
+                                  "ceil_max_pooling2d" if layer.ceil_mode else "max_pooling2d"))
+        elif isinstance(layer, S.Fire):
+            for conv in (layer.squeeze, layer.expand1x1, layer.expand3x3):
+                out += _conv_layers(conv)
+            out.append(KerasLayer(f"{layer.name}_concat", "concatenate"))
+            if layer.bypass_conv is not None:
+                out += _conv_layers(layer.bypass_conv)
+            if layer.bypass is not None:
+                out.append(KerasLayer(f"{layer.name}_add", "add"))
+        elif isinstance(layer, S.Dropout):
+            out.append(KerasLayer(layer.name, "dropout"))
+        elif isinstance(layer, S.GlobalAvgPool):
+            out.append(KerasLayer(layer.name, "exact_global_average_pooling2d"))
+        else:  # pragma: no cover - the spec has no other layer kinds
+            raise TypeError(f"unknown layer {layer!r}")
+    return out
+
+
+def layer_paths(variant: Variant) -> dict[str, str]:
+    """Keras layer name -> its group in the file (``layers/conv2d_3``)."""
+    seen: dict[str, int] = {}
+    paths = {}
+    for layer in keras_layers(variant):
+        k = seen.get(layer.kind, -1) + 1
+        seen[layer.kind] = k
+        paths[layer.name] = f"layers/{layer.kind}" + (f"_{k}" if k else "")
+    return paths
+
+
+def conv_layer_names(variant: Variant) -> dict[str, str]:
+    """Canonical convolution name -> Keras layer name, in spec order."""
+    return {c.name: layer_name(c.name) for c in variant.convs()}
+
+
+def key_table(variant: Variant) -> dict[str, str]:
+    """Canonical parameter name -> dataset path (``fire2.squeeze.weight`` ->
+    ``layers/conv2d_1/vars/0``; ``.bias`` -> ``.../vars/1``)."""
+    paths = layer_paths(variant)
+    table = {}
+    for canonical, name in conv_layer_names(variant).items():
+        table[f"{canonical}.weight"] = f"{paths[name]}/vars/0"
+        table[f"{canonical}.bias"] = f"{paths[name]}/vars/1"
+    return table
+
+
+# --- writing ---------------------------------------------------------------------------------
+def encode(weights: Weights) -> bytes:
+    """The ``.weights.h5`` file Keras would save for ``weights`` (plus the metadata)."""
+    import h5py
+
+    variant = weights.variant
+    paths = layer_paths(variant)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.attrs[META_ATTR] = json.dumps(dict(weights.meta))  # key order kept
+        f.create_group("vars").attrs["name"] = model_name(variant)
+        for layer in keras_layers(variant):
+            group = f.create_group(paths[layer.name]).create_group("vars")
+            group.attrs["name"] = layer.name
+            if layer.canonical is not None:
+                kernel = weights.tensors[f"{layer.canonical}.weight"]
+                group["0"] = oihw_to_hwio(np.asarray(kernel, np.float32))
+                group["1"] = np.ascontiguousarray(weights.tensors[f"{layer.canonical}.bias"],
+                                                  dtype=np.float32)
+    return buf.getvalue()
+
+
+def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
+    """Write ``weights`` as a Keras 3 weights file (Keras itself wants ``.weights.h5``)."""
+    return [atomic_write(path, encode(weights), overwrite=overwrite)]
+
+
+# --- reading ---------------------------------------------------------------------------------
+def _text(value) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+class _File:
+    """The layer groups of an open file: by recorded layer name when every group has one,
+    else by path only."""
+
+    def __init__(self, f, fail) -> None:
+        import h5py
+
+        self.f, self.fail = f, fail
+        layers = f.get("layers")
+        if not isinstance(layers, h5py.Group):
+            hint = (" (this looks like a Keras 2 / tf.keras HDF5 file: save it again with "
+                    "Keras 3's model.save_weights('x.weights.h5'))"
+                    if "layer_names" in f.attrs or "model_weights" in f else "")
+            raise fail("no 'layers' group: not a Keras 3 .weights.h5 file" + hint)
+        if len(layers) > MAX_LAYERS:
+            raise fail(f"{len(layers)} layer groups, more than {MAX_LAYERS}")
+        self.paths: dict[str, str | None] = {}   # group path -> recorded layer name
+        for key in layers:
+            group = layers.get(key)
+            vars_ = group.get("vars") if isinstance(group, h5py.Group) else None
+            if not isinstance(vars_, h5py.Group):
+                raise fail(f"layers/{key}: expected a group holding a 'vars' group")
+            self.paths[f"layers/{key}"] = _text(vars_.attrs.get("name"))
+        names = [n for n in self.paths.values() if n is not None]
+        self.named = bool(self.paths) and len(names) == len(self.paths)
+        if self.named and len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise fail(f"layer name(s) recorded twice: {', '.join(dup)}")
+        self.by_name = {n: p for p, n in self.paths.items()} if self.named else {}
+
+    def vars_of(self, name: str, path: str):
+        """The ``vars`` group of layer ``name`` (``path``: where ``ports.keras`` puts it)."""
+        if self.named:
+            path = self.by_name.get(name)
+        if path is None or path not in self.paths:
+            return None
+        return self.f[path]["vars"]
+
+    def dataset(self, name: str, path: str, index: str, shape: tuple[int, ...]):
+        """Dataset ``index`` of layer ``name``, shape and dtype checked (nothing read).
+        Returns ``(dataset, None)`` or ``(None, problem)``."""
+        import h5py
+
+        vars_ = self.vars_of(name, path)
+        if vars_ is None:
+            return None, f"layer {name} is missing"
+        ds = vars_.get(index)
+        if not isinstance(ds, h5py.Dataset):
+            return None, (f"layer {name}: no variable {index} "
+                          f"(has {sorted(vars_.keys()) or 'none'})")
+        if tuple(ds.shape) != tuple(shape):
+            what = "kernel" if index == "0" else "bias"
+            return None, (f"layer {name}: {what} has shape {list(ds.shape)}, expected "
+                          f"{list(shape)}")
+        if ds.dtype not in _FLOATS:
+            kind = _text(ds.attrs.get("dtype")) or str(ds.dtype)
+            return None, (f"layer {name}: variable {index} has dtype {kind}, expected "
+                          "float16, float32 or float64")
+        if len(vars_) != 2:
+            return None, f"layer {name}: expected variables 0 and 1, found {sorted(vars_)}"
+        return ds, None
+
+
+def _meta(f, fail) -> dict[str, str]:
+    raw = f.attrs.get(META_ATTR)
+    if raw is None:
+        return {}
+    text = _text(raw)
+    if text is None or len(text) > MAX_META:
+        raise fail(f"attribute {META_ATTR} is not a string of at most {MAX_META} bytes")
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise fail(f"attribute {META_ATTR} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in meta.items()):
+        raise fail(f"attribute {META_ATTR} must map strings to strings")
+    return meta
+
+
+def _shape_of(file: _File, name: str, path: str, index: str) -> tuple[int, ...] | None:
+    vars_ = file.vars_of(name, path)
+    ds = None if vars_ is None else vars_.get(index)
+    return None if ds is None or not hasattr(ds, "shape") else tuple(ds.shape)
+
+
+def infer_variant(file: _File) -> tuple[Variant, str]:
+    """Architecture from the layer names and shapes; returns (variant, how)."""
+    fail = file.fail
+    probe = Variant("1_1")
+    conv1 = _shape_of(file, "conv1", layer_paths(probe)["conv1"], "0")
+    if conv1 is None or len(conv1) != 4:
+        raise fail("cannot infer the variant: no 4-D kernel for layer conv1 "
+                   "(and no metadata); pass variant=")
+    stems = {(k, k, 3, filters): v for v, (filters, k, _) in S.STEM.items()}
+    version = stems.get(conv1)
+    if version is None:
+        raise fail(f"cannot infer the variant: layer conv1 has kernel shape {list(conv1)}, "
+                   f"expected one of {[list(s) for s in stems]} (HWIO)")
+    if file.named:
+        names = set(file.by_name)
+        bypass = ("complex" if "fire2_bypass" in names else
+                  "simple" if "fire3_add" in names else "none")
+        padding = 1 if "conv10_pad" in names else 0
+        how = "inferred from the layer names and shapes"
+    else:
+        complex_paths = layer_paths(Variant(version, bypass="complex"))
+        bypass = "complex" if complex_paths["conv10"] in file.paths else "none"
+        padding = 0
+        how = ("inferred from the shapes (the file records no layer names, so bypass "
+               "'simple' and final_conv_padding=1 cannot be told apart: assumed none and 0)")
+    guess = Variant(version, 1000, padding, bypass)
+    bias = _shape_of(file, "conv10", layer_paths(guess)["conv10"], "1")
+    if bias is None or len(bias) != 1:
+        raise fail("cannot infer num_classes: no 1-D bias for layer conv10")
+    try:
+        return Variant(version, int(bias[0]), padding, bypass), how
+    except ValueError as e:
+        raise fail(f"cannot infer the variant: layer conv10: {e}") from None
+
+
+def _layer_set_problems(file: _File, variant: Variant) -> tuple[list[str], set[str]]:
+    """Every layer of ``variant`` present and nothing else (by name when recorded)."""
+    if file.named:
+        expected = [layer.name for layer in keras_layers(variant)]
+        present = set(file.by_name)
+        missing = [n for n in expected if n not in present]
+        unexpected = sorted(present - set(expected))
+    else:
+        paths = layer_paths(variant)
+        convs = [layer.name for layer in keras_layers(variant) if layer.canonical]
+        missing = [n for n in convs if paths[n] not in file.paths]
+        expected_paths = {paths[n] for n in convs}
+        unexpected = sorted(p for p in file.paths
+                            if p.startswith("layers/conv2d") and p not in expected_paths)
+    problems = []
+    if missing:
+        problems.append("missing layer" + ("s " if len(missing) > 1 else " ")
+                        + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected layer" + ("s " if len(unexpected) > 1 else " ")
+                        + ", ".join(unexpected))
+    return problems, set(missing)
+
+
+def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
+    """Canonical weights from an open ``h5py.File``."""
+    def fail(reason: str) -> WeightsError:
+        return WeightsError(reason, path=path, format=NAME)
+
+    meta = _meta(f, fail)
+    file = _File(f, fail)
+    arch = ("variant", "num_classes", "final_conv_padding", "bypass")
+    if variant is not None:
+        chosen, how = variant, f"architecture {variant.id} given by the caller"
+    elif all(k in meta for k in arch):
+        try:
+            chosen, how = Variant.from_meta(meta), "from the file's metadata"
+        except ValueError as e:
+            raise fail(f"metadata: {e}") from None
+    else:
+        chosen, how = infer_variant(file)
+    set_problems, missing = _layer_set_problems(file, chosen)
+    paths = layer_paths(chosen)
+    specs = chosen.params()
+    datasets, problems = {}, []
+    for canonical, name in conv_layer_names(chosen).items():  # all shapes before any data
+        if name in missing:
+            continue
+        weight_shape = specs[f"{canonical}.weight"]
+        hwio = (weight_shape[2], weight_shape[3], weight_shape[1], weight_shape[0])
+        kernel, problem = file.dataset(name, paths[name], "0", hwio)
+        bias, problem2 = file.dataset(name, paths[name], "1", specs[f"{canonical}.bias"])
+        problems += [p for p in (problem, problem2) if p]
+        datasets[canonical] = (kernel, bias)
+    problems += set_problems
+    if problems:
+        raise fail(f"does not match SqueezeNet {chosen.id} ({how}): " + "; ".join(problems))
+    tensors = {}
+    for canonical, (kernel, bias) in datasets.items():
+        tensors[f"{canonical}.weight"] = hwio_to_oihw(np.asarray(kernel[()], np.float32))
+        tensors[f"{canonical}.bias"] = np.ascontiguousarray(bias[()], np.float32)
+    if not all(k in meta for k in arch):
+        meta = {**meta, **chosen.to_meta()}
+        meta.setdefault("preprocessing", "none")
+        meta.setdefault("source", f"keras .weights.h5 without metadata; {how}")
+    return Weights(tensors, meta)
+
+
+def decode(blob: bytes, *, variant: Variant | None = None, path=None) -> Weights:
+    return _read(io.BytesIO(blob), variant=variant, path=path)
+
+
+def _read(target, *, variant: Variant | None, path) -> Weights:
+    import h5py
+
+    try:
+        f = h5py.File(target, "r")
+    except OSError as e:
+        raise WeightsError(f"not an HDF5 file ({e})", path=path, format=NAME) from None
+    with f:
+        return from_h5(f, variant=variant, path=path)
+
+
+def read(path, *, variant: Variant | None = None) -> Weights:
+    return _read(path, variant=variant, path=path)

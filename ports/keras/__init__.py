@@ -1,0 +1,238 @@
+"""SqueezeNet in Keras 3 (TensorFlow, JAX or PyTorch backend), built from :mod:`ports.spec`.
+
+A functional ``keras.Model``, channels-last (NHWC activations, HWIO kernels), built by
+interpreting ``Variant.layers()``: no channel count is written here.  Layer names follow
+the canonical names with ``.`` replaced by ``_`` (Keras names cannot hold ``/`` and the
+project keeps dots for canonical names)::
+
+    conv1, relu1, pool1, fire2_squeeze, fire2_expand1x1, fire2_expand3x3, fire2_concat,
+    fire2_bypass (complex bypass conv), fire2_add (bypass sum), ..., drop9,
+    conv10_pad (only when final_conv_padding=1), conv10, relu10, pool10
+
+The full table (and the ``.weights.h5`` paths real Keras uses for them) lives in
+:mod:`ports.formats.keras`, which reads and writes these files without Keras.
+
+The global average pool is ``ExactGlobalAveragePooling2D`` (Keras' own computes float64
+means in float32 on JAX and PyTorch).  Ceil-mode max pooling (Caffe, torchvision) has no
+Keras equivalent: ``CeilMaxPooling2D`` pads the bottom/right edge by ``stride - 1`` cells
+of ``-inf`` and then pools ``valid``.
+For ``kernel >= stride`` that gives exactly ``ceil((size - kernel) / stride) + 1`` windows
+and the padded cells never win, even for negative inputs (complex-bypass v1.0 pools after
+fire4 and fire8 see conv-bypass sums, which can be negative, so zero padding would be
+wrong there).
+
+    >>> from ports.keras import load, predict
+    >>> model = load("w.safetensors")            # or "w.weights.h5"
+    >>> logits = predict(model, x)               # x: NCHW [N,3,H,W] -> [N, classes]
+
+float32 and float64 (JAX needs ``JAX_ENABLE_X64=1``, set before JAX is imported).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from .. import spec as S
+from .._predict import as_input
+from ..canonical import Weights, check, make
+from ..formats.keras import conv_layer_names, layer_name, model_name
+from ..layouts import hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
+from ..spec import Variant
+
+__all__ = ["SqueezeNet", "CeilMaxPooling2D", "ExactGlobalAveragePooling2D", "build", "load",
+           "load_weights", "predict", "to_weights", "variant_of"]
+
+
+@keras.saving.register_keras_serializable(package="squeezenet_ports")
+class CeilMaxPooling2D(layers.Layer):
+    """Max pooling whose output size rounds up (Caffe / ``ceil_mode=True``), NHWC.
+
+    Pads ``stride - 1`` rows/columns of ``-inf`` at the bottom/right, then pools
+    ``valid``: ``floor((size + stride - 1 - kernel) / stride) + 1`` equals
+    ``ceil((size - kernel) / stride) + 1``, and with ``kernel >= stride`` every window
+    starts inside the input (as Caffe and PyTorch require), so a padded cell never
+    decides a maximum.
+    """
+
+    def __init__(self, pool_size: int = 3, strides: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not 1 <= strides <= pool_size:
+            raise ValueError(f"CeilMaxPooling2D needs 1 <= strides <= pool_size, got "
+                             f"pool_size={pool_size}, strides={strides}")
+        self.pool_size = int(pool_size)
+        self.strides = int(strides)
+
+    def call(self, x):  # [N,H,W,C] -> [N,H',W',C]
+        extra = self.strides - 1
+        if extra:
+            x = ops.pad(x, [[0, 0], [0, extra], [0, extra], [0, 0]],
+                        constant_values=float("-inf"))
+        return ops.max_pool(x, self.pool_size, self.strides, padding="valid",
+                            data_format="channels_last")
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+
+        def side(s):
+            return None if s is None else -(-(s - self.pool_size) // self.strides) + 1
+
+        return (n, side(h), side(w), c)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides}
+
+
+@keras.saving.register_keras_serializable(package="squeezenet_ports")
+class ExactGlobalAveragePooling2D(layers.Layer):
+    """Mean over H and W, ``[N,H,W,C] -> [N,C]``, accumulated in the input's dtype.
+
+    Keras 3.15's ``GlobalAveragePooling2D`` (``ops.mean``) computes a float64 mean in
+    float32 on the JAX and PyTorch backends (its ``result_type(float64, "float32")`` is
+    float32 there), which costs ~1e-8 relative; a sum divided by the count does not.
+    """
+
+    def call(self, x):  # [N,H,W,C] -> [N,C]
+        shape = ops.shape(x)
+        return ops.sum(x, axis=[1, 2]) / ops.cast(shape[1] * shape[2], x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[3])
+
+
+def _conv(c: S.Conv, dtype, activation=None, name=None):
+    """One spec convolution as Keras layers: ``[ZeroPadding2D], Conv2D`` (HWIO kernel)."""
+    name = name or layer_name(c.name)
+    if c.padding == 0:
+        padding, pad = "valid", None
+    elif c.stride == 1 and 2 * c.padding == c.kernel - 1:
+        padding, pad = "same", None   # symmetric padding (k-1)/2 at stride 1 is exactly "same"
+    else:
+        padding = "valid"
+        pad = layers.ZeroPadding2D(c.padding, name=f"{name}_pad", dtype=dtype)
+    conv = layers.Conv2D(c.out_channels, c.kernel, strides=c.stride, padding=padding,
+                         activation=activation, name=name, dtype=dtype)
+    if pad is None:
+        return conv
+    return lambda h: conv(pad(h))
+
+
+def _fire(fire: S.Fire, h, dtype):
+    """squeeze+ReLU -> [expand1x1+ReLU, expand3x3+ReLU] concatenated (1x1 first) -> + bypass."""
+    s = _conv(fire.squeeze, dtype, "relu")(h)
+    out = layers.Concatenate(axis=-1, name=f"{fire.name}_concat", dtype=dtype)(
+        [_conv(fire.expand1x1, dtype, "relu")(s), _conv(fire.expand3x3, dtype, "relu")(s)])
+    if fire.bypass == "identity":
+        out = layers.Add(name=f"{fire.name}_add", dtype=dtype)([out, h])
+    elif fire.bypass == "conv":
+        out = layers.Add(name=f"{fire.name}_add", dtype=dtype)(
+            [out, _conv(fire.bypass_conv, dtype)(h)])
+    return out
+
+
+def build(variant: Variant, dtype="float32") -> keras.Model:
+    """The functional model for ``variant``: NHWC ``[N, H, W, 3]`` -> ``[N, classes]``."""
+    dtype = np.dtype(dtype).name
+    inputs = keras.Input(shape=(None, None, 3), dtype=dtype, name="input")
+    h = inputs
+    for layer in variant.layers():
+        if isinstance(layer, S.Conv):
+            h = _conv(layer, dtype)(h)
+        elif isinstance(layer, S.ReLU):
+            h = layers.ReLU(name=layer.name, dtype=dtype)(h)
+        elif isinstance(layer, S.MaxPool):
+            if layer.ceil_mode:
+                h = CeilMaxPooling2D(layer.kernel, layer.stride, name=layer.name, dtype=dtype)(h)
+            else:
+                h = layers.MaxPooling2D(layer.kernel, layer.stride, name=layer.name,
+                                        dtype=dtype)(h)
+        elif isinstance(layer, S.Fire):
+            h = _fire(layer, h, dtype)
+        elif isinstance(layer, S.Dropout):
+            h = layers.Dropout(layer.rate, name=layer.name, dtype=dtype)(h)
+        elif isinstance(layer, S.GlobalAvgPool):
+            h = ExactGlobalAveragePooling2D(name=layer.name, dtype=dtype)(h)
+        else:  # pragma: no cover - the spec has no other layer kinds
+            raise TypeError(f"unknown layer {layer!r}")
+    model = keras.Model(inputs, h, name=model_name(variant))
+    model.variant = variant
+    return model
+
+
+def SqueezeNet(version: str = "1_1", num_classes: int = 1000, final_conv_padding: int = 0,
+               bypass: str = "none", dtype="float32") -> keras.Model:
+    """A freshly initialised Keras SqueezeNet for the given variant (``model.variant``)."""
+    return build(Variant(version, num_classes, final_conv_padding, bypass), dtype)
+
+
+def variant_of(model: keras.Model) -> Variant:
+    """The :class:`Variant` of a ``ports.keras`` model: ``model.variant``, or, for a model
+    restored by ``keras.models.load_model`` (which keeps no Python attributes), read back
+    from its layers and checked against the full layer table."""
+    v = getattr(model, "variant", None)
+    if isinstance(v, Variant):
+        return v
+    from ..formats.keras import keras_layers
+
+    actual = [layer.name for layer in getattr(model, "layers", [])]
+    names = set(actual)
+    try:
+        kernel = tuple(model.get_layer("conv1").kernel.shape)
+        classes = int(model.get_layer("conv10").kernel.shape[-1])
+        version = {(k, k, 3, f): ver for ver, (f, k, _) in S.STEM.items()}[kernel]
+        v = Variant(version, classes, 1 if "conv10_pad" in names else 0,
+                    "complex" if "fire2_bypass" in names else
+                    "simple" if "fire3_add" in names else "none")
+    except (ValueError, KeyError, AttributeError):
+        v = None
+    if v is None or actual != [k.name for k in keras_layers(v)]:
+        raise TypeError("expected a SqueezeNet model built by ports.keras")
+    model.variant = v
+    return v
+
+
+def load_weights(model: keras.Model, weights: Weights) -> keras.Model:
+    """Copy canonical weights in (strict: every name and shape checked first)."""
+    variant = variant_of(model)
+    check(weights, variant)
+    for canonical, name in conv_layer_names(variant).items():
+        layer = model.get_layer(name)
+        dtype = layer.kernel.dtype
+        layer.set_weights([oihw_to_hwio(weights[f"{canonical}.weight"]).astype(dtype),
+                           weights[f"{canonical}.bias"].astype(dtype)])
+    return model
+
+
+def to_weights(model: keras.Model, *, preprocessing: str = "none",
+               source: str = "ports.keras") -> Weights:
+    """The model's parameters as canonical float32 weights (OIHW)."""
+    variant = variant_of(model)
+    tensors = {}
+    for canonical, name in conv_layer_names(variant).items():
+        kernel, bias = model.get_layer(name).get_weights()
+        tensors[f"{canonical}.weight"] = hwio_to_oihw(np.asarray(kernel, np.float32))
+        tensors[f"{canonical}.bias"] = np.asarray(bias, np.float32)
+    return make(tensors, variant, preprocessing=preprocessing, source=source)
+
+
+def load(source, dtype: str = "float32") -> keras.Model:
+    """Model from a weights file of any supported format (``.weights.h5`` included) or
+    :class:`Weights`; the architecture comes from the weights' metadata."""
+    from ..formats import read
+
+    weights = source if isinstance(source, Weights) else read(source)
+    return load_weights(build(weights.variant, dtype), weights)
+
+
+def predict(model: keras.Model, x, batch_size: int = 8) -> np.ndarray:
+    """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype."""
+    x = as_input(x, variant_of(model))
+    dtype = model.inputs[0].dtype
+    outs = []
+    for i in range(0, len(x), batch_size):
+        batch = nchw_to_nhwc(x[i:i + batch_size]).astype(dtype)  # [N,3,H,W] -> [N,H,W,3]
+        # predict_on_batch: inference mode (dropout off), compiled by the backend (jax.jit,
+        # tf.function); it returns NumPy.
+        outs.append(np.asarray(model.predict_on_batch(batch)))
+    return np.concatenate(outs, axis=0)
