@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_or_skip
 
-from conformance.fixtures import SharedDataMissing, require_shared, shared
 from ports import preprocess as P
 from ports.classes import imagenet_classes, imagenet_wnids
 from ports.cli.classify import load_image, softmax, top_k
@@ -21,15 +21,6 @@ skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides
 ROOT = Path(__file__).resolve().parent.parent
 DC_NET = "weights/deep-compression/compressed_SqueezeNet.net"
 CAFFE_NPZ = "weights/caffe-real/squeezenet_v1.0_deep_compression.caffe_logits.npz"
-
-
-def shared_or_skip(relative: str) -> Path:
-    try:
-        return shared(relative)
-    except SharedDataMissing as e:
-        if require_shared():
-            raise
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
