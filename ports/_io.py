@@ -1,31 +1,128 @@
 """Atomic file output: write to a temporary file beside the destination, then rename.
 
 A reader never sees a half-written destination: it sees the previous file or the new one.
+
+Temporary files are named ``.NAME.PID.RANDOM.part`` (hidden, and ending in ``.part`` so no
+reader takes one for a weights file).  A writer killed outright (SIGKILL, power loss) cannot
+remove its own, so each :func:`atomic_write` to ``NAME`` first removes *stale* temporaries
+of ``NAME``: those whose writer process no longer exists on this machine and that have not
+been modified for :data:`STALE_AFTER` seconds.  A live writer's file is never touched.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
 PathLike = Union[str, os.PathLike]
+
+STALE_AFTER = 60.0  # seconds without modification before a dead writer's temporary goes
+
+
+def temp_prefix(path: PathLike) -> str:
+    """Leading part of every temporary file name for destination ``path``."""
+    return f".{Path(path).name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def stale_temps(path: PathLike, *, older_than: float = STALE_AFTER) -> list[Path]:
+    """Temporaries of ``path`` left by writers that are gone (see the module docstring)."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    prefix = temp_prefix(path)
+    found = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    now = time.time()
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".part")):
+            continue
+        pid_text = name[len(prefix):].split(".", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        candidate = directory / name
+        try:
+            st = candidate.lstat()
+        except OSError:
+            continue
+        if (stat.S_ISREG(st.st_mode) and now - st.st_mtime >= older_than
+                and not _pid_alive(int(pid_text))):
+            found.append(candidate)
+    return found
+
+
+def remove_stale_temps(path: PathLike, *, older_than: float = STALE_AFTER) -> list[Path]:
+    """Remove :func:`stale_temps` of ``path``; returns those removed."""
+    removed = []
+    for p in stale_temps(path, older_than=older_than):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: PathLike, content: Union[bytes, Callable[[BinaryIO], None]], *,
                  overwrite: bool = True) -> Path:
     """Write ``content`` (bytes, or a function writing to a binary file) to ``path``.
 
+    The bytes go to a temporary file in the same directory, are flushed to disk, and the
+    temporary is renamed onto ``path``: killed at any moment, the writer leaves either the
+    previous ``path`` (or none) or the complete new one; racing writers leave exactly one
+    writer's bytes.  A replaced file keeps its permission bits; a new one gets 0644.
+
     With ``overwrite=False`` an existing ``path`` is kept and :class:`FileExistsError`
-    raised; the check and the publication are one atomic ``link``, so two writers racing
-    to one destination never both win.
+    raised (before anything is written, and again at publication: the check and the
+    publication are one atomic ``link``, so two writers racing never both win).
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise FileNotFoundError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".part")
+        raise FileNotFoundError(errno.ENOENT, f"directory {directory} does not exist",
+                                str(path))
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, "already exists; not overwritten", str(path))
+    remove_stale_temps(path)
+    mode = 0o644
+    if overwrite:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            pass
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{temp_prefix(path)}{os.getpid()}.",
+                               suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(content):
@@ -34,12 +131,26 @@ def atomic_write(path: PathLike, content: Union[bytes, Callable[[BinaryIO], None
                 f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # fails with FileExistsError if path appeared meanwhile
-            os.unlink(tmp)
+            try:
+                os.link(tmp, path)  # FileExistsError if path appeared meanwhile
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, "already exists; not overwritten",
+                                      str(path)) from None
+            except OSError as e:  # no hard links here (some network/FUSE filesystems)
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                   errno.EMLINK, errno.ENOSYS):
+                    raise
+                if os.path.lexists(path):  # best effort: a narrow race remains here
+                    raise FileExistsError(errno.EEXIST, "already exists; not overwritten",
+                                          str(path)) from None
+                os.rename(tmp, path)
+            else:
+                os.unlink(tmp)
+        _fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -28,6 +28,14 @@ class WeightsError(ValueError):
             where = f"{format}: "
         super().__init__(where + reason)
 
+    def __reduce__(self):
+        # Keeps path, format and reason across pickling (multiprocessing, worker pools).
+        return (_rebuild, (self.reason, self.path, self.format))
+
+
+def _rebuild(reason: str, path, format) -> WeightsError:
+    return WeightsError(reason, path=path, format=format)
+
 
 # The name used by the format readers' documentation.
 WeightsFormatError = WeightsError

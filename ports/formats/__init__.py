@@ -62,8 +62,11 @@ def read(path: os.PathLike | str, format: str | None = None, *,
          variant: Variant | None = None) -> Weights:
     """Read any supported file into checked canonical :class:`Weights`."""
     name = format or detect(path)
-    if not Path(path).is_file():
+    p = Path(path)
+    if not p.exists():
         raise WeightsError("no such file", path=path, format=name)
+    if not p.is_file():
+        raise WeightsError("not a regular file", path=path, format=name)
     weights = codec(name).read(path, variant=variant)
     return check(weights, variant, path=path, format=name)
 

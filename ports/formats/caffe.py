@@ -235,8 +235,10 @@ def _analyse(layers: list[_Layer], fail) -> NetInfo:
                        "parameter blobs; SqueezeNet has weights only in convolutions")
     for needed in ("conv1", "conv10"):
         if needed not in info.convs:
-            raise fail(f"no {needed} layer (named {caffe_layer_name(needed)!r} or "
-                       f"{dc_layer_name(needed)!r})")
+            names = sorted({caffe_layer_name(needed), dc_layer_name(needed)})
+            raise fail(f"no {needed} layer (named {' or '.join(map(repr, names))}); "
+                       f"{len(info.convs)} known convolution layers found"
+                       + ("" if info.convs else ": empty or not a SqueezeNet net"))
 
     # Version and classes: from the blobs where present, else from the layer parameters.
     conv1, conv10 = info.convs["conv1"], info.convs["conv10"]

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -378,10 +379,17 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
 
 
 def decode(blob: bytes, *, variant: Variant | None = None, path=None) -> Weights:
-    return _read(io.BytesIO(blob), variant=variant, path=path)
+    return _read(io.BytesIO(blob), len(blob), variant=variant, path=path)
 
 
-def _read(target, *, variant: Variant | None, path) -> Weights:
+# HDF5 is parsed by a C library that can crash, hang or allocate without bound on a crafted
+# file, beyond what any ``except`` catches: untrusted files are read in a forked child with
+# a memory cap and a deadline (ports._sandbox).  A real file reads in well under a second.
+SANDBOX_MEMORY = 256 << 20   # bytes beyond the current address space, plus 16x the file
+SANDBOX_SECONDS = 3.0        # plus 1 s per 50 MB of file
+
+
+def _read_in_process(target, variant: Variant | None, path) -> tuple[dict, dict]:
     import h5py
 
     try:
@@ -389,8 +397,23 @@ def _read(target, *, variant: Variant | None, path) -> Weights:
     except OSError as e:
         raise WeightsError(f"not an HDF5 file ({e})", path=path, format=NAME) from None
     with f:
-        return from_h5(f, variant=variant, path=path)
+        weights = from_h5(f, variant=variant, path=path)
+    return weights.tensors, weights.meta
+
+
+def _read(target, size: int, *, variant: Variant | None, path) -> Weights:
+    import h5py  # noqa: F401  (imported before the fork, not in every child)
+
+    from .._sandbox import SandboxError, isolated
+
+    try:
+        tensors, meta = isolated(_read_in_process, target, variant, path,
+                                 memory_bytes=SANDBOX_MEMORY + 16 * size,
+                                 seconds=SANDBOX_SECONDS + size / 50e6)
+    except SandboxError as e:
+        raise WeightsError(e.reason, path=path, format=NAME) from None
+    return Weights(tensors, meta)
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:
-    return _read(path, variant=variant, path=path)
+    return _read(path, os.path.getsize(path), variant=variant, path=path)

@@ -1,0 +1,215 @@
+"""A short mutation-fuzz run of every reader (``tools/fuzz`` runs the long ones), and
+property tests of the safetensors decoder and of the fuzz engine itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ports import formats, fuzz
+from ports.errors import WeightsError
+from ports.formats import safetensors
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = int(os.environ.get("SQUEEZENET_FUZZ_CASES", "300"))
+NAMES = list(formats.FORMATS)
+
+
+def _written(name: str) -> bool:
+    return (ROOT / "ports" / "formats" / f"{formats.FORMATS[name][0]}.py").exists()
+
+
+@pytest.fixture(scope="module")
+def campaigns(tmp_path_factory) -> dict:
+    """One short campaign per written codec, two at a time (each is mostly a worker
+    subprocess, so threads are enough)."""
+    out = tmp_path_factory.mktemp("fuzz")
+    names = [n for n in NAMES if _written(n)]
+
+    def one(name):
+        return fuzz.fuzz(name, CASES, seed=0, out=out / name, log=lambda _: None,
+                         progress_every=0)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(names, pool.map(one, names)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_fuzz_run_ends_every_case_in_success_or_weights_error(campaigns, name):
+    if not _written(name):
+        pytest.skip(f"ports/formats/{formats.FORMATS[name][0]}.py not written yet")
+    s = campaigns[name]
+    assert s.skipped is None, f"{name} cannot be fuzzed: {s.skipped}"
+    assert s.cases == CASES
+    assert not s.crashes, fuzz.format_summary(s)
+    assert s.rejected > 0 and s.ok + s.rejected == CASES
+
+
+# Cases that crashed a reader in earlier runs, by format: {seed: [case, ...]} (one or two per
+# distinct crash; `tools/fuzz FORMAT --seed S --start I --cases 1` reruns one).  They are
+# regenerated from the codec's own seed files, so they stay exact while its writer's output
+# does not change.
+KNOWN_CRASHERS = {
+    "torch": {0: [266], 1: [972, 4023, 149, 912, 4151]},
+    "onnx": {1: [393, 1623, 4661, 4601, 3872]},
+    "mxnet": {1: [16656]},
+    "keras": {0: [8, 11, 12, 66, 153, 181], 1: [22, 37, 42]},
+    "chainer": {0: [6, 22, 116, 159]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_CRASHERS))
+def test_cases_that_once_crashed_a_reader_now_end_in_success_or_weights_error(tmp_path, name):
+    if not _written(name):
+        pytest.skip(f"ports/formats/{formats.FORMATS[name][0]}.py not written yet")
+    found = []
+    for seed, cases in KNOWN_CRASHERS[name].items():
+        s = fuzz.fuzz(name, 0, seed=seed, indices=cases, timeout=5.0, out=tmp_path,
+                      log=lambda _: None, progress_every=0)
+        assert s.skipped is None, s.skipped
+        found += [f"--seed {seed} case {c['case']}: {c['kind']}: {c['msg']}" for c in s.crashes]
+    assert not found, "\n".join(found)
+
+
+def test_cases_are_deterministic_and_differ_between_seeds(tmp_path):
+    seeds = fuzz.build_seeds("safetensors", tmp_path, log=lambda _: None)
+    a = fuzz.Mutator(seeds, "safetensors", 7)
+    b = fuzz.Mutator(seeds, "safetensors", 7)
+    c = fuzz.Mutator(seeds, "safetensors", 8)
+    for i in (0, 1, 99, 12345):
+        assert a.case(i) == b.case(i)
+    assert [a.case(i)[1] for i in range(5)] != [c.case(i)[1] for i in range(5)]
+    # Most mutations land on structure (the header), not in the float data.
+    header_end = 8 + struct.unpack("<Q", seeds[0].path.read_bytes()[:8])[0]
+    hot = seeds[0].hot
+    assert len(hot) > 1000 and (hot < header_end + 64).mean() > 0.95
+
+
+def test_the_engine_reports_crashes_hangs_and_memory_blowups(tmp_path, monkeypatch):
+    """A planted reader that misbehaves on chosen inputs is caught three ways, its inputs
+    are saved, and the campaign goes on in a fresh worker."""
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(
+        "import signal, time, zlib\n"
+        "import numpy as np\n"
+        "from ports.formats import safetensors as s\n"
+        "real = s.read\n"
+        "def read(path, *, variant=None):\n"
+        "    data = open(path, 'rb').read()\n"
+        "    tag = zlib.crc32(data) % 24 if 'seeds' not in str(path) else 0\n"
+        "    if tag == 1: raise IndexError('planted')\n"
+        "    if tag == 2: time.sleep(60)\n"
+        "    if tag == 3: np.ones(1 << 34, np.uint8)\n"
+        "    if tag == 4:\n"
+        "        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n"
+        "        time.sleep(60)\n"
+        "    return real(path)\n"
+        "s.read = read\n")
+    monkeypatch.setenv("PYTHONPATH", f"{plant}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    # The first case index of each misbehaviour (cases are a pure function of the seeds).
+    seeds = fuzz.build_seeds("safetensors", tmp_path / "o" / "seeds", log=lambda _: None)
+    mutator = fuzz.Mutator(seeds, "safetensors", 11)
+    first: dict[int, int] = {}
+    for i in range(1000):
+        tag = zlib.crc32(mutator.case(i)[1]) % 24
+        if tag in (1, 2, 3, 4):
+            first.setdefault(tag, i)
+        if len(first) == 4:
+            break
+    cases = max(first.values()) + 1
+    s = fuzz.fuzz("safetensors", cases, seed=11, timeout=1.0, memory_mb=512,
+                  out=tmp_path / "o", log=lambda _: None, progress_every=0)
+    kinds = {c["case"]: c["kind"] for c in s.crashes}
+    assert kinds[first[1]] == "exception" and kinds[first[2]] == "timeout", kinds
+    assert kinds[first[3]] == "memory" and kinds[first[4]] == "hang/killed", kinds
+    assert s.ok + s.rejected + len(s.crashes) == cases
+    saved = [c for c in s.crashes if "file" in c]
+    assert saved and all(Path(c["file"]).is_file() for c in saved)
+    assert all(Path(c["file"]).with_suffix(".txt").is_file() or
+               Path(str(c["file"]).rsplit(".", 1)[0] + ".txt").is_file() for c in saved)
+
+
+def test_tools_fuzz_command_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz"), "safetensors",
+                        "--cases", "20", "--seed", "1", "--out", str(tmp_path), "--progress", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "safetensors: 20 cases" in r.stdout and "0 crashes" in r.stdout
+    summary = json.loads((tmp_path / "summary-safetensors-s1.json").read_text())
+    assert summary["cases"] == 20 and summary["crashes"] == []
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz"), "nonsense"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown format" in bad.stderr
+
+
+# --- safetensors: properties ------------------------------------------------------------------
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_safetensors_decode_arbitrary_bytes(blob):
+    try:
+        safetensors.decode(blob)
+    except WeightsError:
+        pass
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+_entry = st.fixed_dictionaries({
+    "dtype": st.sampled_from(["F32", "F16", "I64", "f32", 3]) | _json_values,
+    "shape": st.lists(st.integers(-3, 2**41), max_size=9) | _json_values,
+    "data_offsets": st.lists(st.integers(-5, 2**65), min_size=0, max_size=3) | _json_values,
+})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(header=st.dictionaries(st.text(max_size=12), _entry | _json_values, max_size=4),
+       meta=_json_values, data=st.binary(max_size=256), fake_len=st.integers(0, 2**64 - 1)
+       | st.none())
+def test_safetensors_decode_structured_headers(header, meta, data, fake_len):
+    header = dict(header)
+    if meta is not None:
+        header["__metadata__"] = meta
+    text = json.dumps(header).encode()
+    n = len(text) if fake_len is None else fake_len
+    blob = struct.pack("<Q", n) + text + data
+    try:
+        w = safetensors.decode(blob)
+    except WeightsError:
+        return
+    total = sum(t.nbytes for t in w.tensors.values())
+    assert total <= len(data)
+
+
+def test_safetensors_rejects_deep_nesting_and_duplicate_names():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(WeightsError, match="nested too deeply"):
+        safetensors.decode(struct.pack("<Q", len(deep)) + deep)
+    entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+    dup = f'{{"a":{entry},"a":{entry}}}'.encode()
+    with pytest.raises(WeightsError, match="names 'a' twice"):
+        safetensors.decode(struct.pack("<Q", len(dup)) + dup + b"\0" * 4)
+
+
+def test_safetensors_read_does_not_load_a_huge_file_with_a_bad_header(tmp_path):
+    """The header is checked before the data is read: a 2 GiB sparse file costs nothing."""
+    path = tmp_path / "huge.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", 12) + b'{"a": 1}    ')
+        f.truncate(2 << 30)
+    r = fuzz.replay("safetensors", path, memory_mb=256, out=tmp_path / "work")
+    assert r["status"] == "rejected", r
+    assert r["secs"] < 1.0
