@@ -43,6 +43,19 @@ def require_shared() -> bool:
     return os.environ.get("SQUEEZENET_REQUIRE_SHARED") == "1"
 
 
+def shared_or_skip(relative: str) -> Path:
+    """``shared(relative)`` for a test: skip it with the reason when the shared folder is
+    absent, or fail when ``SQUEEZENET_REQUIRE_SHARED=1`` (as in CI)."""
+    import pytest
+
+    try:
+        return shared(relative)
+    except SharedDataMissing as e:
+        if require_shared():
+            pytest.fail(f"SQUEEZENET_REQUIRE_SHARED=1 but {e}")
+        pytest.skip(str(e))
+
+
 @dataclass
 class Fixture:
     """``weights()`` -> Weights; ``inputs()`` -> [N,3,H,W] float32; ``expected()`` -> logits

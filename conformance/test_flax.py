@@ -1,11 +1,8 @@
 """Flax NNX port: goldens, fixtures, the msgpack codec against real Flax, jit tracing."""
 
+import jax
 import numpy as np
 import pytest
-
-jax = pytest.importorskip("jax")
-flax = pytest.importorskip("flax")
-
 from flax import (
     nnx,  # noqa: E402
     serialization,  # noqa: E402

@@ -3,7 +3,6 @@ keras-torch): goldens, real-weights fixtures, and the ``.weights.h5`` contract w
 Keras (our files load with ``model.load_weights``; Keras' files convert back bit-exact).
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -12,10 +11,8 @@ import pytest
 BACKEND_PORTS = {"tensorflow": "keras-tf", "jax": "keras-jax", "torch": "keras-torch"}
 _backend = os.environ.get("KERAS_BACKEND")
 if _backend not in BACKEND_PORTS:
-    pytest.skip("set KERAS_BACKEND to tensorflow, jax or torch (tox -e keras-tf, keras-jax, "
-                "keras-torch)", allow_module_level=True)
-if importlib.util.find_spec("keras") is None:
-    pytest.skip("keras is not installed", allow_module_level=True)
+    raise RuntimeError("set KERAS_BACKEND to tensorflow, jax or torch "
+                       "(tox -e keras-tf, keras-jax, keras-torch)")
 
 from conformance.ports import PORTS  # noqa: E402
 

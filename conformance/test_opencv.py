@@ -1,18 +1,12 @@
 """OpenCV DNN as an external Caffe engine: goldens and real-Caffe fixtures through the
 project's own ``.caffemodel`` + ``.prototxt`` writer, and the original Caffe files."""
 
+import cv2
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-
 from conformance import golden  # noqa: E402
-from conformance.fixtures import (  # noqa: E402
-    CAFFE_REAL,
-    SharedDataMissing,
-    require_shared,
-    shared,
-)
+from conformance.fixtures import CAFFE_REAL, shared_or_skip
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
 from conformance.suite import PortSuite  # noqa: E402
@@ -25,13 +19,7 @@ class TestOpencv(PortSuite):
     port = "opencv"
 
 
-def _shared(relative: str):
-    try:
-        return shared(relative)
-    except SharedDataMissing as e:
-        if require_shared():
-            raise AssertionError(f"SQUEEZENET_REQUIRE_SHARED=1 but {e}") from None
-        pytest.skip(str(e))
+_shared = shared_or_skip
 
 
 def _forward(prototxt, caffemodel, x: np.ndarray) -> np.ndarray:

@@ -1,20 +1,3 @@
-"""Shared helper for tests that need the read-only ground-truth folder (``../shared``)."""
+"""Tests that need the read-only ground-truth folder import ``shared_or_skip`` from here."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
-
-from conformance.fixtures import SharedDataMissing, require_shared, shared
-
-
-def shared_or_skip(rel: str) -> Path:
-    """``shared(rel)``; skip the test with the reason when it is absent, or fail when
-    ``SQUEEZENET_REQUIRE_SHARED=1``.  Import it with ``from conftest import shared_or_skip``."""
-    try:
-        return shared(rel)
-    except SharedDataMissing as e:
-        if require_shared():
-            pytest.fail(f"SQUEEZENET_REQUIRE_SHARED=1 but {e}")
-        pytest.skip(str(e))
+from conformance.fixtures import shared_or_skip  # noqa: F401

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data as skimage_data
 from conftest import shared_or_skip
 
 from ports import preprocess as P
 from ports.classes import imagenet_classes, imagenet_wnids
 from ports.cli.classify import load_image, softmax, top_k
-
-skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the photos")
 
 ROOT = Path(__file__).resolve().parent.parent
 DC_NET = "weights/deep-compression/compressed_SqueezeNet.net"
@@ -58,7 +57,7 @@ def test_caffe_preprocessing_reproduces_caffes_input(photos, caffe_run):
 
 def test_resize_is_pillow_bilinear(photos):
     """Independent check of ``resize`` against Pillow itself on the two photos."""
-    Image = pytest.importorskip("PIL.Image", reason="Pillow is the independent reference")
+    from PIL import Image
     for img in photos:
         for size in [(256, 256), (256, int(256 * img.shape[1] / img.shape[0]))]:
             ours = P.resize(img, *size)
@@ -68,7 +67,7 @@ def test_resize_is_pillow_bilinear(photos):
 
 def test_torchvision_preprocessing_matches_a_pillow_pipeline(photos):
     """torchvision's Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize, via Pillow."""
-    Image = pytest.importorskip("PIL.Image", reason="Pillow is the independent reference")
+    from PIL import Image
     img = photos[0]  # 300 x 451: the long side becomes int(256 * 451 / 300) = 384
     pil = Image.fromarray(img).resize((384, 256), Image.BILINEAR)
     crop = np.asarray(pil, dtype=np.float64)[16:240, 80:304] / 255.0
@@ -140,7 +139,7 @@ def test_classify_cli_options_and_errors(tmp_path):
 
 
 def test_classify_reads_image_files(tmp_path, photos):
-    skimage_io = pytest.importorskip("skimage.io")
+    import skimage.io as skimage_io
     path = tmp_path / "coffee.png"
     skimage_io.imsave(str(path), photos[1], check_contrast=False)
     assert np.array_equal(load_image(str(path)), photos[1])  # PNG is lossless

@@ -382,14 +382,9 @@ def test_official_manifest_is_well_formed():
 
 def test_manifest_matches_shared_release():
     """The Deep Compression entry verifies against the copy in the shared folder."""
-    from conformance.fixtures import SharedDataMissing, require_shared, shared
+    from conformance.fixtures import shared_or_skip
 
-    try:
-        path = shared("weights/deep-compression/compressed_SqueezeNet.net")
-    except SharedDataMissing as e:
-        if require_shared():
-            raise
-        pytest.skip(str(e))
+    path = shared_or_skip("weights/deep-compression/compressed_SqueezeNet.net")
     e = W.load_manifest()["deep-compression-v1.0"]
     assert path.stat().st_size == e.size
     assert e.checksum.matches(W.file_digest(path, e.checksum.algorithm))

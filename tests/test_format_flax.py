@@ -7,10 +7,9 @@ tested in ``conformance/test_flax.py`` in the ``flax`` environment.
 import subprocess
 import sys
 
+import msgpack
 import numpy as np
 import pytest
-
-msgpack = pytest.importorskip("msgpack")
 
 from ports import formats  # noqa: E402
 from ports.errors import WeightsError  # noqa: E402
@@ -273,7 +272,7 @@ def test_bad_chunked_arrays(monkeypatch, w10):
 
 def test_random_corruption_is_always_a_weights_error():
     """Flipped, dropped and appended bytes: WeightsError or a valid file, never a crash."""
-    hypothesis = pytest.importorskip("hypothesis")
+    import hypothesis
     st = hypothesis.strategies
     w = seeded_weights(Variant("1_1", 10, 0, "none"))
     blob = codec.encode(w)

@@ -8,10 +8,9 @@ environments.
 
 import json
 
+import h5py
 import numpy as np
 import pytest
-
-h5py = pytest.importorskip("h5py")
 
 from ports import formats  # noqa: E402
 from ports.canonical import Weights  # noqa: E402

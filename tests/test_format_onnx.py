@@ -2,9 +2,8 @@
 identification from the graph, and refusal of malformed or unsafe files."""
 
 import numpy as np
+import onnx
 import pytest
-
-onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402
 
 from ports import formats  # noqa: E402
