@@ -28,10 +28,13 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import math
+import os
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
@@ -43,7 +46,22 @@ MAX_FILE_BYTES = 2 * 1024**3      # a checkpoint bigger than this is refused
 MAX_PICKLE_BYTES = 64 * 1024**2   # data.pkl
 MAX_RECORDS = 100_000
 MAX_NDIM = 16
+MAX_DIM = 2**48                   # no tensor dimension or stride is larger
 ALIGNMENT = 64
+# Deflate expands at most ~1032:1; a record declaring more than this over its compressed
+# size is a lie (torch.save itself writes stored records only).
+MAX_DEFLATE_RATIO = 1032
+# Rebuilt tensors are copies; all of them together may hold at most this many times the
+# file's size (plus TENSOR_SLACK bytes) - tied weights share a storage, but a pickle
+# that rebuilds one storage thousands of times is a memory bomb.
+TENSOR_BUDGET_RATIO = 8
+TENSOR_SLACK = 64 * 1024**2
+# Anything zipfile may raise on a malformed archive (it has no single error type).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError,
+              IndexError, NotImplementedError, RuntimeError, struct.error, OverflowError,
+              TypeError)
+# Flag bits of records zipfile cannot (or will not) read without a password.
+_FLAG_ENCRYPTED, _FLAG_PATCHED, _FLAG_STRONG = 0x1, 0x20, 0x40
 
 # torch.<Name>Storage -> NumPy dtype of one element (little-endian)
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -78,10 +96,12 @@ class _Marker:
 class _Storage:
     """One storage record, already read and size-checked: a flat NumPy array."""
 
-    __slots__ = ("key", "array")
+    __slots__ = ("key", "array", "charge")
 
-    def __init__(self, key: str, array: np.ndarray) -> None:
+    def __init__(self, key: str, array: np.ndarray,
+                 charge: Callable[[int], None] = lambda nbytes: None) -> None:
         self.key, self.array = key, array
+        self.charge = charge  # called with the bytes of each tensor copied out of it
 
     def __setstate__(self, state):
         raise WeightsError("pickle tries to set state on a storage")
@@ -114,11 +134,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                            "expected a storage persistent id")
     if not (isinstance(size, tuple) and isinstance(stride, tuple)
             and len(size) == len(stride) <= MAX_NDIM
-            and all(_is_int(s) and s >= 0 for s in size)
-            and all(_is_int(s) and s >= 0 for s in stride)):
-        raise WeightsError(f"tensor: bad size {size!r} / stride {stride!r}")
-    if not _is_int(storage_offset) or storage_offset < 0:
-        raise WeightsError(f"tensor: bad storage offset {storage_offset!r}")
+            and all(_is_int(s) and 0 <= s <= MAX_DIM for s in size)
+            and all(_is_int(s) and 0 <= s <= MAX_DIM for s in stride)):
+        raise WeightsError(f"tensor: bad size {size!r:.120} / stride {stride!r:.120} "
+                           f"(expected at most {MAX_NDIM} dims, each 0..{MAX_DIM})")
+    if not _is_int(storage_offset) or not 0 <= storage_offset <= MAX_DIM:
+        raise WeightsError(f"tensor: bad storage offset {storage_offset!r:.60}")
     flat = storage.array
     count = math.prod(size)
     if count:
@@ -130,11 +151,15 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         if count > max(flat.size, 1) * 64:  # broadcast views (stride 0) must stay small
             raise WeightsError(f"tensor of size {list(size)} is {count} elements from a "
                                f"storage of {flat.size}")
+        storage.charge(count * flat.itemsize)
         view = np.lib.stride_tricks.as_strided(
             flat[storage_offset:], shape=size,
             strides=tuple(s * flat.itemsize for s in stride), writeable=False)
         array = np.ascontiguousarray(view)
     else:
+        if math.prod(n for n in size if n) > MAX_DIM:
+            raise WeightsError(f"tensor of size {list(size)}: empty, but its other dimensions "
+                               f"multiply to more than {MAX_DIM}")
         array = np.zeros(size, flat.dtype)
     return Tensor(array, storage.array.dtype.name)
 
@@ -191,10 +216,21 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles a torch checkpoint's ``data.pkl``; ``storage(key, dtype, numel)`` returns
     the flat array of one storage record (checked by the caller)."""
 
-    def __init__(self, data: bytes, storage: Callable[[str, np.dtype, int], np.ndarray]):
+    def __init__(self, data: bytes, storage: Callable[[str, np.dtype, int], np.ndarray],
+                 tensor_budget: int | None = None):
         super().__init__(io.BytesIO(data))
         self._storage = storage
         self._cache: dict[str, _Storage] = {}
+        self._budget = tensor_budget
+
+    def _charge(self, nbytes: int) -> None:
+        if self._budget is None:
+            return
+        if nbytes > self._budget:
+            raise WeightsError(f"the pickle rebuilds more tensor data than the file's size "
+                               f"allows ({TENSOR_BUDGET_RATIO}x it plus {TENSOR_SLACK} bytes): "
+                               "storages copied out over and over")
+        self._budget -= nbytes
 
     def find_class(self, module: str, name: str):
         try:
@@ -223,7 +259,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             if cached.array.dtype != dtype or cached.array.size != numel:
                 raise WeightsError(f"storage {key!r} referenced as two different types/sizes")
             return cached
-        self._cache[key] = _Storage(key, self._storage(key, dtype, numel))
+        self._cache[key] = _Storage(key, self._storage(key, dtype, numel), self._charge)
         return self._cache[key]
 
 
@@ -247,10 +283,11 @@ def load_zip(path_or_bytes, *, path=None, format: str = "torch") -> tuple[Any, d
         source: Any = io.BytesIO(path_or_bytes)
         size = len(path_or_bytes)
     else:
-        source = open(path_or_bytes, "rb")  # noqa: SIM115 - closed below
-        source.seek(0, 2)
-        size = source.tell()
-        source.seek(0)
+        try:
+            source = open(path_or_bytes, "rb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise fail(f"cannot open: {e.strerror or e}") from None
+        size = os.fstat(source.fileno()).st_size
     try:
         if size > MAX_FILE_BYTES:
             raise fail(f"file is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
@@ -264,12 +301,34 @@ def load_zip(path_or_bytes, *, path=None, format: str = "torch") -> tuple[Any, d
                        f"{head!r}")
         try:
             archive = zipfile.ZipFile(source)
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
-            raise fail(f"bad zip archive: {e}") from None
+        except ZIP_ERRORS as e:
+            raise fail(f"bad zip archive: {_zip_message(e)}") from None
         with archive:
             return _load_archive(archive, size, fail)
     finally:
         source.close()
+
+
+def _zip_message(e: BaseException) -> str:
+    text = str(e) or "unexpected end of data"
+    return text if isinstance(e, zipfile.BadZipFile) else f"{type(e).__name__}: {text}"
+
+
+def check_pickle(data: bytes) -> None:
+    """Walk the opcodes of ``data`` without building anything: every length field is checked
+    against the bytes present (the C unpickler allocates a BINBYTES/BINUNICODE's declared
+    length before reading it), and memo indices must count up as a pickler numbers them
+    (it sizes its memo table by the largest index).  Raises ``ValueError`` on a malformed
+    pickle."""
+    puts = 0
+    for op, arg, pos in pickletools.genops(io.BytesIO(data)):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            if not isinstance(arg, int) or not 0 <= arg <= puts + 1024:
+                raise ValueError(f"memo index {arg!r:.40} at byte {pos} after {puts} "
+                                 "memo entries")
+            puts += 1
+        elif op.name == "MEMOIZE":
+            puts += 1
 
 
 def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[str, bytes]]:
@@ -291,15 +350,38 @@ def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[
     budget = [size * 4 + 1024]  # declared uncompressed bytes we are willing to read
 
     def read(info: zipfile.ZipInfo, limit: int) -> bytes:
-        if info.file_size > limit or info.file_size > budget[0]:
-            raise fail(f"record {info.filename} declares {info.file_size} bytes, too large")
+        """The bytes of one record; every size the zip headers declare is checked against
+        the file's size before anything is read or decompressed."""
+        name = info.filename
+        if info.flag_bits & (_FLAG_ENCRYPTED | _FLAG_STRONG):
+            raise fail(f"record {name} is encrypted (flag bits 0x{info.flag_bits:04X}); "
+                       "torch.save never encrypts")
+        if info.flag_bits & _FLAG_PATCHED:
+            raise fail(f"record {name} holds compressed patched data (flag bit 5), which "
+                       "torch.save never writes")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise fail(f"record {info.filename}: unsupported compression {info.compress_type}")
+            raise fail(f"record {name}: unsupported compression method {info.compress_type} "
+                       "(torch.save stores records uncompressed)")
+        if not 0 <= info.header_offset < size or \
+                not 0 <= info.compress_size <= size - info.header_offset:
+            raise fail(f"record {name}: {info.compress_size} bytes at offset "
+                       f"{info.header_offset} lie outside the {size}-byte file")
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise fail(f"record {name} is stored uncompressed but declares {info.file_size} "
+                       f"bytes in {info.compress_size}")
+        if info.file_size > info.compress_size * MAX_DEFLATE_RATIO + 64:
+            raise fail(f"record {name} declares {info.file_size} bytes from "
+                       f"{info.compress_size} compressed, more than deflate can expand")
+        if info.file_size > limit or info.file_size > budget[0]:
+            raise fail(f"record {name} declares {info.file_size} bytes, too large")
         budget[0] -= info.file_size
         try:
-            data = archive.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise fail(f"record {info.filename}: {e}") from None
+            # open + a bounded read, never archive.read(): zipfile would decompress a
+            # whole record in one call, however far beyond its declared size it expands.
+            with archive.open(info) as f:
+                data = f.read(info.file_size)
+        except ZIP_ERRORS as e:
+            raise fail(f"record {name}: {_zip_message(e)}") from None
         if len(data) != info.file_size:
             raise fail(f"record {info.filename}: read {len(data)} bytes, declared "
                        f"{info.file_size}")
@@ -328,12 +410,19 @@ def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[
 
     data = read(pkls[0], MAX_PICKLE_BYTES)
     try:
-        obj = RestrictedUnpickler(data, storage).load()
+        check_pickle(data)
+    except (ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
+            OverflowError, RecursionError) as e:
+        raise fail(f"data.pkl is not a valid pickle: {type(e).__name__}: {e}"[:300]) from None
+    unpickler = RestrictedUnpickler(data, storage,
+                                    tensor_budget=size * TENSOR_BUDGET_RATIO + TENSOR_SLACK)
+    try:
+        obj = unpickler.load()
     except WeightsError as e:
         raise fail(e.reason) from None
     except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError,
-            AttributeError, RecursionError, MemoryError, struct.error) as e:
-        raise fail(f"data.pkl: {type(e).__name__}: {e}") from None
+            AttributeError, RecursionError, OverflowError, struct.error) as e:
+        raise fail(f"data.pkl: {type(e).__name__}: {e}"[:300]) from None
     return obj, extras
 
 

@@ -63,6 +63,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
@@ -83,12 +84,14 @@ V2_MAGIC = 0xF993FAC9
 V3_MAGIC = 0xF993FACA
 CPU_DEVICE = 1
 MAX_NDIM = 32
+MAX_DIM = (1 << 40) - 1    # no dimension of a real array is larger
+MAX_EMPTY_SPAN = 1 << 40   # an empty array's non-zero dimensions multiply to at most this
 MAX_NAME = 1 << 16
 # mshadow type flag -> little-endian NumPy dtype; only the floating ones become canonical.
 TYPE_FLAGS = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8"}
 FLOAT_FLAGS = (0, 1, 2)
 STORAGE_NAMES = {0: "default", 1: "row_sparse", 2: "csr"}
-_SYMBOL_NAME = re.compile(r"^(.*?)conv(\d+)_(weight|bias)$")
+_SYMBOL_NAME = re.compile(r"^(.*?)conv([0-9]{1,9})_(weight|bias)$")
 
 
 # --- the key table -------------------------------------------------------------------------
@@ -156,8 +159,8 @@ def _read_shape(r: _Reader, what: str, legacy_ndim: int | None = None):
     if not 0 <= ndim <= MAX_NDIM:
         raise r.fail(f"{what}: ndim {ndim} outside 0..{MAX_NDIM} (not a .params file?)")
     dims = r.unpack(f"<{ndim}{'q' if wide else 'I'}", f"{what} dims")
-    if any(d < 0 or d >= 1 << 40 for d in dims):
-        raise r.fail(f"{what}: absurd shape {list(dims)}")
+    if any(not 0 <= d <= MAX_DIM for d in dims):
+        raise r.fail(f"{what}: absurd shape {list(dims)} (each dimension must be 0..{MAX_DIM})")
     return tuple(int(d) for d in dims)
 
 
@@ -193,11 +196,20 @@ def _read_ndarray(r: _Reader, index: int) -> np.ndarray:
         raise r.fail(f"{what}: unsupported type flag {flag} (known: "
                      f"{', '.join(f'{k}={np.dtype(v).name}' for k, v in TYPE_FLAGS.items())})")
     dtype = np.dtype(TYPE_FLAGS[flag])
-    nbytes = math.prod(shape) * dtype.itemsize
+    count = math.prod(shape)  # exact (Python ints): never wraps
+    nbytes = count * dtype.itemsize
     if nbytes > r.left:
         raise r.fail(f"{what}: shape {list(shape)} of {dtype.name} needs {nbytes} bytes, "
                      f"only {r.left} left in the file (truncated?)")
-    return np.frombuffer(r.take(nbytes, f"{what} data"), dtype=dtype).reshape(shape)
+    # A zero dimension makes the byte count 0 whatever the others say; the others must
+    # still describe an array NumPy can index (and no real file has more than this).
+    if count == 0 and math.prod(d for d in shape if d) > MAX_EMPTY_SPAN:
+        raise r.fail(f"{what}: absurd shape {list(shape)}: empty, but its other dimensions "
+                     f"multiply to more than {MAX_EMPTY_SPAN}")
+    flat = np.frombuffer(r.take(nbytes, f"{what} data"), dtype=dtype)
+    if flat.size != count:  # cannot happen after the checks above; never reshape blindly
+        raise r.fail(f"{what}: {flat.size} elements read for shape {list(shape)}")
+    return flat.reshape(shape)
 
 
 def decode_ndarrays(blob: bytes, *, path=None) -> dict[str, np.ndarray]:
@@ -236,8 +248,9 @@ def decode_ndarrays(blob: bytes, *, path=None) -> dict[str, np.ndarray]:
     if r.left:
         raise fail(f"{r.left} unexpected bytes after the name list")
     if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise fail(f"duplicate names: {', '.join(dup)}")
+        dup = sorted(n for n, k in Counter(names).items() if k > 1)
+        raise fail(f"duplicate names: {', '.join(dup[:10])}"
+                   + (f" and {len(dup) - 10} more" if len(dup) > 10 else ""))
     return dict(zip(names, arrays))
 
 

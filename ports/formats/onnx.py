@@ -32,6 +32,7 @@ data would make the reader open other files).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -48,6 +49,7 @@ EXTENSIONS = (".onnx",)
 OPSET = 13
 IR_VERSION = 7
 MAX_BYTES = 512 * 1024**2
+MAX_DIM = 2**31
 PRODUCER = "squeezenet-ports"
 INPUT, OUTPUT = "input", "logits"
 _STEMS = {(96, 3, 7, 7): "1_0", (64, 3, 3, 3): "1_1"}
@@ -161,18 +163,38 @@ def _known_names(variant: Variant) -> dict[str, str]:
 
 def read(path, *, variant: Variant | None = None) -> Weights:
     """An ONNX file -> canonical :class:`Weights` (see the module docstring)."""
-    size = os.path.getsize(path)
-    if size > MAX_BYTES:
-        raise WeightsError(f"file is {size} bytes, more than the {MAX_BYTES} allowed",
-                           path=path, format=NAME)
     with open(path, "rb") as f:
-        blob = f.read(MAX_BYTES + 1)
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_BYTES:
+            raise WeightsError(f"file is {size} bytes, more than the {MAX_BYTES} allowed",
+                               path=path, format=NAME)
+        blob = f.read(size)  # exactly the file's size: nothing reserved beyond it
     return decode(blob, path=path, variant=variant)
+
+
+def _text(value) -> str:
+    """A protobuf string field as ``str``: ONNX's messages are proto2, whose strings are not
+    checked on parsing, and protobuf hands back ``bytes`` for invalid UTF-8."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _type_name(onnx, code: int) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(code)
+    except ValueError:
+        return f"unknown type code {code}"
+
+
+# TensorProto data type -> (little-endian dtype of raw_data, typed field, its dtype)
+_FLOAT_TYPES = {1: ("<f4", "float_data", np.float32),    # FLOAT
+                11: ("<f8", "double_data", np.float64),  # DOUBLE
+                10: ("<f2", "int32_data", np.int32)}     # FLOAT16: bits in int32_data
 
 
 def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights:
     onnx = _onnx()
-    from onnx import numpy_helper
 
     def fail(reason: str) -> WeightsError:
         return WeightsError(reason, path=path, format=NAME)
@@ -182,6 +204,8 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
     model = onnx.ModelProto()
     try:
         model.ParseFromString(bytes(blob))
+    except MemoryError:
+        raise  # never reported as a bad file: the reader must not need that much
     except Exception as e:  # google.protobuf.message.DecodeError and friends
         raise fail(f"not an ONNX model (protobuf parse failed: {e})") from None
     graph = model.graph
@@ -195,11 +219,11 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
     for n in graph.node:
         for out in n.output:
             producer[out] = n
-        if n.op_type == "Constant":
+        if n.op_type == "Constant" and n.output:
             for a in n.attribute:
                 if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                     consts[n.output[0]] = a.t
-        elif n.op_type == "Identity" and n.input:
+        elif n.op_type == "Identity" and n.input and n.output:
             alias[n.output[0]] = n.input[0]
     for t in consts.values():
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
@@ -212,41 +236,99 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             name, seen = alias[name], seen + 1
         return name
 
+    converted: dict[str, np.ndarray] = {}
+
     def tensor(name: str, what: str) -> np.ndarray:
-        t = consts.get(resolve(name))
+        key = resolve(name)
+        if key in converted:  # a weight shared by several nodes is converted once
+            return converted[key]
+        t = consts.get(key)
         if t is None:
             raise fail(f"{what} {name!r} is not a constant (initializer or Constant node)")
-        if len(t.dims) > 8 or any(d < 0 for d in t.dims) or np.prod(t.dims, dtype=np.float64) \
-                > MAX_BYTES:
-            raise fail(f"{what} {name!r}: bad dims {list(t.dims)}")
-        if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                               onnx.TensorProto.DOUBLE):
-            raise fail(f"{what} {name!r}: data type "
-                       f"{onnx.TensorProto.DataType.Name(t.data_type)}, expected FLOAT")
+        dims = list(t.dims)
+        if len(dims) > 8 or any(not 0 <= d <= MAX_DIM for d in dims):
+            raise fail(f"{what} {name!r}: bad dims {dims[:16]} (at most 8, each 0..{MAX_DIM})")
+        if t.data_type not in _FLOAT_TYPES:
+            raise fail(f"{what} {name!r}: data type {_type_name(onnx, t.data_type)}, "
+                       "expected FLOAT (or FLOAT16, DOUBLE)")
+        raw_dtype, field, field_dtype = _FLOAT_TYPES[t.data_type]
+        count = math.prod(dims)
+        if t.HasField("raw_data"):
+            unit = np.dtype(raw_dtype).itemsize
+            have, held = len(t.raw_data), f"{len(t.raw_data)} bytes of raw_data ({unit} each)"
+        else:
+            unit, have = 1, len(getattr(t, field))
+            held = f"{have} values in {field}"
+        if count * unit != have:  # checked before anything of `count` elements exists
+            raise fail(f"{what} {name!r}: dims {dims} make {count} elements, but it holds "
+                       f"{held}")
+        if count == 0 and math.prod(d for d in dims if d) > MAX_DIM:
+            raise fail(f"{what} {name!r}: bad dims {dims}: empty, but the others multiply to "
+                       f"more than {MAX_DIM}")
         try:
-            arr = numpy_helper.to_array(t)
-        except Exception as e:
-            raise fail(f"{what} {name!r}: {e}") from None
-        return np.ascontiguousarray(arr, dtype=np.float32)
+            if t.HasField("raw_data"):
+                arr = np.frombuffer(t.raw_data, dtype=raw_dtype)
+            else:
+                arr = np.asarray(getattr(t, field), dtype=field_dtype)
+                if t.data_type == onnx.TensorProto.FLOAT16:  # as onnx.numpy_helper does
+                    arr = arr.view(np.uint32).astype(np.uint16).view(np.float16)
+            arr = arr.reshape(dims)
+        except (ValueError, OverflowError, TypeError) as e:
+            raise fail(f"{what} {name!r}: {type(e).__name__}: {e}"[:300]) from None
+        converted[key] = np.ascontiguousarray(arr, dtype=np.float32)
+        return converted[key]
 
-    def ints(n, name: str, default):
-        for a in n.attribute:
-            if a.name == name:
-                return list(a.ints) if a.type == onnx.AttributeProto.INTS else a.i
-        return default
+    def attribute(n, label, name: str):
+        found = [a for a in n.attribute if a.name == name]
+        if len(found) > 1:
+            raise fail(f"{n.op_type} {label!r}: attribute {name!r} appears {len(found)} times")
+        return found[0] if found else None
 
-    def strattr(n, name: str, default: str) -> str:
-        for a in n.attribute:
-            if a.name == name:
-                return a.s.decode("ascii", "replace")
-        return default
+    def int_attr(n, label, name: str, default: int) -> int:
+        a = attribute(n, label, name)
+        if a is None:
+            return default
+        if a.type != onnx.AttributeProto.INT:
+            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
+                       f"{attr_type(a.type)}, expected an int")
+        return a.i
+
+    def ints_attr(n, label, name: str, default: list[int], length: int) -> list[int]:
+        a = attribute(n, label, name)
+        if a is None:
+            return default
+        if a.type != onnx.AttributeProto.INTS:
+            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
+                       f"{attr_type(a.type)}, expected a list of {length} ints")
+        values = list(a.ints)
+        if len(values) != length:
+            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is {values[:16]}, "
+                       f"expected {length} ints")
+        return values
+
+    def str_attr(n, label, name: str, default: str) -> str:
+        a = attribute(n, label, name)
+        if a is None:
+            return default
+        if a.type != onnx.AttributeProto.STRING:
+            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
+                       f"{attr_type(a.type)}, expected a string")
+        return a.s.decode("ascii", "replace")
+
+    def attr_type(code: int) -> str:
+        try:
+            return onnx.AttributeProto.AttributeType.Name(code)
+        except ValueError:
+            return f"unknown attribute type {code}"
 
     # Every Conv in graph order, with its weights and geometry.
+    conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
+    if len(conv_nodes) not in (26, 30):
+        raise fail(f"graph has {len(conv_nodes)} Conv nodes; SqueezeNet has 26 (30 with the "
+                   "complex bypass)")
     convs = []
-    for n in graph.node:
-        if n.op_type != "Conv":
-            continue
-        label = n.name or n.output[0]
+    for n in conv_nodes:
+        label = _text(n.name) or (_text(n.output[0]) if n.output else "(unnamed)")
         if len(n.input) < 2:
             raise fail(f"Conv {label!r} has no weight input")
         w = tensor(n.input[1], f"Conv {label!r} weight")
@@ -256,12 +338,13 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             b = tensor(n.input[2], f"Conv {label!r} bias")
         else:
             b = np.zeros(w.shape[0], np.float32)
-        if ints(n, "group", 1) != 1 or set(ints(n, "dilations", [1, 1])) != {1}:
+        if int_attr(n, label, "group", 1) != 1 or \
+                set(ints_attr(n, label, "dilations", [1, 1], 2)) != {1}:
             raise fail(f"Conv {label!r}: grouped or dilated convolution is not SqueezeNet's")
-        stride = ints(n, "strides", [1, 1])
+        stride = ints_attr(n, label, "strides", [1, 1], 2)
         kernel = list(w.shape[2:])
-        pads = ints(n, "pads", [0, 0, 0, 0])
-        auto = strattr(n, "auto_pad", "NOTSET")
+        pads = ints_attr(n, label, "pads", [0, 0, 0, 0], 4)
+        auto = str_attr(n, label, "auto_pad", "NOTSET")
         if auto in ("SAME_UPPER", "SAME_LOWER") and set(stride) == {1} and kernel[0] % 2:
             pads = [(kernel[0] - 1) // 2] * 4
         elif auto not in ("NOTSET", "VALID"):
@@ -272,9 +355,6 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
                        f"{kernel}")
         convs.append({"node": n, "label": label, "w": w, "b": b, "stride": stride[0],
                       "pad": pads[0], "wname": resolve(n.input[1])})
-    if len(convs) not in (26, 30):
-        raise fail(f"graph has {len(convs)} Conv nodes; SqueezeNet has 26 (30 with the "
-                   "complex bypass)")
 
     # The variant, from the graph.
     stem, head = convs[0], convs[-1]
@@ -361,14 +441,16 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
     tensors = {}
     for name, g in matched.items():
         tensors[f"{name}.weight"], tensors[f"{name}.bias"] = g["w"], g["b"]
-    props = {p.key: p.value for p in model.metadata_props}
+    props = {_text(p.key): _text(p.value) for p in model.metadata_props}
     label = os.path.basename(os.fspath(path)) if path is not None else "bytes"
-    if model.producer_name == PRODUCER and "preprocessing" in props:
+    if _text(model.producer_name) == PRODUCER and "preprocessing" in props:
         preprocessing, source = props["preprocessing"], props.get("source", "ONNX")
+        # make()'s own parameter names cannot be metadata keys
         extra = {k: v for k, v in props.items() if k not in variant.to_meta()
-                 and k not in ("preprocessing", "source")}
+                 and k not in ("preprocessing", "source", "tensors", "variant")}
     else:
-        producer_name = " ".join(filter(None, [model.producer_name, model.producer_version]))
+        producer_name = " ".join(filter(None, [_text(model.producer_name),
+                                               _text(model.producer_version)]))
         preprocessing, extra = "torchvision", {}
         source = f"ONNX {label}" + (f" (producer {producer_name})" if producer_name else "")
     try:

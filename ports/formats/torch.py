@@ -70,6 +70,16 @@ NESTED_KEYS = ("state_dict", "model")
 _STEMS = {(96, 3, 7, 7): "1_0", (64, 3, 3, 3): "1_1"}
 
 
+def _short(value, limit: int = 80) -> str:
+    """``repr`` of a key from the file for a message: cut short, and safe on the deeply
+    nested objects a pickle can build (their ``repr`` would overflow the recursion limit)."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, (int, float, bytes)) and not isinstance(value, bool):
+        return repr(value)[:limit]
+    return f"<{type(value).__name__}>"
+
+
 def _state_dict(obj, fail) -> dict:
     """The state dict inside a checkpoint: the object itself or ``obj["state_dict"]`` /
     ``obj["model"]``; keys stripped of a common ``module.`` prefix."""
@@ -81,12 +91,13 @@ def _state_dict(obj, fail) -> dict:
         else:
             raise fail("checkpoint holds no tensors at the top level nor a dict under "
                        f"{' or '.join(map(repr, NESTED_KEYS))} (keys: "
-                       f"{', '.join(map(repr, list(obj)[:10]))})")
+                       f"{', '.join(map(_short, list(obj)[:10]))})")
     if not isinstance(obj, dict):
         raise fail(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, _pickle.Tensor)]
     if bad:
-        raise fail(f"state dict entries that are not tensors: {', '.join(map(repr, bad[:10]))}")
+        raise fail("state dict entries that are not tensors: "
+                   + ", ".join(map(_short, bad[:10])))
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -123,8 +134,8 @@ def decode(blob_or_path, *, path=None, variant: Variant | None = None) -> Weight
     if META_RECORD in extras:
         try:
             meta = json.loads(extras[META_RECORD].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise fail(f"{META_RECORD}: not valid JSON: {e}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise fail(f"{META_RECORD}: not valid JSON: {type(e).__name__}: {e}"[:300]) from None
         if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in meta.items()):
             raise fail(f"{META_RECORD}: must map strings to strings")
@@ -142,10 +153,14 @@ def decode(blob_or_path, *, path=None, variant: Variant | None = None) -> Weight
     missing = [k for k in table.values() if k not in state]
     unexpected = [k for k in state if k not in inverse]
     problems = []
+    def listed(keys: list[str], most: int = 20) -> str:
+        shown = ", ".join(k[:100] for k in keys[:most])
+        return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
     if missing:
-        problems.append("missing keys: " + ", ".join(missing))
+        problems.append("missing keys: " + listed(missing))
     if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
+        problems.append("unexpected keys: " + listed(unexpected))
     for key, t in state.items():
         if key in inverse and t.storage_dtype not in ("float32", "float16", "uint16", "float64"):
             problems.append(f"{key}: dtype {t.storage_dtype}, expected a float type")
@@ -153,7 +168,9 @@ def decode(blob_or_path, *, path=None, variant: Variant | None = None) -> Weight
         raise fail(f"not a torchvision SqueezeNet {variant.id} state dict: " + "; ".join(problems))
     tensors = _pickle.tensors_to_float32({inverse[k]: v for k, v in state.items()})
     if meta:
-        extra = {k: v for k, v in meta.items() if k not in variant.to_meta()}
+        # make()'s own parameter names cannot be metadata keys
+        extra = {k: v for k, v in meta.items() if k not in variant.to_meta()
+                 and k not in ("tensors", "variant")}
         extra.setdefault("preprocessing", "torchvision")
         extra.setdefault("source", "torch checkpoint")
     else:
