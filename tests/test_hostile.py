@@ -384,3 +384,10 @@ def test_every_tool_turns_a_bad_file_into_one_line_and_status_2(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in r.stderr, r.stderr
         assert not (tmp_path / "out.pth").exists()
+
+
+def test_readme_carries_the_generated_bad_input_table():
+    """README's table is docs/bad-inputs.md (written by ``tools/fuzz --table``), verbatim."""
+    doc = (ROOT / "docs" / "bad-inputs.md").read_text().split("\n", 1)[1].strip("\n")
+    doc = "\n".join("#" + line if line.startswith("#") else line for line in doc.splitlines())
+    assert doc in (ROOT / "README.md").read_text()
