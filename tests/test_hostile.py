@@ -27,8 +27,7 @@ def _codec_exists(name: str) -> bool:
 
 
 def _need(name: str) -> None:
-    """Fail (not skip) when a codec's dependency is missing; skip only a codec whose module
-    is not written yet."""
+    """Fail (not skip) when a codec or its dependency is missing."""
     assert _codec_exists(name), f"ports/formats/{formats.FORMATS[name][0]}.py is missing"
     why = fuzz.availability(name)
     assert why is None, why
