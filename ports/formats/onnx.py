@@ -284,22 +284,22 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             raise fail(f"{n.op_type} {label!r}: attribute {name!r} appears {len(found)} times")
         return found[0] if found else None
 
-    def int_attr(n, label, name: str, default: int) -> int:
+    def typed_attr(n, label, name: str, kind: int, expected: str):
+        """The attribute ``name`` of node ``n`` (None if absent), refused unless ``kind``."""
         a = attribute(n, label, name)
-        if a is None:
-            return default
-        if a.type != onnx.AttributeProto.INT:
+        if a is not None and a.type != kind:
             raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
-                       f"{attr_type(a.type)}, expected an int")
-        return a.i
+                       f"{attr_type(a.type)}, expected {expected}")
+        return a
+
+    def int_attr(n, label, name: str, default: int) -> int:
+        a = typed_attr(n, label, name, onnx.AttributeProto.INT, "an int")
+        return default if a is None else a.i
 
     def ints_attr(n, label, name: str, default: list[int], length: int) -> list[int]:
-        a = attribute(n, label, name)
+        a = typed_attr(n, label, name, onnx.AttributeProto.INTS, f"a list of {length} ints")
         if a is None:
             return default
-        if a.type != onnx.AttributeProto.INTS:
-            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
-                       f"{attr_type(a.type)}, expected a list of {length} ints")
         values = list(a.ints)
         if len(values) != length:
             raise fail(f"{n.op_type} {label!r}: attribute {name!r} is {values[:16]}, "
@@ -307,13 +307,8 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         return values
 
     def str_attr(n, label, name: str, default: str) -> str:
-        a = attribute(n, label, name)
-        if a is None:
-            return default
-        if a.type != onnx.AttributeProto.STRING:
-            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
-                       f"{attr_type(a.type)}, expected a string")
-        return a.s.decode("ascii", "replace")
+        a = typed_attr(n, label, name, onnx.AttributeProto.STRING, "a string")
+        return default if a is None else a.s.decode("ascii", "replace")
 
     def attr_type(code: int) -> str:
         try:
