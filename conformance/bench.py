@@ -13,15 +13,25 @@ Fast modes (the worker tries the candidates and keeps the fastest, per batch siz
 
 =============== ==================================================================
 torch           ``inference_mode``; NCHW or channels-last; at the run's thread count or
-                one thread (OpenMP teams stall on a busy machine); ``torch.compile``
-                (not in ``--quick``)
+                one thread (OpenMP teams stall on a busy machine); a frozen TorchScript
+                trace run by oneDNN Graph (conv + ReLU fused); ``torch.compile`` (not in
+                ``--quick``)
 onnxruntime     our ONNX export, ``ORT_ENABLE_ALL``
 opencv          ``cv2.dnn`` from our Caffe files, OpenCV backend, CPU target
 keras-*         ``predict_on_batch`` (compiled predict function) or a direct call
 flax            the port's ``jax.jit``-compiled forward, NHWC input already on device
-mxnet           ``hybridize(static_alloc=True, static_shape=True)``
+                (on CPU it maps the layers through the second pool over the images)
+mxnet           ``hybridize(static_alloc=True, static_shape=True)``, or the same after
+                ``optimize_for(backend="MKLDNN")`` (conv + ReLU fused)
 chainer         ``using_config('train', False)`` + ``no_backprop_mode``
 =============== ==================================================================
+
+A candidate whose logits disagree with the float64 NumPy reference (the float32 bound of
+``tolerances.toml``, top-5 included) is rejected.  Workers run with glibc's malloc told to
+keep freed memory (``MALLOC_TUNED`` below; ``--system-malloc`` turns that off): by default
+every block above 32 MB is a fresh ``mmap``, so a framework without its own arena pays
+page faults on each large activation of every call, which ONNX Runtime (an arena) never
+does.
 
 Inputs are the seeded conformance images at 224x224, float32, handed over once in the
 framework's own layout (NCHW, or NHWC for Keras/Flax); outputs are copied back to NumPy in
@@ -98,6 +108,31 @@ def _candidates(port: str, mod, weights, quick: bool):
         if threads > 1:  # OpenMP teams stall on a busy machine; one thread may be faster
             out += [("inference_mode NCHW, 1 thread", lambda x: eager(x, n=1)),
                     ("inference_mode channels_last, 1 thread", lambda x: eager(x, True, n=1))]
+        def onednn_graph(x, channels_last=False):
+            """TorchScript trace, frozen, run by oneDNN Graph (LLGA): convolution + ReLU
+            fused, weights prepacked once."""
+            m, t = model, torch.from_numpy(np.ascontiguousarray(x))
+            if channels_last:
+                import copy
+
+                m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                t = t.contiguous(memory_format=torch.channels_last)
+            torch.jit.enable_onednn_fusion(True)
+            with torch.no_grad():
+                traced = torch.jit.freeze(torch.jit.trace(m, t))
+                for _ in range(2):  # the fusion pass runs on the first profiled calls
+                    traced(t)
+
+            def run():
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
+                with torch.no_grad():
+                    return traced(t).numpy()
+            return run
+
+        out += [("TorchScript frozen, oneDNN Graph fusion, NCHW", onednn_graph),
+                ("TorchScript frozen, oneDNN Graph fusion, channels_last",
+                 lambda x: onednn_graph(x, True))]
         if not quick:
             out += [("torch.compile NCHW", lambda x: eager(x, False, True)),
                     ("torch.compile channels_last", lambda x: eager(x, True, True))]
@@ -169,13 +204,17 @@ def _candidates(port: str, mod, weights, quick: bool):
     if port == "mxnet":
         import mxnet as mx
 
-        net = mod.load(weights, hybridize=False)
-        net.hybridize(static_alloc=True, static_shape=True)
-
-        def mx_run(x):
+        def mx_run(x, onednn=False):
             xd = mx.nd.array(x, ctx=mx.cpu(), dtype="float32")
+            net = mod.load(weights, hybridize=False)
+            if onednn:  # MXNet's CPU inference recipe: conv + ReLU fused by the MKLDNN backend
+                net.optimize_for(xd, backend="MKLDNN", static_alloc=True, static_shape=True)
+            else:
+                net.hybridize(static_alloc=True, static_shape=True)
             return lambda: net(xd).asnumpy()
-        return [("hybridize(static_alloc, static_shape)", mx_run)]
+        return [("hybridize(static_alloc, static_shape)", mx_run),
+                ("optimize_for(backend='MKLDNN', static_alloc, static_shape)",
+                 lambda x: mx_run(x, True))]
     if port == "chainer":
         import chainer
 
@@ -232,9 +271,16 @@ def worker(port: str, batches: list[int], quick: bool) -> int:
 
         from .inputs import inputs
 
+        from ports import numpy as reference
+
+        from .harness import compare, tolerance
+
         mod = PORTS[port].import_module()
         weights = seeded_weights(Variant.from_id(VARIANT_ID))
         images = inputs(SIZE, count=max(batches))
+        # every candidate's logits must agree with the float64 oracle, or it is not chosen
+        expected = reference.predict(reference.load(weights, "float64"), images)
+        atol, rtol = tolerance(port, "float32")
         candidates = _candidates(port, mod, weights, quick)
         chosen, trials = {}, {}
         for batch in batches:
@@ -245,8 +291,13 @@ def worker(port: str, batches: list[int], quick: bool) -> int:
                 try:
                     run = make(x)
                     t0 = time.perf_counter()
-                    run()  # first call: compilation, allocation
+                    out = run()  # first call: compilation, allocation
                     first = time.perf_counter() - t0
+                    agreement = compare(np.asarray(out), expected[:batch], atol, rtol)
+                    if not agreement.ok:
+                        trials[batch][name] = (f"rejected: disagrees with the float64 "
+                                               f"reference, max abs {agreement.max_abs:.3g}")
+                        continue
                     for _ in range(1 if quick else 2):
                         run()
                     calls, elapsed = _time_for(run, 0.05 if quick else 0.5, 2)
@@ -285,9 +336,9 @@ class Worker:
     """A running worker process; ``info`` is its ready message."""
 
     def __init__(self, port: str, python: str, batches, quick: bool, threads: int,
-                 log_dir: Path) -> None:
+                 log_dir: Path, tuned_malloc: bool = True) -> None:
         self.port = port
-        env = _thread_env(threads)
+        env = _thread_env(threads, tuned_malloc)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
                                              env.get("PYTHONPATH", "").split(os.pathsep) if p])
         env["PYTHONHASHSEED"] = "0"
@@ -366,11 +417,25 @@ def machine_peak(n: int, repeats: int = 3) -> float:
     return best
 
 
-def _thread_env(threads: int) -> dict:
+# glibc malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap
+# and unmaps it on free, so a framework without its own arena page-faults and zeroes every
+# large activation again on every call: at batch 32, conv1's output alone is 100 MB.  ONNX
+# Runtime keeps an arena and does not care; the ports do (torch channels-last at batch 32:
+# 95 -> 185 img/s).  Workers therefore run with malloc told to keep what it frees, as
+# PyTorch's CPU tuning guide advises (there with jemalloc or tcmalloc); ``--system-malloc``
+# measures glibc's defaults instead.
+MALLOC_TUNED = {"MALLOC_MMAP_MAX_": "0",                    # no mmap: blocks come from the heap
+                "MALLOC_TRIM_THRESHOLD_": str(16 << 30),    # and freed ones stay there
+                "MALLOC_TOP_PAD_": str(512 << 20)}          # grow the heap in 512 MB steps
+
+
+def _thread_env(threads: int, tuned_malloc: bool = True) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "TF_NUM_INTRAOP_THREADS"):
         env[var] = str(threads)
+    if tuned_malloc:
+        env.update(MALLOC_TUNED)
     return env
 
 
@@ -394,7 +459,8 @@ def _cpu_name() -> str:
 
 
 def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int,
-          seconds: float, threads: int, batches=BATCHES, log=print) -> dict:
+          seconds: float, threads: int, batches=BATCHES, tuned_malloc: bool = True,
+          log=print) -> dict:
     from ports.spec import Variant
 
     macs = Variant.from_id(VARIANT_ID).macs(SIZE)
@@ -406,6 +472,7 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
     result = {"variant": VARIANT_ID, "size": SIZE, "dtype": "float32", "batches": list(batches),
               "macs_per_image": macs, "flops_per_image": 2 * macs, "threads": threads,
               "quick": quick, "rounds": rounds, "seconds_per_round": seconds,
+              "worker_env": MALLOC_TUNED if tuned_malloc else {},
               "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
                           "peak_gflops": peak, "peak_method": "numpy float32 matmul"},
               "reference": REFERENCE, "ports": {}, "not_run": {}}
@@ -417,7 +484,7 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
     def start(port: str) -> Worker:
         log(f"   starting {port} worker (load, warm up, choose the fastest mode) ...")
         t0 = time.perf_counter()
-        w = Worker(port, python_for(port), batches, quick, threads, OUT / "logs")
+        w = Worker(port, python_for(port), batches, quick, threads, OUT / "logs", tuned_malloc)
         if w.info.get("ready"):
             log(f"   {port} ready in {time.perf_counter() - t0:.0f}s: "
                 + ", ".join(f"batch {b}: {m}" for b, m in w.info["modes"].items()))
@@ -579,6 +646,9 @@ def main(argv=None) -> int:
              "$SQUEEZENET_BENCH_THREADS)")
     parser.add_argument("--python", action="append", default=[], metavar="PORT_OR_ENV=PATH",
                         help="use this interpreter instead of the tox environment's")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="run the workers with glibc's default malloc settings instead of "
+                             "MALLOC_MMAP_MAX_=0 and a large trim threshold")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--peak", type=int, help=argparse.SUPPRESS)
@@ -605,7 +675,7 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = bench(ports, pythons, quick=args.quick, rounds=rounds, seconds=seconds,
-                   threads=args.threads, batches=batches)
+                   threads=args.threads, batches=batches, tuned_malloc=not args.system_malloc)
     result["wall_seconds"] = time.perf_counter() - start
     print()
     print(table(result))

@@ -14,8 +14,8 @@ The full table (and the ``.weights.h5`` paths real Keras uses for them) lives in
 
 The global average pool is ``ExactGlobalAveragePooling2D`` (Keras' own computes float64
 means in float32 on JAX and PyTorch).  Ceil-mode max pooling (Caffe, torchvision) has no
-Keras equivalent: ``CeilMaxPooling2D`` pads the bottom/right edge by ``stride - 1`` cells
-of ``-inf`` and then pools ``valid``.
+Keras equivalent: ``CeilMaxPooling2D`` pads the bottom/right edge with the cells of ``-inf``
+a last partial window needs (none for SqueezeNet at 224 and 227) and then pools ``valid``.
 For ``kernel >= stride`` that gives exactly ``ceil((size - kernel) / stride) + 1`` windows
 and the padded cells never win, even for negative inputs (complex-bypass v1.0 pools after
 fire4 and fire8 see conv-bypass sums, which can be negative, so zero padding would be
@@ -41,8 +41,8 @@ from ..formats.keras import conv_layer_names, layer_name, model_name
 from ..layouts import hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
 from ..spec import Variant
 
-__all__ = ["SqueezeNet", "CeilMaxPooling2D", "ExactGlobalAveragePooling2D", "build", "load",
-           "load_weights", "predict", "to_weights", "variant_of"]
+__all__ = ["SqueezeNet", "Conv2D", "CeilMaxPooling2D", "ExactGlobalAveragePooling2D", "build",
+           "load", "load_weights", "predict", "to_weights", "variant_of"]
 
 
 @keras.saving.register_keras_serializable(package="squeezenet_ports")
@@ -65,12 +65,32 @@ class CeilMaxPooling2D(layers.Layer):
         self.strides = int(strides)
 
     def call(self, x):  # [N,H,W,C] -> [N,H',W',C]
-        extra = self.strides - 1
-        if extra:
-            x = ops.pad(x, [[0, 0], [0, extra], [0, extra], [0, 0]],
-                        constant_values=float("-inf"))
-        return ops.max_pool(x, self.pool_size, self.strides, padding="valid",
-                            data_format="channels_last")
+        eh, ew = (self._extra(d) for d in x.shape[1:3])
+        if eh or ew:
+            x = ops.pad(x, [[0, 0], [0, eh], [0, ew], [0, 0]], constant_values=float("-inf"))
+        k, s = self.pool_size, self.strides
+        if _BACKEND == "torch":  # an NCHW view with channels-last strides: no copies
+            y = ops.max_pool(ops.transpose(x, (0, 3, 1, 2)), k, s, padding="valid",
+                             data_format="channels_first")
+            return ops.transpose(y, (0, 2, 3, 1))
+        if _BACKEND == "jax":  # XLA:CPU's reduce_window is ~3x slower than k*k strided maxima
+            ho, wo = (-(-(d - k) // s) + 1 for d in x.shape[1:3])
+            out = None
+            for i in range(k):
+                for j in range(k):
+                    v = x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+                    out = v if out is None else ops.maximum(out, v)
+            return out
+        return ops.max_pool(x, k, s, padding="valid", data_format="channels_last")
+
+    def _extra(self, size) -> int:
+        """Rows (columns) of -inf the bottom (right) edge needs for a last, partial window:
+        ``(s - (size - k) % s) % s``, or ``s - 1`` when the size is not known while
+        tracing (also exact: the window count is ``floor((size + s - 1 - k) / s) + 1``)."""
+        s = self.strides
+        if size is None:
+            return s - 1
+        return (s - (int(size) - self.pool_size) % s) % s
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
@@ -101,6 +121,36 @@ class ExactGlobalAveragePooling2D(layers.Layer):
         return (input_shape[0], input_shape[3])
 
 
+_BACKEND = keras.backend.backend()
+
+
+@keras.saving.register_keras_serializable(package="squeezenet_ports")
+class Conv2D(layers.Conv2D):
+    """``keras.layers.Conv2D``, channels-last, whose convolution takes the backend's fast
+    road.  Same kernel ``[kh, kw, in, out]``, config and ``.weights.h5`` paths (Keras names
+    weight groups after the class, and the class name is the same).
+
+    * torch: Keras copies each NHWC input to contiguous NCHW and then back to
+      channels-last memory before every ``conv2d``; here the NHWC tensor goes to torch as
+      an NCHW *view* with channels-last strides, which oneDNN takes as it is.
+    * jax: a 1x1, stride-1 convolution is the matrix product ``[N,H,W,in] @ [in,out]``,
+      which XLA:CPU runs 2-8x faster than its 1x1 convolution (``tools/bench`` notes).
+    * tensorflow: Keras' own ``convolution_op``.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.data_format == "channels_last" and self.groups == 1:
+            if _BACKEND == "torch":
+                y = ops.conv(ops.transpose(inputs, (0, 3, 1, 2)), kernel,
+                             strides=list(self.strides), padding=self.padding,
+                             dilation_rate=self.dilation_rate, data_format="channels_first")
+                return ops.transpose(y, (0, 2, 3, 1))
+            if (_BACKEND == "jax" and tuple(self.kernel_size) == (1, 1)
+                    and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)):
+                return ops.matmul(inputs, kernel[0, 0])  # [N,H,W,in] @ [in,out]
+        return super().convolution_op(inputs, kernel)
+
+
 def _conv(c: S.Conv, dtype, activation=None, name=None):
     """One spec convolution as Keras layers: ``[ZeroPadding2D], Conv2D`` (HWIO kernel)."""
     name = name or layer_name(c.name)
@@ -111,8 +161,8 @@ def _conv(c: S.Conv, dtype, activation=None, name=None):
     else:
         padding = "valid"
         pad = layers.ZeroPadding2D(c.padding, name=f"{name}_pad", dtype=dtype)
-    conv = layers.Conv2D(c.out_channels, c.kernel, strides=c.stride, padding=padding,
-                         activation=activation, name=name, dtype=dtype)
+    conv = Conv2D(c.out_channels, c.kernel, strides=c.stride, padding=padding,
+                  activation=activation, name=name, dtype=dtype)
     if pad is None:
         return conv
     return lambda h: conv(pad(h))
