@@ -266,14 +266,12 @@ def worker(port: str, batches: list[int], quick: bool) -> int:
         proto.flush()
 
     try:
+        from ports import numpy as reference
         from ports.seeded import seeded_weights
         from ports.spec import Variant
 
-        from .inputs import inputs
-
-        from ports import numpy as reference
-
         from .harness import compare, tolerance
+        from .inputs import inputs
 
         mod = PORTS[port].import_module()
         weights = seeded_weights(Variant.from_id(VARIANT_ID))

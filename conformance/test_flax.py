@@ -144,3 +144,26 @@ def test_input_is_validated():
     model = pf.SqueezeNet("1_1")
     with pytest.raises(ValueError, match="NHWC"):
         pf.predict(model, np.zeros((1, 224, 224, 3), np.float32))
+
+
+@pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-simple"])
+def test_per_image_head_equals_batched_forward(vid):
+    """On CPU the layers through the second pool run image by image (``lax.map``); the
+    logits equal those of running every layer batched."""
+    v = Variant.from_id(vid)
+    model = pf.load(seeded_weights(v), dtype="float64")
+    x = jax.numpy.asarray(nchw_to_nhwc(inputs(227)[:3]).astype("float64"))
+    head = pf._per_image_head(v.layers())
+    assert head == [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3) + 1
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model._layers(v.layers(), x)),
+                               rtol=0, atol=1e-11)
+
+
+def test_pointwise_conv_is_a_matmul_of_the_same_parameters():
+    rng = np.random.default_rng(3)
+    x = jax.numpy.asarray(rng.normal(size=(2, 5, 6, 7)))
+    conv = pf.Conv(7, 3, kernel_size=(1, 1), padding=((0, 0), (0, 0)), dtype="float64",
+                   param_dtype="float64", rngs=nnx.Rngs(0))
+    assert conv._pointwise
+    np.testing.assert_allclose(np.asarray(conv(x)), np.asarray(nnx.Conv.__call__(conv, x)),
+                               rtol=0, atol=1e-12)

@@ -30,6 +30,7 @@ from conformance.suite import PortSuite  # noqa: E402
 from ports import formats  # noqa: E402
 from ports.errors import WeightsError  # noqa: E402
 from ports.formats import keras as codec  # noqa: E402
+from ports.layouts import nchw_to_nhwc  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant, all_variants  # noqa: E402
 
@@ -195,3 +196,36 @@ def test_whole_model_save_and_load_model(tmp_path):
     assert kport.variant_of(restored) == v
     x = inputs(224)[:2]
     np.testing.assert_array_equal(kport.predict(restored, x), kport.predict(model, x))
+
+
+# --- the per-backend fast paths compute what Keras' own layers compute ----------------------
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "valid"), (3, 1, "same"),
+                                                   (3, 2, "valid"), (7, 2, "valid")])
+def test_fast_conv_equals_keras_conv(kernel, stride, padding):
+    """``ports.keras.Conv2D`` (torch: NCHW views; JAX: 1x1 as a matmul) against
+    ``keras.layers.Conv2D`` with the same weights, in float64."""
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = rng.normal(size=(3, 15, 17, 5))
+    ours = kport.Conv2D(4, kernel, strides=stride, padding=padding, dtype="float64")
+    theirs = keras.layers.Conv2D(4, kernel, strides=stride, padding=padding, dtype="float64")
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    a = keras.ops.convert_to_numpy(ours(x))
+    b = keras.ops.convert_to_numpy(theirs(x))
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-simple"])
+def test_graph_run_equals_functional_call(vid):
+    """``SqueezeNetModel.call`` (on JAX/CPU: the layers through the second pool image by
+    image, then the rest batched) gives the logits of Keras' own functional graph run."""
+    v = Variant.from_id(vid)
+    model = kport.load(seeded(v), dtype="float64")
+    x = nchw_to_nhwc(inputs(227)[:3]).astype("float64")
+    ours = keras.ops.convert_to_numpy(model(x, training=False))
+    graph = keras.ops.convert_to_numpy(super(kport.SqueezeNetModel, model).call(x))
+    np.testing.assert_allclose(ours, graph, rtol=0, atol=1e-11)
+    assert kport._per_image_head(v.layers()) == (
+        [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3) + 1)

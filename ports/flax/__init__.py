@@ -65,7 +65,7 @@ class Conv(nnx.Conv):
 
     @property
     def _pointwise(self) -> bool:
-        return (tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)
+        return (tuple(self.kernel_size) == (1, 1) and self.strides in (1, (1, 1))
                 and self.padding in (((0, 0), (0, 0)), "VALID") and self.feature_group_count == 1
                 and self.input_dilation in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1)))
 
