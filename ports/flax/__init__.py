@@ -85,10 +85,11 @@ def _relu(x: jax.Array) -> jax.Array:
 def max_pool_ceil(x: jax.Array, pool: S.MaxPool) -> jax.Array:
     """[N,H,W,C] -> [N,H',W',C] with H' = ``pool.out_size(H)`` (rounded up, Caffe).
 
-    The bottom/right edge is padded with -inf where the last window needs it (never for
-    SqueezeNet at 224 or 227), so padded cells never win, whatever the sign of the input;
-    the maximum is then taken over the ``k*k`` strided views of the window offsets, which
-    XLA:CPU fuses into one pass (~3x faster than ``lax.reduce_window`` there)."""
+    The bottom/right edge is padded with -inf where the last window needs it (v1.1 at
+    224 never does; at 227 every pool does), so padded cells never win, whatever the
+    sign of the input; the maximum is then taken over the ``k*k`` strided views of the
+    window offsets, which XLA:CPU fuses into one pass (~3x faster than its
+    ``lax.reduce_window``)."""
     eh, ew = pool.ceil_extra(x.shape[1]), pool.ceil_extra(x.shape[2])
     if eh or ew:
         x = jnp.pad(x, ((0, 0), (0, eh), (0, ew), (0, 0)), constant_values=-jnp.inf)

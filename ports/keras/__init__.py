@@ -15,11 +15,19 @@ The full table (and the ``.weights.h5`` paths real Keras uses for them) lives in
 The global average pool is ``ExactGlobalAveragePooling2D`` (Keras' own computes float64
 means in float32 on JAX and PyTorch).  Ceil-mode max pooling (Caffe, torchvision) has no
 Keras equivalent: ``CeilMaxPooling2D`` pads the bottom/right edge with the cells of ``-inf``
-a last partial window needs (none for SqueezeNet at 224 and 227) and then pools ``valid``.
+a last partial window needs (v1.1 at 224 needs none; at 227 every pool does) and then
+pools ``valid``.
 For ``kernel >= stride`` that gives exactly ``ceil((size - kernel) / stride) + 1`` windows
 and the padded cells never win, even for negative inputs (complex-bypass v1.0 pools after
 fire4 and fire8 see conv-bypass sums, which can be negative, so zero padding would be
 wrong there).
+
+Speed (``tools/bench``, ``docs/performance.md``): ``build`` returns a
+:class:`SqueezeNetModel` (a functional model; same layers, weights and files), whose
+:class:`Conv2D` and pooling take each backend's fast road (torch: NCHW views with
+channels-last strides instead of Keras' two copies per layer; JAX: 1x1 convolutions as
+matrix products, pooling as strided maxima, the high-resolution layers mapped over the
+images on CPU); every road is tested against Keras' own layers.
 
     >>> from ports.keras import load, predict
     >>> model = load("w.safetensors")            # or "w.weights.h5"
