@@ -659,7 +659,8 @@ def main(argv=None) -> int:
     if args.peak:
         print(machine_peak(args.peak))
         return 0
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows even through a pipe or file
+    if hasattr(sys.stdout, "reconfigure"):  # progress shows even through a pipe or a file
+        sys.stdout.reconfigure(line_buffering=True)
     ports = [p for p in args.ports.split(",") if p]
     unknown = [p for p in ports if p not in PORTS]
     if unknown:
