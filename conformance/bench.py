@@ -86,21 +86,26 @@ def _candidates(port: str, mod, weights, quick: bool):
         threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
         model = mod.load(weights).eval()
 
-        def eager(x, channels_last=False, compiled=False, n=threads):
+        def placed(x, channels_last):
+            """(model, input tensor), both channels-last or both as they are."""
             m, t = model, torch.from_numpy(np.ascontiguousarray(x))
             if channels_last:
                 import copy
 
                 m = copy.deepcopy(model).to(memory_format=torch.channels_last)
                 t = t.contiguous(memory_format=torch.channels_last)
-            if compiled:
-                m = torch.compile(m)
+            return m, t
 
+        def eager(x, channels_last=False, compiled=False, n=threads):
+            m, t = placed(x, channels_last)
+            return runner(torch.compile(m) if compiled else m, t, n, torch.inference_mode)
+
+        def runner(f, t, n, mode):
             def run():
                 if torch.get_num_threads() != n:
                     torch.set_num_threads(n)
-                with torch.inference_mode():
-                    return m(t).numpy()
+                with mode():
+                    return f(t).numpy()
             return run
 
         out = [("inference_mode NCHW", eager),
@@ -108,27 +113,17 @@ def _candidates(port: str, mod, weights, quick: bool):
         if threads > 1:  # OpenMP teams stall on a busy machine; one thread may be faster
             out += [("inference_mode NCHW, 1 thread", lambda x: eager(x, n=1)),
                     ("inference_mode channels_last, 1 thread", lambda x: eager(x, True, n=1))]
+
         def onednn_graph(x, channels_last=False):
             """TorchScript trace, frozen, run by oneDNN Graph (LLGA): convolution + ReLU
             fused, weights prepacked once."""
-            m, t = model, torch.from_numpy(np.ascontiguousarray(x))
-            if channels_last:
-                import copy
-
-                m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-                t = t.contiguous(memory_format=torch.channels_last)
+            m, t = placed(x, channels_last)
             torch.jit.enable_onednn_fusion(True)
             with torch.no_grad():
                 traced = torch.jit.freeze(torch.jit.trace(m, t))
                 for _ in range(2):  # the fusion pass runs on the first profiled calls
                     traced(t)
-
-            def run():
-                if torch.get_num_threads() != threads:
-                    torch.set_num_threads(threads)
-                with torch.no_grad():
-                    return traced(t).numpy()
-            return run
+            return runner(traced, t, threads, torch.no_grad)
 
         out += [("TorchScript frozen, oneDNN Graph fusion, NCHW", onednn_graph),
                 ("TorchScript frozen, oneDNN Graph fusion, channels_last",
