@@ -613,6 +613,11 @@ def plot(result: dict, path: Path) -> None:
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(),
                     f"{r['ratio_to_onnxruntime']:.2f}x", ha="center", va="bottom", fontsize=8)
         ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
+        if REFERENCE in result["ports"]:  # the bar for every port but Chainer
+            half = 0.5 * result["ports"][REFERENCE]["batches"][b]["images_per_s"]
+            ax.axhline(half, color="tab:orange", linestyle=":", linewidth=1)
+            ax.text(len(ports) - 0.5, half, "0.5x ONNX Runtime", ha="right", va="bottom",
+                    fontsize=7, color="tab:orange")
         ax.text(len(ports) - 0.5, bound, f"matmul-peak bound {bound:.0f}", ha="right",
                 va="bottom", fontsize=7, color="grey")
         ax.set_xticks(range(len(ports)), ports, rotation=45, ha="right", fontsize=8)
