@@ -322,3 +322,11 @@ def all_variants(num_classes: int = 1000) -> list[Variant]:
         for p in FINAL_CONV_PADDINGS
         for b in BYPASSES
     ]
+
+
+def through_pool(layers: list, n: int) -> int:
+    """How many leading ``layers`` there are up to and including the ``n``-th
+    :class:`MaxPool` (0 when there are fewer): ``n=2`` is the high-resolution part of the
+    network (conv1 to pool3 for v1.1, conv1 to pool4 for v1.0)."""
+    pools = [i for i, layer in enumerate(layers) if isinstance(layer, MaxPool)]
+    return pools[n - 1] + 1 if len(pools) >= n else 0

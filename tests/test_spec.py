@@ -2,6 +2,7 @@
 
 import pytest
 
+from ports import spec as S
 from ports.spec import Conv, Fire, MaxPool, Variant, all_variants
 
 
@@ -148,3 +149,12 @@ def test_variant_ids_round_trip():
 def test_too_small_input_is_refused():
     with pytest.raises(ValueError, match="too small"):
         Variant("1_0").feature_sizes(16)
+
+
+def test_through_pool_counts_layers_up_to_the_nth_pool():
+    names = {v: [getattr(layer, "name", "") for layer in Variant(v).layers()]
+             for v in ("1_0", "1_1")}
+    assert names["1_1"][S.through_pool(Variant("1_1").layers(), 2) - 1] == "pool3"
+    assert names["1_0"][S.through_pool(Variant("1_0").layers(), 2) - 1] == "pool4"
+    assert names["1_1"][S.through_pool(Variant("1_1").layers(), 1) - 1] == "pool1"
+    assert S.through_pool(Variant("1_1").layers(), 4) == 0

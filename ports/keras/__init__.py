@@ -83,7 +83,7 @@ class CeilMaxPooling2D(layers.Layer):
                              data_format="channels_first")
             return ops.transpose(y, (0, 2, 3, 1))
         if _BACKEND == "jax":  # XLA:CPU's reduce_window is ~3x slower than k*k strided maxima
-            ho, wo = (-(-(d - k) // s) + 1 for d in x.shape[1:3])
+            ho, wo = ((d - k) // s + 1 for d in x.shape[1:3])  # padded: floor is the ceil size
             out = None
             for i in range(k):
                 for j in range(k):
@@ -93,13 +93,12 @@ class CeilMaxPooling2D(layers.Layer):
         return ops.max_pool(x, k, s, padding="valid", data_format="channels_last")
 
     def _extra(self, size) -> int:
-        """Rows (columns) of -inf the bottom (right) edge needs for a last, partial window:
-        ``(s - (size - k) % s) % s``, or ``s - 1`` when the size is not known while
-        tracing (also exact: the window count is ``floor((size + s - 1 - k) / s) + 1``)."""
-        s = self.strides
+        """Rows (columns) of -inf the bottom (right) edge needs for a last, partial window
+        (the spec's ``MaxPool.ceil_extra``), or ``stride - 1`` when the size is not known
+        while tracing (also exact: ``floor((size + s - 1 - k) / s) + 1`` windows)."""
         if size is None:
-            return s - 1
-        return (s - (int(size) - self.pool_size) % s) % s
+            return self.strides - 1
+        return S.MaxPool("", self.pool_size, self.strides).ceil_extra(int(size))
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
@@ -220,8 +219,7 @@ def _per_image_head(spec_layers) -> int:
     memory between its convolution, ReLU, pooling and concatenation kernels; one image at
     a time they stay in cache.  Measured for 1_1 at batch 32 on 2 cores: 94 -> 127 img/s,
     bit-identical logits."""
-    pools = [i for i, layer in enumerate(spec_layers) if isinstance(layer, S.MaxPool)]
-    return pools[1] + 1 if len(pools) >= 2 else 0
+    return S.through_pool(spec_layers, 2)
 
 
 @keras.saving.register_keras_serializable(package="squeezenet_ports")
