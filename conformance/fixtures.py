@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import numpy as np
 
@@ -46,14 +46,20 @@ def require_shared() -> bool:
 def shared_or_skip(relative: str) -> Path:
     """``shared(relative)`` for a test: skip it with the reason when the shared folder is
     absent, or fail when ``SQUEEZENET_REQUIRE_SHARED=1`` (as in CI)."""
-    import pytest
-
     try:
         return shared(relative)
     except SharedDataMissing as e:
-        if require_shared():
-            pytest.fail(f"SQUEEZENET_REQUIRE_SHARED=1 but {e}")
-        pytest.skip(str(e))
+        skip_missing(e)
+
+
+def skip_missing(e: SharedDataMissing) -> NoReturn:
+    """Skip the running test because the shared folder is absent (the reason names the
+    path), or fail it when ``SQUEEZENET_REQUIRE_SHARED=1`` (as in CI)."""
+    import pytest
+
+    if require_shared():
+        pytest.fail(f"SQUEEZENET_REQUIRE_SHARED=1 but {e}")
+    pytest.skip(str(e))
 
 
 @dataclass

@@ -9,10 +9,8 @@ results are recorded and written to ``build/conformance/<port>.json`` at the end
 
 from __future__ import annotations
 
-import pytest
-
 from . import collect
-from .fixtures import SharedDataMissing, require_shared
+from .fixtures import SharedDataMissing, skip_missing
 
 _records: dict[str, tuple[list, dict]] = {}
 
@@ -36,9 +34,7 @@ class PortSuite:
         try:
             agreement, logits, extra = collect.evaluate(self.port, case)
         except SharedDataMissing as e:
-            if require_shared():
-                raise AssertionError(f"SQUEEZENET_REQUIRE_SHARED=1 but {e}") from None
-            pytest.skip(str(e))
+            skip_missing(e)
         except Exception as e:
             _store(self.port, case, None, None, {}, f"{type(e).__name__}: {e}")
             raise

@@ -164,14 +164,22 @@ def test_without_layer_names_shapes_decide(tmp_path, seeded, vid, assumed):
         assert given[k].tobytes() == t.tobytes()
 
 
-def test_float64_file_rounds_to_float32(tmp_path, seeded):
-    v = Variant("1_1")
-    path = write(tmp_path, seeded(v))
+def replace_dataset(path, key, new) -> None:
+    """In a 1_1 file, replace the dataset holding canonical ``key`` by ``new(old data)``: an
+    array, or ``(shape, dtype)`` for an empty dataset (HDF5 never allocates it)."""
     with h5py.File(path, "r+") as f:
-        p = codec.key_table(v)["conv1.weight"]
-        data = f[p][()].astype(np.float64) + 1e-12
+        p = codec.key_table(Variant("1_1"))[key]
+        value = new(f[p][()])
         del f[p]
-        f[p] = data
+        if isinstance(value, tuple):
+            f.create_dataset(p, shape=value[0], dtype=value[1])
+        else:
+            f[p] = value
+
+
+def test_float64_file_rounds_to_float32(tmp_path, seeded):
+    path = write(tmp_path, seeded(Variant("1_1")))
+    replace_dataset(path, "conv1.weight", lambda old: old.astype(np.float64) + 1e-12)
     assert formats.read(path)["conv1.weight"].dtype == np.float32
 
 
@@ -235,36 +243,23 @@ def test_missing_conv_without_names_refused(tmp_path, seeded):
 
 
 def test_absurd_shape_refused_before_reading(tmp_path, seeded):
-    v = Variant("1_1")
-    path = write(tmp_path, seeded(v))
-    with h5py.File(path, "r+") as f:
-        p = codec.key_table(v)["fire2.expand3x3.weight"]
-        del f[p]
-        f.create_dataset(p, shape=(2**20, 2**20, 16, 64), dtype="<f4")  # never allocated
+    path = write(tmp_path, seeded(Variant("1_1")))
+    replace_dataset(path, "fire2.expand3x3.weight", lambda old: ((2**20, 2**20, 16, 64), "<f4"))
     with pytest.raises(WeightsError, match=r"fire2_expand3x3: kernel has shape \[1048576"):
         formats.read(path)
 
 
 def test_absurd_num_classes_refused(tmp_path, seeded):
-    v = Variant("1_1")
-    path = write(tmp_path, seeded(v))
+    path = write(tmp_path, seeded(Variant("1_1")))
     strip_metadata(path)
-    with h5py.File(path, "r+") as f:
-        p = codec.key_table(v)["conv10.bias"]
-        del f[p]
-        f.create_dataset(p, shape=(2**40,), dtype="<f4")
+    replace_dataset(path, "conv10.bias", lambda old: ((2**40,), "<f4"))
     with pytest.raises(WeightsError, match="layer conv10"):
         formats.read(path)
 
 
 def test_integer_dtype_refused(tmp_path, seeded):
-    v = Variant("1_1")
-    path = write(tmp_path, seeded(v))
-    with h5py.File(path, "r+") as f:
-        p = codec.key_table(v)["conv1.bias"]
-        data = f[p][()]
-        del f[p]
-        f[p] = data.astype(np.int32)
+    path = write(tmp_path, seeded(Variant("1_1")))
+    replace_dataset(path, "conv1.bias", lambda old: old.astype(np.int32))
     with pytest.raises(WeightsError, match="layer conv1: variable 1 has dtype int32"):
         formats.read(path)
 
