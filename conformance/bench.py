@@ -2,12 +2,13 @@
 
 ``tools/bench`` (this module's :func:`main`) starts, for each port, a long-lived worker
 process in the port's own tox environment (``python -m conformance.bench --worker PORT``
-run by the interpreter ``tox exec -e ENV`` reports), and one ONNX Runtime worker that lives
-for the whole run.  Workers load SqueezeNet 1.1 with the seeded weights, choose their
-fastest honest inference mode per batch size (every candidate computes the full logits and
-hands them back as a NumPy array), and then time rounds on command.  Rounds alternate
-``port, ORT, ORT, port, ...`` so that machine drift hits both alike; each round gives one
-ratio port/ORT, and the report gives medians.  Only one worker computes at a time.
+run by that environment's interpreter, the environment created completely first by
+:mod:`conformance.toxenv`), and one ONNX Runtime worker that lives for the whole run.
+Workers load SqueezeNet 1.1 with the seeded weights, choose their fastest honest inference
+mode per batch size (every candidate computes the full logits and hands them back as a
+NumPy array), and then time rounds on command.  Rounds alternate ``port, ORT, ORT, port,
+...`` so that machine drift hits both alike; each round gives one ratio port/ORT, and the
+report gives medians.  Only one worker computes at a time.
 
 Fast modes (the worker tries the candidates and keeps the fastest, per batch size):
 
@@ -58,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import toxenv
 from .harness import ROOT
 from .ports import PORTS
 
@@ -67,8 +69,6 @@ VARIANT_ID = "1_1-p0-none"
 SIZE = 224
 BATCHES = (1, 32)
 DEFAULT_PORTS = [p for p in PORTS if p != "numpy"]  # the float64 oracle is not meant to be fast
-_TOX_VARS = ("TOX_ENV_NAME", "TOX_ENV_DIR", "TOX_WORK_DIR", "TOX_PACKAGE", "VIRTUAL_ENV",
-             "PYTHONHOME", "TOX_PARALLEL_ENV")
 
 
 # ============================================================================================
@@ -378,25 +378,6 @@ class Worker:
         self.log.close()
 
 
-def env_python(env: str, log=print) -> str:
-    """The interpreter of tox environment ``env`` (created on first use, like the matrix)."""
-    child_env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
-    venv = os.environ.get("VIRTUAL_ENV")
-    if venv:
-        child_env["PATH"] = os.pathsep.join(p for p in child_env.get("PATH", "").split(os.pathsep)
-                                            if not p.startswith(venv))
-    cmd = [sys.executable, "-m", "tox", "exec", "-q", "-e", env, "--", "python", "-c",
-           "import sys; print('PYTHON=' + sys.executable)"]
-    log(f"   tox exec -e {env} (creates the environment on first use) ...")
-    proc = subprocess.run(cmd, cwd=ROOT, env=child_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    found = [ln[len("PYTHON="):] for ln in proc.stdout.splitlines() if ln.startswith("PYTHON=")]
-    if proc.returncode or not found:
-        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
-        raise RuntimeError(f"tox env {env} failed (exit {proc.returncode}): {tail}")
-    return found[-1].strip()
-
-
 def machine_peak(n: int, repeats: int = 3) -> float:
     """Best float32 GFLOP/s of an ``n x n`` matrix product in NumPy (its BLAS)."""
     rng = np.random.default_rng(0)
@@ -424,7 +405,7 @@ MALLOC_TUNED = {"MALLOC_MMAP_MAX_": "0",                    # no mmap: blocks co
 
 
 def _thread_env(threads: int, tuned_malloc: bool = True) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
+    env = toxenv.clean_environ()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "TF_NUM_INTRAOP_THREADS"):
         env[var] = str(threads)
@@ -473,7 +454,7 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
 
     def python_for(port: str) -> str:
         p = PORTS[port]
-        return pythons.get(port) or pythons.get(p.env) or env_python(p.env, log)
+        return pythons.get(port) or pythons.get(p.env) or toxenv.python(p.env, log)
 
     def start(port: str) -> Worker:
         log(f"   starting {port} worker (load, warm up, choose the fastest mode) ...")

@@ -1,13 +1,13 @@
 """Run one port over every conformance case and record how far it is from the expected
-logits.  ``python -m conformance.collect PORT`` writes ``build/conformance/PORT.json``
-(one record per case) and ``PORT.npz`` (its float32-rounded logits, for port-vs-port
-comparison); the per-port test modules call :func:`evaluate` case by case.
+logits.  ``python -m conformance.collect PORT`` records every case in
+``build/conformance/PORT.json`` and ``PORT.npz`` (see :mod:`conformance.results`), reusing
+the results that are current, and exits 1 when any case errors or disagrees; the per-port
+test modules go through the same records case by case (:mod:`conformance.suite`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -18,9 +18,9 @@ import numpy as np
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 
-from . import golden
+from . import golden, results
 from .fixtures import FIXTURES, SharedDataMissing, require_shared
-from .harness import RESULTS, Agreement, compare, tolerance
+from .harness import Agreement, compare, tolerance
 from .inputs import SIZES, inputs
 from .ports import PORTS
 
@@ -95,55 +95,92 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
 
 def record(port: str, case: Case, agreement: Agreement | None, extra: dict,
            error: str | None = None) -> dict:
-    return {"port": port, "kind": case.kind, "name": case.name, "size": case.size,
-            "dtype": case.dtype, "error": error,
-            **({} if agreement is None else agreement.as_dict()),
-            **{k: v for k, v in extra.items() if k != "top5"}}
+    return {"id": case.id, "port": port, "kind": case.kind, "name": case.name,
+            "size": case.size, "dtype": case.dtype, "error": error,
+            **({} if agreement is None else agreement.as_dict()), **extra}
 
 
-def save(port: str, records: list[dict], logits: dict[str, np.ndarray]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / f".{port}.json.part"
-    tmp.write_text(json.dumps({"port": port, "cases": records}, indent=1))
-    tmp.replace(RESULTS / f"{port}.json")
-    if logits:
-        np.savez(RESULTS / f".{port}.part.npz", **logits)
-        (RESULTS / f".{port}.part.npz").replace(RESULTS / f"{port}.npz")
+def compute(port: str, case: Case) -> tuple[dict, np.ndarray | None]:
+    """(record, logits or None) of one case, computed now; a port failure is a record with
+    ``error`` set (``SharedDataMissing`` propagates)."""
+    try:
+        agreement, logits, extra = evaluate(port, case)
+    except SharedDataMissing:
+        raise
+    except Exception as e:  # a port failure is a result, reported in the matrix
+        return record(port, case, None, {}, f"{type(e).__name__}: {e}"), None
+    return record(port, case, agreement, extra), logits
 
 
-def run(port: str, log=print) -> list[dict]:
-    """Every case of ``port``; prints progress; writes the result files."""
+def bad(records) -> list[dict]:
+    """Records that errored or disagree."""
+    return [r for r in records if r.get("error") or not r.get("ok")]
+
+
+def report(r: dict) -> str:
+    """The mismatch report (``harness.Agreement.report``) of a result record."""
+    return Agreement.from_record(r).report()
+
+
+def describe(r: dict) -> str:
+    if r.get("error"):
+        return f"ERROR {r['error']}"
+    top = "" if r.get("top1_ok", True) and r.get("top3_ok", True) else " WRONG CLASS"
+    return (f"max abs {r['max_abs']:.2e} top-5 {r['top5_agree']}/{r['images']} "
+            f"{'ok' if r['ok'] else 'MISMATCH'}{top}")
+
+
+def run(port: str, log=print, only: list[str] | None = None) -> list[dict]:
+    """Every case of ``port`` (or those whose id is in ``only``): current recorded results
+    are reused (see :mod:`conformance.results`), the others computed; prints progress;
+    records them."""
     all_cases = cases(port)
-    records, logits = [], {}
-    for i, case in enumerate(all_cases, 1):
+    if only:
+        unknown = sorted(set(only) - {c.id for c in all_cases})
+        if unknown:
+            raise ValueError(f"{port} has no cases {unknown}")
+        all_cases = [c for c in all_cases if c.id in only]
+    stored, stored_logits = results.current(port)
+    reuse = [c for c in all_cases if c.id in stored and
+             (c.id in stored_logits or stored[c.id].get("error"))]
+    if reuse:
+        log(f"{port}: {len(reuse)} of {len(all_cases)} cases recorded by this code in this "
+            f"environment (key {results.key()['code'][:12]}); reusing them")
+    records: dict[str, dict] = {c.id: stored[c.id] for c in reuse}
+    logits = {c.id: stored_logits[c.id] for c in reuse if c.id in stored_logits}
+    todo = [c for c in all_cases if c.id not in records]
+    for i, case in enumerate(todo, 1):
         try:
-            agreement, out, extra = evaluate(port, case)
+            rec, out = compute(port, case)
         except SharedDataMissing as e:
             if require_shared():
                 raise
-            log(f"[{i}/{len(all_cases)}] {port} {case.id}: skipped ({e})")
+            log(f"[{i}/{len(todo)}] {port} {case.id}: skipped ({e})")
             continue
-        except Exception as e:  # a port failure is a result, reported in the matrix
-            records.append(record(port, case, None, {}, f"{type(e).__name__}: {e}"))
-            log(f"[{i}/{len(all_cases)}] {port} {case.id}: ERROR {type(e).__name__}: {e}")
-            continue
-        records.append(record(port, case, agreement, extra))
-        logits[case.id] = out.astype(np.float32)
-        log(f"[{i}/{len(all_cases)}] {port} {case.id}: max abs {agreement.max_abs:.2e} "
-            f"top-5 {agreement.top5_agree}/{agreement.images} "
-            f"{'ok' if agreement.ok else 'MISMATCH'} ({extra['seconds']:.2f}s)")
-    save(port, records, logits)
-    return records
+        records[case.id] = rec
+        if out is not None:
+            logits[case.id] = out
+        log(f"[{i}/{len(todo)}] {port} {case.id}: {describe(rec)}"
+            + (f" ({rec['seconds']:.2f}s)" if "seconds" in rec else ""))
+        if i % 16 == 0 or i == len(todo):  # a long run that is killed keeps what it did
+            results.write(port, records, logits)
+    return [records[c.id] for c in all_cases if c.id in records]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="run one port over all conformance cases")
+    parser = argparse.ArgumentParser(
+        description="run one port over all conformance cases; exit 1 if any case errors "
+                    "or disagrees")
     parser.add_argument("port", choices=sorted(PORTS))
+    parser.add_argument("--case", action="append", metavar="ID",
+                        help="only this case (e.g. 1_1-p0-none-224-float32); repeatable")
     args = parser.parse_args(argv)
-    records = run(args.port)
-    bad = [r for r in records if r.get("error") or not r.get("ok")]
-    print(f"{args.port}: {len(records) - len(bad)} / {len(records)} cases agree")
-    return 0
+    records = run(args.port, only=args.case)
+    failed = bad(records)
+    print(f"{args.port}: {len(records) - len(failed)} / {len(records)} cases agree")
+    for r in failed[:5]:
+        print(f"  {r['id']}: {describe(r)}")
+    return 1 if failed or not records else 0
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def skip_missing(e: SharedDataMissing) -> NoReturn:
 class Fixture:
     """``weights()`` -> Weights; ``inputs()`` -> [N,3,H,W] float32; ``expected()`` -> logits
     [N, classes]; ``tolerance``: the ``[fixture.NAME]`` key in tolerances.toml, or None for
-    the port defaults; ``top1``: class each input must get, if known."""
+    the port defaults; ``top1``: class each input must get, if known; ``files``: the
+    shared files it reads (part of the key of recorded results)."""
 
     name: str
     weights: Callable[[], Weights]
@@ -75,6 +76,7 @@ class Fixture:
     tolerance: str | None = None
     top1: list[int] | None = None
     top3_contains: dict = field(default_factory=dict)  # image index -> classes in top 3
+    files: tuple[str, ...] = ()  # the shared files it reads, relative to the shared folder
 
 
 # --- real Caffe's own logits ---------------------------------------------------------------
@@ -91,32 +93,36 @@ def _npz(relative: str) -> dict[str, np.ndarray]:
 
 
 @lru_cache(maxsize=2)
-def _deep_compression_weights() -> Weights:
-    """The Deep Compression v1.0 release decoded from its ``.net`` (not from Caffe's file)."""
-    from ports.formats import deepcompression
+def _weights(relative: str) -> Weights:
+    """A shared weights file read by our own codec (the Deep Compression ``.net`` is
+    decoded from the release itself, not from Caffe's file)."""
+    from ports.formats import read
 
-    return deepcompression.read(shared(DC_NET))
-
-
-@lru_cache(maxsize=2)
-def _caffe_weights(relative: str) -> Weights:
-    from ports.formats import caffe
-
-    return caffe.read(shared(relative))
+    return read(shared(relative))
 
 
-def _caffe_real(name: str, stem: str, weights: Callable[[], Weights], **classes) -> Fixture:
+def _caffe_real(name: str, stem: str, weights_file: str, **classes) -> Fixture:
+    """Real Caffe's logits ``CAFFE_REAL/STEM.caffe_logits.npz`` for the weights in
+    ``weights_file`` (a Deep Compression ``.net``, decoded by our codec, or a
+    ``.caffemodel``)."""
     npz = f"{CAFFE_REAL}/{stem}.caffe_logits.npz"
-    return Fixture(name, weights, lambda: _npz(npz)["x"], lambda: _npz(npz)["logits"],
-                   tolerance="caffe-real", **classes)
+    return Fixture(name, lambda: _weights(weights_file), lambda: _npz(npz)["x"],
+                   lambda: _npz(npz)["logits"], tolerance="caffe-real",
+                   files=(weights_file, npz), **classes)
 
 
 FIXTURES: list[Fixture] = [
     # Real ImageNet weights: chelsea (a cat: 285 Egyptian cat, 281 tabby / 282 tiger cat in
     # the top 3) and coffee (967 espresso), as real Caffe classified them.
-    _caffe_real("caffe-real-v1_0", "squeezenet_v1.0_deep_compression",
-                _deep_compression_weights, top1=[285, 967], top3_contains={0: [281, 282]}),
+    _caffe_real("caffe-real-v1_0", "squeezenet_v1.0_deep_compression", DC_NET,
+                top1=[285, 967], top3_contains={0: [281, 282]}),
     # Seeded v1.1 weights saved by real Caffe: at 227 its ceil-mode pooling changes the grid.
     _caffe_real("caffe-real-v1_1", "squeezenet_v1.1_seeded",
-                lambda: _caffe_weights(f"{CAFFE_REAL}/squeezenet_v1.1_seeded.caffemodel")),
+                f"{CAFFE_REAL}/squeezenet_v1.1_seeded.caffemodel"),
 ]
+
+
+def shared_files() -> list[tuple[str, Path]]:
+    """Every shared file the fixtures read: (path relative to the shared folder, path)."""
+    names = sorted({name for f in FIXTURES for name in f.files})
+    return [(name, shared_dir() / name) for name in names]

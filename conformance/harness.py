@@ -61,6 +61,14 @@ class Agreement:
             f"Top-5 agreement: {self.top5_agree} / {self.images} images",
         ])
 
+    @classmethod
+    def from_record(cls, record: dict) -> Agreement:
+        """The agreement stored in a result record (:meth:`as_dict` plus other fields)."""
+        names = cls.__dataclass_fields__
+        fields = {k: v for k, v in record.items() if k in names}
+        fields["worst_index"] = tuple(fields["worst_index"])
+        return cls(**fields)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["worst_index"] = list(d["worst_index"])

@@ -1,14 +1,18 @@
 """The main job: every available port against the golden and against each other.
 
-For each port, ``tox exec -e ENV -- python -m conformance.collect PORT`` runs it in its
-own environment (created on first use); then the results are gathered into
+For each port, its tox environment is created completely on first use (the package with the
+port's extras; :mod:`conformance.toxenv`) and ``python -m conformance.collect PORT`` runs
+there, reusing the results the port's tests recorded when they are current
+(:mod:`conformance.results`); then the results are gathered into
 
 * a printed matrix: port x dtype rows, variant x input size columns, max abs diff;
 * ``build/conformance/matrix.json``: every case record plus port-vs-port differences;
 * ``build/conformance/matrix.png``: the same as two heatmaps.
 
-``python -m conformance.matrix --no-run`` only gathers existing results.
-Exit status 1 if any port disagrees or fails to run.
+``python -m conformance.matrix --no-run`` only gathers existing result files (e.g. the
+artifacts of one CI job per port; files computed from other code are refused).
+Exit status 1 if any case errors or disagrees or any port fails to run (named with its first
+error line: a missing framework, a missing interpreter, a port whose every case errors).
 """
 
 from __future__ import annotations
@@ -16,54 +20,64 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from .harness import RESULTS, ROOT
+from . import results, toxenv
+from .harness import RESULTS
 from .ports import PORTS
 
-_TOX_VARS = ("TOX_ENV_NAME", "TOX_ENV_DIR", "TOX_WORK_DIR", "TOX_PACKAGE", "VIRTUAL_ENV",
-             "PYTHONHOME", "TOX_PARALLEL_ENV")
+
+def _log(line: str) -> None:
+    print(line, flush=True)
 
 
-def _log(*args, **kwargs) -> None:
-    print(*args, **kwargs, flush=True)
+def run_port(port: str, log=_log) -> str | None:
+    """Create the port's tox environment completely and run ``conformance.collect`` there
+    (current recorded results are reused, the rest computed).  Returns None, or why the
+    port did not run (one line)."""
+    env = PORTS[port].env
+    try:
+        toxenv.ensure(env, log)
+    except toxenv.EnvError as e:
+        return str(e)
+    start = time.monotonic()
+    code, lines = toxenv.run(env, ["python", "-m", "conformance.collect", port], log)
+    log(f"   ({time.monotonic() - start:.0f}s, exit {code})")
+    if code != 0 and not results.paths(port)[0].exists():
+        return f"conformance.collect {port} exited {code}: {toxenv.first_error(lines)}"
+    return None
 
 
-def run_port(port: str, log=_log) -> tuple[bool, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
-    # Drop this environment's bin directory from PATH so the inner tox picks each env's own.
-    venv = os.environ.get("VIRTUAL_ENV")
-    if venv:
-        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                      if not p.startswith(venv))
-    cmd = [sys.executable, "-m", "tox", "exec", "-q", "-e", PORTS[port].env, "--",
-           "python", "-m", "conformance.collect", port]
-    log(f"== {port}: {' '.join(cmd[2:])}")
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    tail = proc.stdout.strip().splitlines()[-3:]
-    for line in tail:
-        log(f"   {line}")
-    log(f"   ({time.perf_counter() - start:.0f}s, exit {proc.returncode})")
-    return proc.returncode == 0, "\n".join(tail)
-
-
-def gather(ports: list[str]) -> tuple[list[dict], dict]:
-    records, logits = [], {}
+def gather(ports: list[str], check: bool = False) -> tuple[list[dict], dict, dict[str, str]]:
+    """Records and logits of ``ports`` from their result files, and the ports that have
+    none, or (``check``, for files made elsewhere) whose files this checkout cannot
+    report (:func:`conformance.results.check_gathered`), each with the reason."""
+    records, logits, missing = [], {}, {}
     for port in ports:
-        path = RESULTS / f"{port}.json"
-        if path.exists():
-            records += json.loads(path.read_text())["cases"]
-        npz = RESULTS / f"{port}.npz"
-        if npz.exists():
-            with np.load(npz) as data:
-                logits[port] = {k: data[k] for k in data.files}
-    return records, logits
+        doc, arrays = results.read(port)
+        if not doc:
+            missing[port] = f"no results in {results.paths(port)[0]}"
+            continue
+        why = results.check_gathered(doc) if check else None
+        if why:
+            missing[port] = f"{results.paths(port)[0]}: {why}"
+            continue
+        records += doc.get("cases", [])
+        logits[port] = arrays
+    return records, logits, missing
+
+
+def did_not_run(records: list[dict], ports: list[str]) -> dict[str, str]:
+    """Ports every one of whose cases errored, each with its first error line."""
+    out = {}
+    for port in ports:
+        mine = [r for r in records if r["port"] == port]
+        if mine and all(r.get("error") for r in mine):
+            out[port] = f"every case errored; first: {mine[0]['error'].splitlines()[0]}"
+    return out
 
 
 def cross(logits: dict) -> dict[str, dict[str, float]]:
@@ -172,20 +186,26 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ports", default=",".join(PORTS),
                         help="comma-separated ports (default: all)")
-    parser.add_argument("--no-run", action="store_true", help="only gather existing results")
+    parser.add_argument("--no-run", action="store_true",
+                        help="only gather existing result files (e.g. from CI jobs)")
     args = parser.parse_args(argv)
     ports = [p for p in args.ports.split(",") if p]
     unknown = [p for p in ports if p not in PORTS]
     if unknown:
         parser.error(f"unknown ports {unknown}; known: {', '.join(PORTS)}")
-    failed = {}
+    failed: dict[str, str] = {}
+    start = time.monotonic()
     if not args.no_run:
         for i, port in enumerate(ports, 1):
-            print(f"[{i}/{len(ports)}]", end=" ", flush=True)
-            ok, tail = run_port(port)
-            if not ok:
-                failed[port] = tail
-    records, logits = gather(ports)
+            _log(f"[{i}/{len(ports)}] {port} (tox env {PORTS[port].env}, "
+                 f"{time.monotonic() - start:.0f}s so far)")
+            why = run_port(port)
+            if why:
+                failed[port] = why
+                _log(f"   {port} did not run: {why}")
+    records, logits, missing = gather([p for p in ports if p not in failed], args.no_run)
+    failed.update(missing)
+    failed.update(did_not_run(records, ports))
     crossed = cross(logits)
     print()
     print(table(records))
@@ -196,15 +216,27 @@ def main(argv=None) -> int:
         for a in names:
             print(f"{a[:12]:<13}" + "".join(f"{crossed[a][b]:>12.1e}" for b in names))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    summary = {"records": records, "cross": crossed, "failed": failed}
-    (RESULTS / "matrix.json").write_text(json.dumps(summary, indent=1))
+    summary = {"schema": results.SCHEMA, "records": records, "cross": crossed,
+               "failed": failed}
+    tmp = RESULTS / ".matrix.json.part"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(RESULTS / "matrix.json")
     if records:
         plot(records, crossed, RESULTS / "matrix.png")
     bad = [r for r in records if r.get("error") or not r.get("ok")]
     print(f"\n{len(records) - len(bad)} / {len(records)} cases agree; "
           f"ports failed to run: {', '.join(failed) or 'none'}")
-    print(f"wrote {RESULTS / 'matrix.json'} and {RESULTS / 'matrix.png'}")
-    return 1 if bad or failed else 0
+    for port, why in failed.items():
+        print(f"  {port}: {why}")
+    if failed:
+        others = [p for p in ports if p not in failed]
+        if others:
+            print(f"  (to run the others alone: python3 -m tox -e matrix -- --ports "
+                  f"{','.join(others)})")
+    print(f"wrote {RESULTS / 'matrix.json'}" + (f" and {RESULTS / 'matrix.png'}" if records
+                                                 else "")
+          + f" in {time.monotonic() - start:.0f}s")
+    return 1 if bad or failed or not records else 0
 
 
 if __name__ == "__main__":

@@ -65,6 +65,34 @@ def test_resize_is_pillow_bilinear(photos):
             assert np.array_equal(ours, theirs.astype(np.float64)), size
 
 
+def _shapes_and_sizes(count: int = 40) -> list[tuple[int, int, int, int]]:
+    rng = np.random.default_rng(7)
+    drawn = [tuple(int(v) for v in rng.integers(5, 700, size=4)) for _ in range(count)]
+    # a tall image whose height shrinks by more than twice as much as its width: Pillow 13
+    # resamples the rows first there (and the other way round elsewhere)
+    return drawn + [(2000, 31, 256, 256), (640, 427, 256, 256), (427, 640, 256, 383)]
+
+
+@pytest.mark.parametrize("h,w,height,width", _shapes_and_sizes())
+def test_resize_is_pillow_bilinear_for_any_shapes(h, w, height, width):
+    """Bit-exact against Pillow itself, shrinking and enlarging either axis."""
+    from PIL import Image
+    img = np.random.default_rng(h * 1000 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    theirs = np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR))
+    ours = P.resize(img, height, width)
+    assert ours.shape == theirs.shape and np.array_equal(ours, theirs.astype(np.float64))
+
+
+def test_the_order_of_passes_matters_where_pillow_switches_it():
+    """The check can fail: on a tall image the other order is off by one grey level."""
+    img = np.random.default_rng(0).integers(0, 256, (2000, 31, 3), dtype=np.uint8)
+    assert P.vertical_first(2000, 31, 256, 256) and not P.vertical_first(427, 640, 256, 383)
+    columns_first = P._resample_rows(img.transpose(1, 0, 2), *P._bilinear_taps(31, 256))
+    columns_first = columns_first.transpose(1, 0, 2)
+    columns_first = P._resample_rows(columns_first, *P._bilinear_taps(2000, 256))
+    assert np.abs(columns_first - P.resize(img, 256, 256)).max() == 1.0
+
+
 def test_torchvision_preprocessing_matches_a_pillow_pipeline(photos):
     """torchvision's Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize, via Pillow."""
     from PIL import Image

@@ -1,4 +1,5 @@
-"""Command-line entry points behind the thin executables in ``tools/``.
+"""Command-line entry points: the console scripts ``squeezenet-*``, ``python -m
+ports.cli.NAME`` and the thin executables in ``tools/``.
 
 Every tool runs through :func:`run`: a bad input ends in one line naming the file and the
 problem on stderr and exit status 2; ``--debug`` shows the traceback instead.
@@ -44,3 +45,13 @@ def run(main: Callable[[list[str]], int], argv: Sequence[str] | None = None,
     except (WeightsError, ValueError, OSError) as e:  # FileNotFoundError, FileExistsError ...
         print(f"{prog}: error: {message(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def command(main: Callable[[list[str]], int], prog: str) -> Callable[[], int]:
+    """The entry point of a tool: ``main`` through :func:`run` on ``sys.argv`` (the
+    console script ``squeezenet-PROG``, ``python -m ports.cli.PROG`` and ``tools/PROG``)."""
+    def entry() -> int:
+        return run(main, prog=prog)
+
+    entry.__doc__ = f"``squeezenet-{prog}``: {prog} on the command line."
+    return entry

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from .. import formats
 from ..preprocess import MODES, preprocess
+from . import command
 
 
 def load_image(spec: str) -> np.ndarray:
@@ -135,3 +137,10 @@ def main(argv: list[str]) -> int:
         name = names[cls] if names else f"class {cls}"
         print(f"{rank:>4} {cls:>5} {prob:>8.4f} {logit:>10.4f}  {name}")
     return 0
+
+
+
+entry = command(main, "classify")  # console script squeezenet-classify
+
+if __name__ == "__main__":
+    sys.exit(entry())

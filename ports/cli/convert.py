@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from .. import formats
 from ..canonical import Weights, check
 from ..spec import Variant
+from . import command
 
 
 def _outputs(dst: str, fmt: str) -> list[Path]:
@@ -79,3 +81,10 @@ def main(argv: list[str]) -> int:
     for path in written:
         print(f"wrote {path} ({dst_format}, {os.path.getsize(path):,} bytes)")
     return 0
+
+
+
+entry = command(main, "convert")  # console script squeezenet-convert
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from .. import weights as W
+from . import command
 
 
 def main(argv: list[str]) -> int:
@@ -54,3 +55,10 @@ def main(argv: list[str]) -> int:
                    allow_unverified=args.allow_unverified, force=args.force, log=sys.stderr)
     print(path)
     return 0
+
+
+
+entry = command(main, "fetch")  # console script squeezenet-fetch
+
+if __name__ == "__main__":
+    sys.exit(entry())

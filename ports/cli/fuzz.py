@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .. import formats, fuzz
+from . import command
 
 
 def main(argv: list[str]) -> int:
@@ -84,3 +86,10 @@ def main(argv: list[str]) -> int:
                 print(f"{s.format:15s} {s.cases:6d} {s.ok:8d} {s.rejected:9d} "
                       f"{len(s.crashes):8d} {s.slowest * 1000:11.1f} {s.peak_rss_mb:12.0f}")
     return 1 if crashed else 0
+
+
+
+entry = command(main, "fuzz")  # console script squeezenet-fuzz
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -1,0 +1,163 @@
+"""Commands in a port's own tox environment, the environment created completely on first use.
+
+The matrix, the bench and the layer trace run every port in its own environment (they cannot
+share one: MXNet needs numpy 1.23.5, Chainer numpy<2, JAX/TensorFlow numpy 2).  This module
+is the one place that talks to tox for them:
+
+* :func:`ensure` runs ``tox run -e ENV --notest``, which creates the environment, installs
+  its ``deps`` and the package with the environment's extras (everything ``tox -e ENV``
+  would do before its test commands).  ``tox exec`` alone would skip the package and its
+  extras, so a first run would find no framework.
+* :func:`run` runs a command there (``tox exec -e ENV -- ...``).
+
+Both stream tox's output with a prefix and print a heartbeat (environment, elapsed time)
+whenever tox is silent for a while, so a first run that installs several GB never looks
+hung.  A missing interpreter (an environment pinned to an older Python) ends in
+:class:`EnvError` with one line that says which Python is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT_S = 20.0
+# Variables an outer tox (the matrix's own environment) sets; an inner tox must not see them.
+_TOX_VARS = ("TOX_ENV_NAME", "TOX_ENV_DIR", "TOX_WORK_DIR", "TOX_PACKAGE", "VIRTUAL_ENV",
+             "PYTHONHOME", "TOX_PARALLEL_ENV")
+
+Log = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+class EnvError(RuntimeError):
+    """A tox environment could not be created or a command in it failed to start.
+    ``str(e)`` is one line naming the environment and the first error tox printed."""
+
+
+def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """``os.environ`` for an inner tox: the outer tox's variables removed and the outer
+    environment's ``bin`` dropped from ``PATH`` (so each inner env finds its own python)."""
+    env = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                      if not p.startswith(venv))
+    env.update(extra or {})
+    return env
+
+
+def _tox(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tox", *args]
+
+
+def stream(cmd: list[str], label: str, log: Log = _print, *, env=None, echo: bool = True,
+           heartbeat: float = HEARTBEAT_S, cwd: Path = ROOT) -> tuple[int, list[str]]:
+    """Run ``cmd``; print each output line as ``   | line`` (if ``echo``) and, after
+    ``heartbeat`` seconds of silence, ``   ... LABEL: 1m20s``.  Returns (exit status,
+    every output line)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env if env is not None else clean_environ(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", bufsize=1)
+    lines: list[str] = []
+    q: queue.Queue = queue.Queue()
+
+    def reader() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            q.put(line.rstrip("\n"))
+        q.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    last = time.monotonic()
+    while True:
+        try:
+            line = q.get(timeout=1.0)
+        except queue.Empty:
+            if time.monotonic() - last >= heartbeat:
+                log(f"   ... {label}: {_elapsed(time.monotonic() - start)}")
+                last = time.monotonic()
+            continue
+        if line is None:
+            break
+        lines.append(line)
+        if echo:
+            log(f"   | {line}")
+            last = time.monotonic()
+    return proc.wait(), lines
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def first_error(lines: list[str]) -> str:
+    """The line that best says why a tox run failed (the missing-interpreter line, else the
+    last line naming an error, else the last line)."""
+    for line in lines:
+        if _MISSING_PYTHON.search(line.strip()):
+            return line.strip()
+    for line in reversed(lines):
+        low = line.lower()
+        if any(w in low for w in ("error", "failed", "exception", "not found")):
+            return line.strip()
+    return lines[-1].strip() if lines else "(no output)"
+
+
+_MISSING_PYTHON = re.compile(r"could not find python interpreter"
+                             r"(?: with spec\(s\)| matching any of the specs)?:? (.+)$")
+
+
+def missing_interpreter(lines: list[str]) -> str | None:
+    """The interpreter spec tox could not find (``python3.11``), if that is why it failed
+    (tox 4 says "could not find python interpreter matching any of the specs SPEC")."""
+    for line in lines:
+        found = _MISSING_PYTHON.search(line.strip())
+        if found:
+            return found.group(1).strip().strip("'\"")
+    return None
+
+
+def ensure(env: str, log: Log = _print) -> float:
+    """Create tox environment ``env`` completely (deps, the package and its extras) or
+    bring it up to date; returns the seconds it took.  Raises :class:`EnvError`."""
+    start = time.monotonic()
+    log(f"   tox run -e {env} --notest (creates the environment on first use)")
+    code, lines = stream(_tox("run", "-e", env, "--notest"), f"building tox env {env!r}", log)
+    if code != 0:
+        needed = missing_interpreter(lines)
+        if needed:
+            raise EnvError(f"tox env {env} needs {needed}, which is not installed on this "
+                           f"machine")
+        raise EnvError(f"tox env {env} could not be created (exit {code}): "
+                       f"{first_error(lines)}")
+    return time.monotonic() - start
+
+
+def run(env: str, argv: list[str], log: Log = _print, *, echo: bool = True,
+        extra_env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """``argv`` in tox environment ``env`` (which :func:`ensure` has created)."""
+    return stream(_tox("exec", "-q", "-e", env, "--", *argv), f"{env}: {argv[-1]}", log,
+                  env=clean_environ(extra_env), echo=echo)
+
+
+def python(env: str, log: Log = _print) -> str:
+    """The interpreter of tox environment ``env``, created completely first."""
+    ensure(env, log)
+    code, lines = run(env, ["python", "-c", "import sys; print(sys.executable)"], log,
+                      echo=False)
+    if code != 0 or not lines:
+        raise EnvError(f"tox env {env}: cannot start its python: {first_error(lines)}")
+    return lines[-1].strip()

@@ -1,0 +1,85 @@
+"""The main job fails loudly: a port that cannot run is named with its first error line.
+
+``conformance.collect`` exits non-zero when a case errors or disagrees; the matrix lists a
+port whose every case errored (its framework missing) or whose tox environment could not be
+made (its Python missing) under "ports failed to run", and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conformance import toxenv
+
+ROOT = Path(__file__).resolve().parent.parent
+CASE = "1_1-p0-none-224-float32"
+
+
+def _python(*args: str, results_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SQUEEZENET_RESULTS": str(results_dir), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=600)
+
+
+def test_a_port_without_its_framework_fails_collect_and_the_matrix(tmp_path):
+    """This environment has no torch: the torch port's cases error, and both commands say
+    so and fail."""
+    collect = _python("conformance.collect", "torch", "--case", CASE, results_dir=tmp_path)
+    assert collect.returncode == 1, collect.stdout + collect.stderr
+    assert "torch: 0 / 1 cases agree" in collect.stdout
+    assert "ERROR ModuleNotFoundError: No module named 'torch'" in collect.stdout
+    matrix = _python("conformance.matrix", "--no-run", "--ports", "torch",
+                     results_dir=tmp_path)
+    assert matrix.returncode == 1
+    assert "ports failed to run: torch" in matrix.stdout
+    assert ("torch: every case errored; first: ModuleNotFoundError: No module named 'torch'"
+            in matrix.stdout)
+    assert json.loads((tmp_path / "matrix.json").read_text())["failed"]["torch"]
+
+
+def test_collect_exits_nonzero_on_a_disagreement(tmp_path):
+    """A recorded disagreement (here: a golden case whose stored record says the logits
+    were off) is reported, not passed over, when the results are gathered."""
+    collect = _python("conformance.collect", "numpy", "--case", "1_1-p0-none-224-float64",
+                      results_dir=tmp_path)
+    assert collect.returncode == 0, collect.stdout + collect.stderr
+    doc = json.loads((tmp_path / "numpy.json").read_text())
+    doc["cases"][0].update(ok=False, mismatches=3)
+    (tmp_path / "numpy.json").write_text(json.dumps(doc))
+    again = _python("conformance.collect", "numpy", "--case", "1_1-p0-none-224-float64",
+                    results_dir=tmp_path)  # reuses the (current) record, and fails on it
+    assert again.returncode == 1 and "MISMATCH" in again.stdout
+    matrix = _python("conformance.matrix", "--no-run", "--ports", "numpy",
+                     results_dir=tmp_path)
+    assert matrix.returncode == 1 and "0 / 1 cases agree" in matrix.stdout
+
+
+def test_a_stale_record_is_recomputed(tmp_path):
+    """A record whose key differs (other code, versions or data) is never reused."""
+    first = _python("conformance.collect", "numpy", "--case", "1_1-p0-none-224-float64",
+                    results_dir=tmp_path)
+    assert first.returncode == 0
+    doc = json.loads((tmp_path / "numpy.json").read_text())
+    doc["key"]["environment"] = "stale"
+    doc["cases"][0].update(ok=False)
+    (tmp_path / "numpy.json").write_text(json.dumps(doc))
+    again = _python("conformance.collect", "numpy", "--case", "1_1-p0-none-224-float64",
+                    results_dir=tmp_path)
+    assert again.returncode == 0 and "reusing" not in again.stdout, again.stdout
+    assert json.loads((tmp_path / "numpy.json").read_text())["key"]["environment"] != "stale"
+
+
+def test_a_missing_interpreter_is_named(tmp_path):
+    """Real tox, asked for an environment pinned to a Python this machine lacks: the
+    matrix's tox plumbing reports which interpreter is needed, in one line."""
+    (tmp_path / "tox.ini").write_text("[tox]\nskip_missing_interpreters = false\n"
+                                      "[testenv:old]\nbase_python = python3.99\n"
+                                      "skip_install = true\ncommands = python -V\n")
+    code, lines = toxenv.stream([sys.executable, "-m", "tox", "run", "-e", "old", "--notest"],
+                                "old", lambda line: None, cwd=tmp_path)
+    assert code != 0
+    assert toxenv.missing_interpreter(lines) == "python3.99", lines

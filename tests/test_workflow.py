@@ -1,0 +1,137 @@
+"""The GitHub Actions workflow fits the gathering step, and gathering works on files that
+separate processes produced.
+
+A schema check (the ``lint`` environment) proves the workflow is well-formed; it does not
+prove the jobs fit together.  These tests read the workflow and check that every port job
+runs exactly the port the gathering step expects, in the tox environment it names, and
+uploads exactly the files the gathering step reads; then they run the gathering step on
+result files computed by another process, as the download step would lay them out.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conformance import results
+from conformance.ports import PORTS
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "conformance.yml"
+MATRIX_CMD = 'python -m tox -e matrix -- --ports "$PORT"'
+GATHER_CMD = "python -m tox -e matrix -- --no-run"
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def _steps(job: dict) -> list[dict]:
+    return job["steps"]
+
+
+def _step_running(job: dict, command: str) -> dict:
+    found = [s for s in _steps(job) if s.get("run", "").strip() == command]
+    assert len(found) == 1, f"expected one step running {command!r}, found {len(found)}"
+    return found[0]
+
+
+def _uses(job: dict, action: str) -> list[dict]:
+    return [s for s in _steps(job) if s.get("uses", "").split("@")[0] == action]
+
+
+def test_one_job_per_port_of_the_matrix(workflow):
+    port_job = workflow["jobs"]["port"]
+    assert port_job["strategy"]["matrix"]["port"] == list(PORTS)
+    assert port_job["strategy"]["fail-fast"] is False  # one failing port hides no other
+
+
+def test_port_jobs_run_the_main_job_for_their_port(workflow):
+    job = workflow["jobs"]["port"]
+    step = _step_running(job, MATRIX_CMD)
+    assert step["env"]["PORT"] == "${{ matrix.port }}"
+    # `tox -e matrix` is what runs conformance.matrix, and it takes --ports / --no-run
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ROOT / "tox.ini")
+    assert ini["testenv:matrix"]["commands"].strip() == "python -m conformance.matrix {posargs}"
+
+
+def test_uploaded_files_are_what_gathering_reads(workflow, tmp_path):
+    job = workflow["jobs"]["port"]
+    (upload,) = [s for s in _uses(job, "actions/upload-artifact")]
+    assert upload["if"] == "always()"  # a failing port still hands over its results
+    paths = upload["with"]["path"].strip().splitlines()
+    assert upload["with"]["name"] == "results-${{ matrix.port }}"
+    for port in PORTS:
+        expected = [p.relative_to(tmp_path).as_posix() for p in results.paths(port, tmp_path)]
+        assert [p.replace("${{ matrix.port }}", port) for p in paths] == \
+            [f"build/conformance/{e}" for e in expected]
+    # ... and build/conformance is where the matrix looks by default
+    from conformance.harness import RESULTS
+    if "SQUEEZENET_RESULTS" not in os.environ:
+        assert RESULTS == ROOT / "build" / "conformance"
+
+
+def test_gathering_job_downloads_every_port_and_gathers(workflow):
+    job = workflow["jobs"]["matrix"]
+    assert job["needs"] == "port" and job["if"] == "always()"
+    (download,) = _uses(job, "actions/download-artifact")
+    assert download["with"]["pattern"] == "results-*"
+    assert download["with"]["path"] == "build/conformance"
+    assert download["with"]["merge-multiple"] is True
+    gather = _step_running(job, GATHER_CMD)
+    assert _steps(job).index(gather) > _steps(job).index(download)
+    # both jobs see the shared ground truth the same way, or neither does
+    for name in ("port", "matrix"):
+        assert len([s for s in _steps(workflow["jobs"][name])
+                    if s.get("with", {}).get("path") == "shared"]) == 1
+    assert workflow["env"]["SQUEEZENET_SHARED"] == "${{ github.workspace }}/shared"
+
+
+def _python(*args: str, results_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SQUEEZENET_RESULTS": str(results_dir), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=600)
+
+
+CASE = "1_1-p0-none-224-float64"
+
+
+def test_gathering_results_made_by_another_process(tmp_path):
+    job_dir, gathered = tmp_path / "job-numpy", tmp_path / "gathered"
+    made = _python("conformance.collect", "numpy", "--case", CASE, results_dir=job_dir)
+    assert made.returncode == 0, made.stdout + made.stderr
+    # what actions/download-artifact with merge-multiple does: the files side by side
+    gathered.mkdir()
+    for path in results.paths("numpy", job_dir):
+        shutil.copy(path, gathered / path.name)
+    out = _python("conformance.matrix", "--no-run", "--ports", "numpy", results_dir=gathered)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 / 1 cases agree; ports failed to run: none" in out.stdout
+    summary = json.loads((gathered / "matrix.json").read_text())
+    assert [r["id"] for r in summary["records"]] == [CASE]
+
+
+def test_gathering_refuses_results_of_other_code_and_missing_ports(tmp_path):
+    job_dir = tmp_path / "job"
+    made = _python("conformance.collect", "numpy", "--case", CASE, results_dir=job_dir)
+    assert made.returncode == 0, made.stdout + made.stderr
+    doc_path = results.paths("numpy", job_dir)[0]
+    doc = json.loads(doc_path.read_text())
+    doc["key"]["code"] = "0" * 64  # as if an older commit's job had made it
+    doc_path.write_text(json.dumps(doc))
+    out = _python("conformance.matrix", "--no-run", "--ports", "numpy,torch",
+                  results_dir=job_dir)
+    assert out.returncode == 1
+    assert "ports failed to run: numpy, torch" in out.stdout
+    assert "computed from other code than this checkout's" in out.stdout
+    assert "torch: no results in" in out.stdout
