@@ -21,7 +21,9 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,13 +36,18 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
+_ENSURE = threading.Lock()  # one `tox run` at a time: they share tox's package build
+
+
 def run_port(port: str, log=_log) -> str | None:
     """Create the port's tox environment completely and run ``conformance.collect`` there
     (current recorded results are reused, the rest computed).  Returns None, or why the
-    port did not run (one line)."""
+    port did not run (one line).  Safe to call from several threads: environments are
+    created one at a time, the ports' computations run side by side."""
     env = PORTS[port].env
     try:
-        toxenv.ensure(env, log)
+        with _ENSURE:
+            toxenv.ensure(env, log)
     except toxenv.EnvError as e:
         return str(e)
     start = time.monotonic()
@@ -188,6 +195,9 @@ def main(argv=None) -> int:
                         help="comma-separated ports (default: all)")
     parser.add_argument("--no-run", action="store_true",
                         help="only gather existing result files (e.g. from CI jobs)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="ports computed side by side (default: 2, or 1 on one CPU); "
+                             "their environments are created one at a time")
     args = parser.parse_args(argv)
     ports = [p for p in args.ports.split(",") if p]
     unknown = [p for p in ports if p not in PORTS]
@@ -196,13 +206,23 @@ def main(argv=None) -> int:
     failed: dict[str, str] = {}
     start = time.monotonic()
     if not args.no_run:
-        for i, port in enumerate(ports, 1):
-            _log(f"[{i}/{len(ports)}] {port} (tox env {PORTS[port].env}, "
-                 f"{time.monotonic() - start:.0f}s so far)")
-            why = run_port(port)
+        width = max(map(len, ports))
+
+        def one(i: int, port: str) -> None:
+            def log(line: str) -> None:
+                _log(f"{port:>{width}} {line}")
+
+            log(f"[{i}/{len(ports)}] tox env {PORTS[port].env}, "
+                f"{time.monotonic() - start:.0f}s so far")
+            why = run_port(port, log)
             if why:
                 failed[port] = why
-                _log(f"   {port} did not run: {why}")
+                log(f"did not run: {why}")
+            log(f"done, {time.monotonic() - start:.0f}s so far")
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for future in [pool.submit(one, i, p) for i, p in enumerate(ports, 1)]:
+                future.result()
     records, logits, missing = gather([p for p in ports if p not in failed], args.no_run)
     failed.update(missing)
     failed.update(did_not_run(records, ports))
