@@ -61,7 +61,7 @@ import numpy as np
 
 from . import toxenv
 from .harness import ROOT
-from .ports import PORTS
+from .registry import PORTS
 
 OUT = Path(os.environ.get("SQUEEZENET_BENCH", ROOT / "build" / "bench"))
 REFERENCE = "onnxruntime"

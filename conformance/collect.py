@@ -22,7 +22,7 @@ from . import golden, results
 from .fixtures import FIXTURES, SharedDataMissing, require_shared
 from .harness import Agreement, compare, tolerance
 from .inputs import SIZES, inputs
-from .ports import PORTS
+from .registry import PORTS
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import results, toxenv
 from .harness import RESULTS
-from .ports import PORTS
+from .registry import PORTS
 
 
 def _log(line: str) -> None:
@@ -51,7 +51,7 @@ def run_port(port: str, log=_log) -> str | None:
     except toxenv.EnvError as e:
         return str(e)
     start = time.monotonic()
-    code, lines = toxenv.run(env, ["python", "-m", "conformance.collect", port], log)
+    code, lines = toxenv.run(env, ["python", "-u", "-m", "conformance.collect", port], log)
     log(f"   ({time.monotonic() - start:.0f}s, exit {code})")
     if code != 0 and not results.paths(port)[0].exists():
         return f"conformance.collect {port} exited {code}: {toxenv.first_error(lines)}"

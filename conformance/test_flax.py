@@ -11,7 +11,7 @@ from flax import (
 from conformance import golden  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
-from conformance.ports import PORTS  # noqa: E402
+from conformance.registry import PORTS  # noqa: E402
 from conformance.suite import PortSuite  # noqa: E402
 
 PORTS["flax"].import_module()  # checks JAX_ENABLE_X64=1 before JAX computes anything

@@ -14,7 +14,7 @@ if _backend not in BACKEND_PORTS:
     raise RuntimeError("set KERAS_BACKEND to tensorflow, jax or torch "
                        "(tox -e keras-tf, keras-jax, keras-torch)")
 
-from conformance.ports import PORTS  # noqa: E402
+from conformance.registry import PORTS  # noqa: E402
 
 PORT = BACKEND_PORTS[_backend]
 kport = PORTS[PORT].import_module()  # sets JAX_ENABLE_X64 etc. before keras is imported

@@ -4,6 +4,7 @@ folder outside the checkout, through its console scripts and ``python -m`` entry
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -27,8 +28,14 @@ def _run(cmd: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
 def installed(tmp_path_factory) -> Path:
     """The bin/ folder of a fresh virtualenv holding the wheel built from this checkout."""
     tmp = tmp_path_factory.mktemp("installed")
+    source = tmp / "source"  # a copy: building writes build/ and *.egg-info beside the code
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "ports", source / "ports",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist",
-                  ROOT], cwd=tmp)
+                  source], cwd=tmp)
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp / "dist").glob("squeezenet_ports-*.whl")
     venv.EnvBuilder(with_pip=True).create(tmp / "venv")

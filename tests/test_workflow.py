@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conformance import results
-from conformance.ports import PORTS
+from conformance.registry import PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "conformance.yml"

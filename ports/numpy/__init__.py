@@ -9,49 +9,45 @@ Written for clarity, not speed.  NCHW activations, OIHW weights, ceil-mode max p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .. import _api
 from .. import spec as S
 from .._predict import as_input
 from ..canonical import Weights, check
-from ..spec import Variant
 
-__all__ = ["SqueezeNet", "load", "predict", "forward"]
+__all__ = ["SqueezeNet", "load", "predict", "to_weights", "forward"]
 
 
-@dataclass
-class SqueezeNetModel:
-    """A variant plus its parameters, float64 by default."""
+class SqueezeNet:
+    """A variant plus its parameters (canonical names, OIHW), float64 by default; built
+    with zero parameters (copy real ones in with :meth:`load_weights` or use :func:`load`)."""
 
-    variant: Variant
-    params: dict[str, np.ndarray]
-    dtype: np.dtype = np.dtype(np.float64)
+    def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
+                 bypass: str = "none", *, dtype="float64") -> None:
+        self.variant = _api.variant(version, num_classes, final_conv_padding, bypass)
+        self.dtype = _api.dtype(dtype)
+        self.params = {k: np.zeros(s, self.dtype) for k, s in self.variant.params().items()}
 
-    def load_weights(self, weights: Weights) -> SqueezeNetModel:
+    def load_weights(self, weights: Weights) -> SqueezeNet:
         check(weights, self.variant)
         self.params = {k: v.astype(self.dtype) for k, v in weights.tensors.items()}
         return self
 
 
-def SqueezeNet(version: str = "1_1", num_classes: int = 1000, final_conv_padding: int = 0,
-               bypass: str = "none", dtype="float64") -> SqueezeNetModel:
-    """A reference model with zero parameters (load weights with ``load_weights``)."""
-    v = Variant(version, num_classes, final_conv_padding, bypass)
-    dt = np.dtype(dtype)
-    return SqueezeNetModel(v, {k: np.zeros(s, dt) for k, s in v.params().items()}, dt)
+def load(source, dtype="float64", *, variant=None, fast: bool = True) -> SqueezeNet:
+    """Model from a weights file (any supported format) or :class:`Weights` (the oracle has
+    one path: ``fast`` changes nothing)."""
+    return _api.load(lambda v, dt: SqueezeNet(v, dtype=dt), SqueezeNet.load_weights, source,
+                     dtype, variant)
 
 
-def load(source, dtype="float64") -> SqueezeNetModel:
-    """Model from a weights file (any supported format) or :class:`Weights`."""
-    from ..formats import read
-
-    weights = source if isinstance(source, Weights) else read(source)
-    v = weights.variant
-    return SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass,
-                      dtype).load_weights(weights)
+def to_weights(model: SqueezeNet, *, preprocessing: str = "none",
+               source: str | None = None) -> Weights:
+    """The model's parameters as canonical float32 weights."""
+    return _api.to_weights(model.params, model.variant, "numpy",
+                           preprocessing=preprocessing, source=source)
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, padding: int) -> np.ndarray:
@@ -79,7 +75,7 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
 
 
-def forward(model: SqueezeNetModel, x: np.ndarray) -> np.ndarray:
+def forward(model: SqueezeNet, x: np.ndarray) -> np.ndarray:
     """[N,3,H,W] -> logits [N, num_classes] (ReLU'd conv10 scores, averaged)."""
     p = model.params
 
@@ -112,8 +108,7 @@ def forward(model: SqueezeNetModel, x: np.ndarray) -> np.ndarray:
     return h
 
 
-def predict(model: SqueezeNetModel, x, batch_size: int = 8) -> np.ndarray:
+def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
     """Canonical NCHW input -> logits [N, num_classes] as ``model.dtype``."""
     x = as_input(x, model.variant)
-    return np.concatenate([forward(model, x[i:i + batch_size])
-                           for i in range(0, len(x), batch_size)], axis=0)
+    return np.concatenate([forward(model, b) for b in _api.batches(x, batch_size)])

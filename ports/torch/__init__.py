@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _api
 from .. import spec as S
 from .._predict import as_input
-from ..canonical import Weights, check, make
+from ..canonical import Weights, check
 from ..errors import WeightsError
 from ..formats.torch import key_table, sequential_groups
-from ..spec import Variant
 
 __all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights"]
 
@@ -76,13 +76,14 @@ def _module(layer: S.Layer) -> nn.Module:
 class SqueezeNet(nn.Module):
     """torchvision-compatible SqueezeNet for any :class:`ports.spec.Variant`."""
 
-    def __init__(self, version: str = "1_1", num_classes: int = 1000,
-                 final_conv_padding: int = 0, bypass: str = "none") -> None:
+    def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
+                 bypass: str = "none", *, dtype="float32") -> None:
         super().__init__()
-        self.variant = Variant(version, num_classes, final_conv_padding, bypass)
+        self.variant = _api.variant(version, num_classes, final_conv_padding, bypass)
         groups = sequential_groups(self.variant)
         self.features = nn.Sequential(*map(_module, groups["features"]))
         self.classifier = nn.Sequential(*map(_module, groups["classifier"]))
+        self.to(getattr(torch, _api.dtype(dtype).name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N,3,H,W] -> [N, classes]
         return torch.flatten(self.classifier(self.features(x)), 1)
@@ -99,33 +100,27 @@ class SqueezeNet(nn.Module):
         return self
 
 
-def to_weights(model: SqueezeNet, *, preprocessing: str = "torchvision",
-               source: str = "ports.torch") -> Weights:
+def to_weights(model: SqueezeNet, *, preprocessing: str = "none",
+               source: str | None = None) -> Weights:
     """The model's parameters as canonical float32 weights."""
     state = model.state_dict()
     tensors = {k: state[key].detach().cpu().float().numpy()
                for k, key in key_table(model.variant).items()}
-    return make(tensors, model.variant, preprocessing=preprocessing, source=source)
+    return _api.to_weights(tensors, model.variant, "torch", preprocessing=preprocessing,
+                           source=source)
 
 
-def load(source, dtype: str = "float32") -> SqueezeNet:
-    """Model (eval mode) from a weights file of any supported format, or :class:`Weights`."""
-    from ..formats import read
-
-    weights = source if isinstance(source, Weights) else read(source)
-    v = weights.variant
-    model = SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass)
-    model = model.to(getattr(torch, np.dtype(dtype).name)).load_weights(weights)
-    return model.eval()
+def load(source, dtype="float32", *, variant=None, fast: bool = True) -> SqueezeNet:
+    """Model (eval mode) from a weights file of any supported format, or :class:`Weights`.
+    (``fast`` changes nothing: the bench's faster torch modes wrap this same module.)"""
+    return _api.load(lambda v, dt: SqueezeNet(v, dtype=dt), SqueezeNet.load_weights, source,
+                     dtype, variant).eval()
 
 
-def predict(model: SqueezeNet, x, batch_size: int = 32) -> np.ndarray:
+def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
     """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype."""
     x = as_input(x, model.variant)
     dtype = next(model.parameters()).dtype
-    outs = []
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
-                              .to(dtype)).numpy())
-    return np.concatenate(outs, axis=0)
+        return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(b)).to(dtype))
+                               .numpy() for b in _api.batches(x, batch_size)])

@@ -1,4 +1,5 @@
-"""Which ports and external engines take part in conformance, and how to reach them.
+"""The registry of implementations under test: which ports and external engines take part in
+conformance, and how to reach them.
 
 Every entry's module exposes the uniform interface
 ``load(weights_or_path, dtype=...) -> model`` and ``predict(model, x_nchw) -> logits``.

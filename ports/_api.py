@@ -1,0 +1,84 @@
+"""The port protocol: what every ``ports.<framework>`` package offers, and the parts of it
+that are the same in every framework (written once, here).
+
+Every port exposes, with these signatures and defaults::
+
+    SqueezeNet(version="1_1", num_classes=1000, final_conv_padding=0, bypass="none", *,
+               dtype="float32")          # the network built from ports.spec; `version`
+                                         # may be a ports.spec.Variant instead
+    load(source, dtype="float32", *, variant=None, fast=True) -> model   # inference mode
+    predict(model, x, batch_size=BATCH_SIZE) -> np.ndarray      # NCHW [N,3,H,W] -> [N, classes]
+    to_weights(model, *, preprocessing="none", source=None) -> ports.canonical.Weights
+
+``source`` is a weights file of any format :mod:`ports.formats` reads, or
+:class:`~ports.canonical.Weights`; ``variant``, where given, is the architecture the file must
+hold (files that do not record all of it take the rest from there).  ``fast``: the port's
+tuned layers (``ports.<framework>.fast``: fused, re-laid-out or per-backend computations,
+tested equal to the plain ones) where it has them and they are faster; ``fast=False`` is the
+plain reference network of ``ports.<framework>`` itself.  Ports without tuned layers give
+the same network either way.  ``model.variant`` is the model's
+:class:`~ports.spec.Variant`.  ``predict`` returns the pre-softmax scores in the model's
+dtype.  The NumPy reference differs only in its default dtype, float64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+
+from .canonical import Weights, make
+from .spec import Variant
+
+BATCH_SIZE = 32
+DTYPES = ("float32", "float64")
+
+M = TypeVar("M")
+
+
+def variant(version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
+            bypass: str = "none") -> Variant:
+    """The :class:`Variant` a ``SqueezeNet(...)`` call names (``version`` may be one)."""
+    if isinstance(version, Variant):
+        return version
+    return Variant(version, num_classes, final_conv_padding, bypass)
+
+
+def dtype(value) -> np.dtype:
+    """``value`` as a NumPy dtype, float32 or float64 (else ``ValueError``)."""
+    dt = np.dtype(value)
+    if dt.name not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {dt.name}")
+    return dt
+
+
+def weights(source, variant: Variant | None = None) -> Weights:
+    """``source`` itself if it is :class:`Weights`, else the file read by its format."""
+    if isinstance(source, Weights):
+        return source
+    from .formats import read
+
+    return read(source, variant=variant)
+
+
+def load(build: Callable[[Variant, np.dtype], M], fill: Callable[[M, Weights], M], source,
+         dtype_, variant_: Variant | None = None) -> M:
+    """The body of every port's ``load``: read ``source``, build the network it holds with
+    ``build(variant, dtype)`` and copy the weights in with ``fill(model, weights)``."""
+    w = weights(source, variant_)
+    return fill(build(w.variant, dtype(dtype_)), w)
+
+
+def batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive slices of at most ``batch_size`` images."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]
+
+
+def to_weights(tensors: dict[str, np.ndarray], variant_: Variant, framework: str, *,
+               preprocessing: str, source: str | None) -> Weights:
+    """Canonical float32 weights from a port's tensors (already canonical names, OIHW)."""
+    return make(tensors, variant_, preprocessing=preprocessing,
+                source=source or f"ports.{framework}")
