@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import sys
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -130,9 +131,33 @@ def current(port: str) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     return {r["id"]: r for r in doc.get("cases", [])}, logits
 
 
+@contextmanager
+def _locked(port: str):
+    """Hold an exclusive lock on ``PORT.lock`` (processes that record the same port at the
+    same time, e.g. pytest-xdist workers, merge instead of overwriting each other)."""
+    path = paths(port)[0].with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write(port: str, records: dict[str, dict], logits: dict[str, np.ndarray]) -> None:
     """Store ``records`` (by case id) and ``logits`` of ``port`` under this process's key,
     merged with the current ones already stored; each file replaced atomically."""
+    with _locked(port):
+        _write(port, records, logits)
+
+
+def _write(port: str, records: dict[str, dict], logits: dict[str, np.ndarray]) -> None:
     old_records, old_logits = current(port)
     records = {**old_records, **records}
     logits = {**{k: v for k, v in old_logits.items() if k in records}, **logits}
