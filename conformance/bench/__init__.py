@@ -10,7 +10,8 @@ NumPy array), and then time rounds on command.  Rounds alternate ``port, ORT, OR
 ...`` so that machine drift hits both alike; each round gives one ratio port/ORT, and the
 report gives medians.  Only one worker computes at a time.
 
-Fast modes (the worker tries the candidates and keeps the fastest, per batch size):
+Fast modes (the worker tries the candidates and keeps the fastest, per batch size; one
+module per framework in :mod:`conformance.bench.candidates`):
 
 =============== ==================================================================
 torch           ``inference_mode``; NCHW or channels-last; at the run's thread count or
@@ -38,7 +39,8 @@ Inputs are the seeded conformance images at 224x224, float32, handed over once i
 framework's own layout (NCHW, or NHWC for Keras/Flax); outputs are copied back to NumPy in
 every timed call.  The spec's multiply-accumulate count gives achieved GFLOP/s (2 FLOP per
 MAC), compared with a measured machine peak: the best of a few large float32 matrix
-multiplies in NumPy.
+multiplies in NumPy (:mod:`conformance.bench.peak`: measured without the
+``OPENBLAS_CORETYPE`` override some machines set, and with the kernel that ran recorded).
 
 Writes ``build/bench/bench.json`` and ``build/bench/bench.png``.  ``--quick`` (CI) runs two
 short rounds only to prove that everything works; its numbers mean little.
@@ -54,278 +56,48 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from . import toxenv
-from .harness import ROOT
-from .registry import PORTS
+from .. import toxenv
+from ..harness import ROOT
+from ..registry import PORTS
+from . import peak
+from .config import BATCHES, DEFAULT_PORTS, OUT, REFERENCE, SIZE, VARIANT_ID
 
-OUT = Path(os.environ.get("SQUEEZENET_BENCH", ROOT / "build" / "bench"))
-REFERENCE = "onnxruntime"
-VARIANT_ID = "1_1-p0-none"
-SIZE = 224
-BATCHES = (1, 32)
-DEFAULT_PORTS = [p for p in PORTS if p != "numpy"]  # the float64 oracle is not meant to be fast
-
-
-# ============================================================================================
-# worker side: runs inside the port's environment
-# ============================================================================================
-def _candidates(port: str, mod, weights, quick: bool):
-    """``[(mode name, make(x_nchw) -> run() -> logits ndarray)]`` for ``port``; the first
-    entry is always the port's own ``predict``-equivalent."""
-    from ports.layouts import nchw_to_nhwc
-
-    generic = ("port predict()", lambda model: lambda x: lambda: mod.predict(model, x))
-    if port == "torch":
-        import torch
-
-        threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
-        model = mod.load(weights).eval()
-
-        def placed(x, channels_last):
-            """(model, input tensor), both channels-last or both as they are."""
-            m, t = model, torch.from_numpy(np.ascontiguousarray(x))
-            if channels_last:
-                import copy
-
-                m = copy.deepcopy(model).to(memory_format=torch.channels_last)
-                t = t.contiguous(memory_format=torch.channels_last)
-            return m, t
-
-        def eager(x, channels_last=False, compiled=False, n=threads):
-            m, t = placed(x, channels_last)
-            return runner(torch.compile(m) if compiled else m, t, n, torch.inference_mode)
-
-        def runner(f, t, n, mode):
-            def run():
-                if torch.get_num_threads() != n:
-                    torch.set_num_threads(n)
-                with mode():
-                    return f(t).numpy()
-            return run
-
-        out = [("inference_mode NCHW", eager),
-               ("inference_mode channels_last", lambda x: eager(x, True))]
-        if threads > 1:  # OpenMP teams stall on a busy machine; one thread may be faster
-            out += [("inference_mode NCHW, 1 thread", lambda x: eager(x, n=1)),
-                    ("inference_mode channels_last, 1 thread", lambda x: eager(x, True, n=1))]
-
-        def onednn_graph(x, channels_last=False):
-            """TorchScript trace, frozen, run by oneDNN Graph (LLGA): convolution + ReLU
-            fused, weights prepacked once."""
-            m, t = placed(x, channels_last)
-            torch.jit.enable_onednn_fusion(True)
-            with torch.no_grad():
-                traced = torch.jit.freeze(torch.jit.trace(m, t))
-                for _ in range(2):  # the fusion pass runs on the first profiled calls
-                    traced(t)
-            return runner(traced, t, threads, torch.no_grad)
-
-        out += [("TorchScript frozen, oneDNN Graph fusion, NCHW", onednn_graph),
-                ("TorchScript frozen, oneDNN Graph fusion, channels_last",
-                 lambda x: onednn_graph(x, True))]
-        if not quick:
-            out += [("torch.compile NCHW", lambda x: eager(x, False, True)),
-                    ("torch.compile channels_last", lambda x: eager(x, True, True))]
-        return out
-    if port == "onnxruntime":
-        model = mod.load(weights)
-
-        def ort_run(x):
-            feed = {model.input_name: np.ascontiguousarray(x)}
-            return lambda: model.session.run([model.output_name], feed)[0]
-        return [("InferenceSession ORT_ENABLE_ALL", ort_run)]
-    if port == "opencv":
-        import cv2
-
-        if os.environ.get("OMP_NUM_THREADS"):
-            cv2.setNumThreads(int(os.environ["OMP_NUM_THREADS"]))
-        model = mod.load(weights)
-
-        def cv_run(x):
-            x = np.ascontiguousarray(x)
-
-            def run():
-                model.net.setInput(x)
-                return np.asarray(model.net.forward("pool10")).reshape(len(x), -1)
-            return run
-        return [("cv2.dnn OpenCV backend", cv_run)]
-    if port.startswith("keras"):
-        model = mod.load(weights)
-
-        def keras_batch(x):
-            xh = nchw_to_nhwc(x)
-            return lambda: np.asarray(model.predict_on_batch(xh))
-
-        def keras_call(x):
-            from keras import ops
-
-            xh = ops.convert_to_tensor(nchw_to_nhwc(x))
-            return lambda: np.asarray(ops.convert_to_numpy(model(xh, training=False)))
-        out = [("predict_on_batch (compiled)", keras_batch),
-               ("model(x, training=False)", keras_call)]
-        threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-        if port == "keras-torch" and threads > 1:  # as for torch: try one thread too
-            import torch
-
-            def with_threads(make, n):
-                def wrapped(x):
-                    run = make(x)
-
-                    def run_n():
-                        if torch.get_num_threads() != n:
-                            torch.set_num_threads(n)
-                        return run()
-                    return run_n
-                return wrapped
-            out = [(name, with_threads(make, threads)) for name, make in out]
-            out.append(("predict_on_batch (compiled), 1 thread", with_threads(keras_batch, 1)))
-        return out
-    if port == "flax":
-        import jax.numpy as jnp
-        from flax import nnx
-
-        model = mod.load(weights)
-        graphdef, state = nnx.split(model)
-
-        def flax_run(x):
-            xj = jnp.asarray(nchw_to_nhwc(x))
-            return lambda: np.asarray(mod._forward(graphdef, state, xj))
-        return [("jax.jit forward", flax_run)]
-    if port == "mxnet":
-        import mxnet as mx
-
-        def mx_run(x, onednn=False):
-            xd = mx.nd.array(x, ctx=mx.cpu(), dtype="float32")
-            net = mod.load(weights, hybridize=False)
-            if onednn:  # MXNet's CPU inference recipe: conv + ReLU fused by the MKLDNN backend
-                net.optimize_for(xd, backend="MKLDNN", static_alloc=True, static_shape=True)
-            else:
-                net.hybridize(static_alloc=True, static_shape=True)
-            return lambda: net(xd).asnumpy()
-        return [("hybridize(static_alloc, static_shape)", mx_run),
-                ("optimize_for(backend='MKLDNN', static_alloc, static_shape)",
-                 lambda x: mx_run(x, True))]
-    if port == "chainer":
-        import chainer
-
-        model = mod.load(weights)
-
-        def ch_run(x):
-            x = np.ascontiguousarray(x)
-
-            def run():
-                with chainer.using_config("train", False), chainer.no_backprop_mode():
-                    return np.asarray(model(x).array)
-            return run
-        return [("no_backprop_mode, train=False", ch_run)]
-    model = mod.load(weights)
-    return [(generic[0], generic[1](model))]
+# glibc malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap
+# and unmaps it on free, so a framework without its own arena page-faults and zeroes every
+# large activation again on every call: at batch 32, conv1's output alone is 100 MB.  ONNX
+# Runtime keeps an arena and does not care; the ports do (torch channels-last at batch 32:
+# 95 -> 185 img/s).  Workers therefore run with malloc told to keep what it frees, as
+# PyTorch's CPU tuning guide advises (there with jemalloc or tcmalloc); ``--system-malloc``
+# measures glibc's defaults instead.
+MALLOC_TUNED = {"MALLOC_MMAP_MAX_": "0",                    # no mmap: blocks come from the heap
+                "MALLOC_TRIM_THRESHOLD_": str(16 << 30),    # and freed ones stay there
+                "MALLOC_TOP_PAD_": str(512 << 20)}          # grow the heap in 512 MB steps
 
 
-def _time_for(run, seconds: float, min_calls: int = 1) -> tuple[int, float]:
-    calls, start = 0, time.perf_counter()
-    while True:
-        run()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if calls >= min_calls and elapsed >= seconds:
-            return calls, elapsed
+def _thread_env(threads: int, tuned_malloc: bool = True) -> dict:
+    env = toxenv.clean_environ()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "TF_NUM_INTRAOP_THREADS"):
+        env[var] = str(threads)
+    if tuned_malloc:
+        env.update(MALLOC_TUNED)
+    return env
 
 
-def _versions(port: str) -> dict:
-    names = {"torch": ["torch"], "onnxruntime": ["onnxruntime", "onnx"], "opencv": ["cv2"],
-             "keras-tf": ["keras", "tensorflow"], "keras-jax": ["keras", "jax"],
-             "keras-torch": ["keras", "torch"], "flax": ["flax", "jax"], "mxnet": ["mxnet"],
-             "chainer": ["chainer"]}.get(port, [])
-    out = {"python": platform.python_version(), "numpy": np.__version__}
-    for name in names:
-        m = sys.modules.get(name)
-        if m is not None:
-            out[name] = getattr(m, "__version__", "?")
-    return out
-
-
-def worker(port: str, batches: list[int], quick: bool) -> int:
-    """JSON lines protocol on the real stdout (everything else printed goes to stderr)."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    def send(obj) -> None:
-        proto.write(json.dumps(obj) + "\n")
-        proto.flush()
-
+def _cpu_name() -> str:
     try:
-        from ports import numpy as reference
-        from ports.seeded import seeded_weights
-        from ports.spec import Variant
-
-        from .harness import compare, tolerance
-        from .inputs import inputs
-
-        mod = PORTS[port].import_module()
-        weights = seeded_weights(Variant.from_id(VARIANT_ID))
-        images = inputs(SIZE, count=max(batches))
-        # every candidate's logits must agree with the float64 oracle, or it is not chosen
-        expected = reference.predict(reference.load(weights, "float64"), images)
-        atol, rtol = tolerance(port, "float32")
-        candidates = _candidates(port, mod, weights, quick)
-        chosen, trials = {}, {}
-        for batch in batches:
-            x = np.ascontiguousarray(images[:batch])
-            best = None
-            trials[batch] = {}
-            for name, make in candidates:
-                try:
-                    run = make(x)
-                    t0 = time.perf_counter()
-                    out = run()  # first call: compilation, allocation
-                    first = time.perf_counter() - t0
-                    agreement = compare(np.asarray(out), expected[:batch], atol, rtol)
-                    if not agreement.ok:
-                        trials[batch][name] = (f"rejected: disagrees with the float64 "
-                                               f"reference, max abs {agreement.max_abs:.3g}")
-                        continue
-                    for _ in range(1 if quick else 3):  # oneDNN, XLA, LLGA settle in
-                        run()
-                    per_call = min(elapsed / calls for calls, elapsed in (
-                        _time_for(run, 0.05 if quick else 0.4, 2)
-                        for _ in range(1 if quick else 3)))  # best of 3: drift-proof choice
-                except Exception as e:  # a candidate that fails is reported, not fatal
-                    trials[batch][name] = f"failed: {type(e).__name__}: {e}"[:300]
-                    continue
-                trials[batch][name] = {"first_call_s": first, "per_call_s": per_call}
-                if best is None or per_call < best[1]:
-                    best = (name, per_call, run)
-            if best is None:
-                raise RuntimeError(f"no inference mode works at batch {batch}: {trials[batch]}")
-            chosen[batch] = best
-        logits = np.asarray(chosen[batches[0]][2]())[0].astype(np.float64)
-        send({"ready": True, "port": port, "modes": {b: c[0] for b, c in chosen.items()},
-              "trials": trials, "versions": _versions(port), "logits0": logits.tolist(),
-              "python": sys.executable})
-        for line in sys.stdin:
-            cmd = json.loads(line)
-            if cmd.get("cmd") != "run":
-                break
-            batch = int(cmd["batch"])
-            calls, elapsed = _time_for(chosen[batch][2], float(cmd["seconds"]), 1)
-            send({"calls": calls, "seconds": elapsed, "images_per_s": calls * batch / elapsed})
-        return 0
-    except Exception as e:
-        send({"ready": False, "port": port, "error": f"{type(e).__name__}: {e}",
-              "traceback": traceback.format_exc()[-3000:]})
-        return 1
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-# ============================================================================================
-# orchestrator side
-# ============================================================================================
 class Worker:
     """A running worker process; ``info`` is its ready message."""
 
@@ -378,61 +150,6 @@ class Worker:
         self.log.close()
 
 
-def machine_peak(n: int, repeats: int = 3) -> float:
-    """Best float32 GFLOP/s of an ``n x n`` matrix product in NumPy (its BLAS)."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    a @ b  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-# glibc malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap
-# and unmaps it on free, so a framework without its own arena page-faults and zeroes every
-# large activation again on every call: at batch 32, conv1's output alone is 100 MB.  ONNX
-# Runtime keeps an arena and does not care; the ports do (torch channels-last at batch 32:
-# 95 -> 185 img/s).  Workers therefore run with malloc told to keep what it frees, as
-# PyTorch's CPU tuning guide advises (there with jemalloc or tcmalloc); ``--system-malloc``
-# measures glibc's defaults instead.
-MALLOC_TUNED = {"MALLOC_MMAP_MAX_": "0",                    # no mmap: blocks come from the heap
-                "MALLOC_TRIM_THRESHOLD_": str(16 << 30),    # and freed ones stay there
-                "MALLOC_TOP_PAD_": str(512 << 20)}          # grow the heap in 512 MB steps
-
-
-def _thread_env(threads: int, tuned_malloc: bool = True) -> dict:
-    env = toxenv.clean_environ()
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "TF_NUM_INTRAOP_THREADS"):
-        env[var] = str(threads)
-    if tuned_malloc:
-        env.update(MALLOC_TUNED)
-    return env
-
-
-def measure_peak(n: int, threads: int) -> float:
-    """:func:`machine_peak` in a fresh process whose BLAS uses ``threads`` threads, as the
-    workers' frameworks do."""
-    proc = subprocess.run([sys.executable, "-m", "conformance.bench", "--peak", str(n)],
-                          cwd=ROOT, env={**_thread_env(threads), "PYTHONPATH": str(ROOT)},
-                          stdout=subprocess.PIPE, text=True, check=True)
-    return float(proc.stdout.strip().splitlines()[-1])
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int,
           seconds: float, threads: int, batches=BATCHES, tuned_malloc: bool = True,
           log=print) -> dict:
@@ -441,15 +158,20 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
     macs = Variant.from_id(VARIANT_ID).macs(SIZE)
     log(f"SqueezeNet {VARIANT_ID} at {SIZE}x{SIZE}: {macs / 1e9:.3f} G multiply-adds per image")
     peak_n = 1024 if quick else 4096
-    peak = measure_peak(peak_n, threads)
-    log(f"machine peak (NumPy float32 {peak_n}x{peak_n} matmul, {threads} threads): "
-        f"{peak:.1f} GFLOP/s")
+    probe = peak.measure(peak_n, _thread_env(threads), ROOT)
+    roof = probe["gflops"]
+    kernels = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}"
+                        for b in probe["blas"]) or "unknown BLAS"
+    log(f"machine peak (NumPy float32 {peak_n}x{peak_n} matmul, {threads} threads, "
+        f"{kernels}{', without ' + str(probe['unset']) if probe['unset'] else ''}): "
+        f"{roof:.1f} GFLOP/s")
     result = {"variant": VARIANT_ID, "size": SIZE, "dtype": "float32", "batches": list(batches),
               "macs_per_image": macs, "flops_per_image": 2 * macs, "threads": threads,
               "quick": quick, "rounds": rounds, "seconds_per_round": seconds,
               "worker_env": MALLOC_TUNED if tuned_malloc else {},
               "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
-                          "peak_gflops": peak, "peak_method": "numpy float32 matmul"},
+                          "peak_gflops": roof, "peak_method": "numpy float32 matmul",
+                          "peak_blas": probe["blas"], "peak_unset_env": probe["unset"]},
               "reference": REFERENCE, "ports": {}, "not_run": {}}
 
     def python_for(port: str) -> str:
@@ -496,7 +218,7 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
                 w.close()
             record["max_abs_vs_onnxruntime"] = float(
                 np.abs(np.asarray(w.info["logits0"]) - ref_logits).max())
-            result["ports"][port] = _finish(record, w.info, macs, peak)
+            result["ports"][port] = _finish(record, w.info, macs, roof)
             _print_port(port, result["ports"][port], log)
         if not any(ref_rates.values()):  # nothing else ran: time the reference on its own
             for _ in range(rounds):
@@ -504,19 +226,20 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
                     ref_rates[b].append(ref.run(b, seconds))
     finally:
         ref.close()
-    again = measure_peak(peak_n, threads)  # the machine may have been busier at the start
-    if again > peak:
+    # the machine may have been busier at the start
+    again = peak.measure(peak_n, _thread_env(threads), ROOT)["gflops"]
+    if again > roof:
         log(f"machine peak measured again: {again:.1f} GFLOP/s")
-        peak = result["machine"]["peak_gflops"] = again
+        roof = result["machine"]["peak_gflops"] = again
     ref_record = {"batches": {str(b): {"images_per_s": statistics.median(ref_rates[b]),
                                        "min": min(ref_rates[b]), "max": max(ref_rates[b]),
                                        "rounds": len(ref_rates[b]),
                                        "ratio_to_onnxruntime": 1.0} for b in batches},
                   "max_abs_vs_onnxruntime": 0.0}
-    result["ports"] = {REFERENCE: _finish(ref_record, ref.info, macs, peak), **result["ports"]}
+    result["ports"] = {REFERENCE: _finish(ref_record, ref.info, macs, roof), **result["ports"]}
     for rec in result["ports"].values():
         for b in rec["batches"].values():
-            b["fraction_of_peak"] = b["gflops"] / peak
+            b["fraction_of_peak"] = b["gflops"] / roof
     _print_port(REFERENCE, result["ports"][REFERENCE], log)
     return result
 
@@ -541,10 +264,10 @@ def _measure(w: Worker, ref: Worker, batches, rounds: int, seconds: float,
     return rec
 
 
-def _finish(record: dict, info: dict, macs: int, peak: float) -> dict:
+def _finish(record: dict, info: dict, macs: int, roof: float) -> dict:
     for b in record["batches"].values():
         b["gflops"] = b["images_per_s"] * 2 * macs / 1e9
-        b["fraction_of_peak"] = b["gflops"] / peak
+        b["fraction_of_peak"] = b["gflops"] / roof
     record.update({"env": PORTS[info["port"]].env, "modes": info["modes"],
                    "trials": info["trials"], "versions": info["versions"],
                    "python": info["python"]})
@@ -631,15 +354,13 @@ def main(argv=None) -> int:
                              "MALLOC_MMAP_MAX_=0 and a large trim threshold")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--peak", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b]
     if args.worker:
+        from .worker import worker
+
         return worker(args.worker, batches, args.quick)
-    if args.peak:
-        print(machine_peak(args.peak))
-        return 0
     if hasattr(sys.stdout, "reconfigure"):  # progress shows even through a pipe or a file
         sys.stdout.reconfigure(line_buffering=True)
     ports = [p for p in args.ports.split(",") if p]
@@ -670,7 +391,3 @@ def main(argv=None) -> int:
           f"{', '.join(result['not_run']) or 'none'}")
     print(f"wrote {OUT / 'bench.json'}" + ("" if args.no_plot else f" and {OUT / 'bench.png'}"))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

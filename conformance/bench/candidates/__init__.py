@@ -1,0 +1,25 @@
+"""The inference modes the bench tries for each port, one module per framework.
+
+``candidates(port, module, weights, quick) -> [(mode name, make)]``: ``make(x_nchw)``
+prepares a run on that batch and returns ``run() -> logits ndarray``, which computes the full
+logits and hands them back as NumPy every call.  The first entry is the port's plain
+``predict``-equivalent; the worker times them all and keeps the fastest whose logits agree
+with the float64 reference.  A port without a module of its own gets its ``predict``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# port -> module of this package (the Keras backends share one)
+MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "opencv": "opencv",
+           "keras-tf": "keras", "keras-jax": "keras", "keras-torch": "keras", "flax": "flax",
+           "mxnet": "mxnet", "chainer": "chainer"}
+
+
+def candidates(port: str, mod, weights, quick: bool) -> list:
+    name = MODULES.get(port)
+    if name is None:
+        model = mod.load(weights)
+        return [("port predict()", lambda x: lambda: mod.predict(model, x))]
+    return importlib.import_module(f"{__name__}.{name}").candidates(port, mod, weights, quick)
