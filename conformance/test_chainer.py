@@ -1,5 +1,6 @@
-"""Chainer port: goldens, fixtures, and exchange with real Chainer's ``save_npz`` /
-``load_npz`` through the framework-free ``.npz`` codec."""
+"""Chainer port: goldens, fixtures, exchange with real Chainer's ``save_npz`` / ``load_npz``
+through the framework-free ``.npz`` codec, and the inference shortcuts of
+:mod:`ports.chainer.fast` against the plain network and plain Chainer."""
 
 import io
 import warnings
@@ -12,6 +13,7 @@ with warnings.catch_warnings():  # chainer 7 imports numpy.distutils (deprecated
     import chainer  # noqa: F401  (the chainer environment runs this module)
     import chainer.functions as F
     import chainer.links as L
+    from chainer.utils import conv as conv_utils
 
 from conformance import golden  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
@@ -20,6 +22,7 @@ from conformance.suite import PortSuite  # noqa: E402
 from ports import chainer as port  # noqa: E402
 from ports import spec as S  # noqa: E402
 from ports.canonical import Weights  # noqa: E402
+from ports.chainer import fast  # noqa: E402
 from ports.formats import chainer as codec  # noqa: E402
 from ports.formats import read  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
@@ -31,8 +34,7 @@ class TestChainer(PortSuite):
 
 
 def _model(variant: Variant, dtype="float32") -> "port.SqueezeNet":
-    return port.SqueezeNet(variant.version, variant.num_classes, variant.final_conv_padding,
-                           variant.bypass, dtype)
+    return port.SqueezeNet(variant, dtype=dtype)
 
 
 def _assert_same(a: Weights, b: Weights) -> None:
@@ -47,7 +49,9 @@ def test_cover_all_is_ceil_mode():
     """Chainer's cover_all output side equals the spec's ceil rule (incl. the rule that the
     last window starts inside the input) for every input side."""
     pool = S.MaxPool("p")
-    bad = [n for n in range(3, 2048) if port.pool_out_size(n, pool) != pool.out_size(n)]
+    bad = [n for n in range(3, 2048)
+           if conv_utils.get_conv_outsize(n, pool.kernel, pool.stride, 0, cover_all=True)
+           != pool.out_size(n)]
     assert not bad
 
 
@@ -70,10 +74,10 @@ def test_pool_geometry_on_golden_sizes(vid, size):
         with chainer.using_config("train", False):
             reference = F.max_pooling_2d(x, 3, 2, pad=0, cover_all=True).array
             with chainer.no_backprop_mode():
-                fast = port.max_pool(x, layer).array
+                separable = fast.max_pool(x, layer).array
         assert reference.shape[2:] == (sides[layer.name],) * 2, (layer.name, side_in)
-        assert fast.shape == reference.shape
-        assert fast.tobytes() == reference.tobytes(), layer.name
+        assert separable.shape == reference.shape
+        assert separable.tobytes() == reference.tobytes(), layer.name
 
 
 @pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-simple"])
@@ -83,6 +87,7 @@ def test_training_graph_equals_predict(vid, dtype):
     gives predict's logits (the inference shortcuts) within the port's tolerance."""
     variant = Variant.from_id(vid)
     model = port.load(seeded_weights(variant), dtype=dtype)
+    assert isinstance(model, fast.SqueezeNet)
     x = inputs(227)[:2].astype(dtype)
     with chainer.using_config("train", False):
         graph = model(x)
@@ -97,8 +102,8 @@ def test_training_graph_equals_predict(vid, dtype):
 @pytest.mark.parametrize("relu", [False, True])
 def test_inference_conv_equals_convolution_2d(monkeypatch, kernel, stride, pad, relu):
     calls = []
-    original = port.InferenceConv.forward_cpu
-    monkeypatch.setattr(port.InferenceConv, "forward_cpu",
+    original = fast.InferenceConv.forward_cpu
+    monkeypatch.setattr(fast.InferenceConv, "forward_cpu",
                         lambda self, inputs: calls.append(1) or original(self, inputs))
     rng = np.random.default_rng(kernel * 10 + stride + pad)
     x = rng.standard_normal((3, 5, 17, 17))
@@ -111,10 +116,35 @@ def test_inference_conv_equals_convolution_2d(monkeypatch, kernel, stride, pad, 
         if relu:
             reference = np.maximum(reference, 0)
         with chainer.no_backprop_mode():
-            fast = port.conv(link, x, relu=relu)
+            fused = fast.conv(link, x, relu=relu)
     assert calls  # the inference shortcut ran
-    assert fast.shape == reference.shape and fast.dtype == np.float64
-    np.testing.assert_allclose(fast.array, reference, rtol=0, atol=1e-12)
+    assert fused.shape == reference.shape and fused.dtype == np.float64
+    np.testing.assert_allclose(fused.array, reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-complex", "1_1-p1-simple",
+                                 "1_0-p0-none"])
+def test_fast_model_equals_reference_model(monkeypatch, vid):
+    """load() (fast.SqueezeNet: fused conv + ReLU, separable pool) and load(fast=False)
+    (the plain chain of ports.chainer) give the same float64 logits, to ~1e-11 relative."""
+    calls = []
+    original = fast.InferenceConv.forward_cpu
+    monkeypatch.setattr(fast.InferenceConv, "forward_cpu",
+                        lambda self, inputs: calls.append(1) or original(self, inputs))
+    weights = seeded_weights(Variant.from_id(vid))
+    tuned, plain = port.load(weights, "float64"), port.load(weights, "float64", fast=False)
+    assert type(tuned) is fast.SqueezeNet and type(plain) is port.SqueezeNet
+    for size in SIZES:
+        x = inputs(size)[:3].astype(np.float64)
+        expected = port.predict(plain, x)
+        assert not calls  # the reference ran plain Chainer
+        got = port.predict(tuned, x)
+        assert calls and got.dtype == expected.dtype == np.float64
+        scale = float(np.abs(expected).max())
+        assert scale > 0.1
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11 * scale,
+                                   err_msg=f"{vid} at {size}")
+        calls.clear()
 
 
 # --- exchange with real Chainer ------------------------------------------------------------
@@ -211,6 +241,19 @@ def test_interface():
         port.predict(model, np.zeros((1, 227, 227, 3), np.float32))
     with pytest.raises(ValueError, match="dtype"):
         port.SqueezeNet(dtype="int32")
+    assert port.SqueezeNet(model.variant, dtype="float64").variant == model.variant
+
+
+def test_to_weights_defaults():
+    """The uniform defaults: preprocessing "none", source "ports.chainer", whatever the
+    weights were loaded from (nothing is remembered on the model)."""
+    weights = seeded_weights(Variant("1_1"))
+    loaded = port.load(Weights(weights.tensors, {**weights.meta, "preprocessing": "caffe"}))
+    back = port.to_weights(loaded)
+    assert back.meta["preprocessing"] == "none" and back.meta["source"] == "ports.chainer"
+    _assert_same(back, weights)
+    again = port.to_weights(loaded, preprocessing="caffe", source="x")
+    assert again.meta["preprocessing"] == "caffe" and again.meta["source"] == "x"
 
 
 def test_load_from_file(tmp_path):

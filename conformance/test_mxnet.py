@@ -95,8 +95,9 @@ def test_complex_bypass_names():
 @pytest.mark.parametrize("vid", golden.VARIANTS)
 def test_golden_not_hybridized(vid, dtype):
     weights = seeded_weights(Variant.from_id(vid))
-    imperative = port.load(weights, dtype, hybridize=False)
-    hybrid = port.load(weights, dtype, hybridize=True)
+    imperative = port.SqueezeNet(weights.variant, dtype=dtype).load_weights(weights)
+    hybrid = port.load(weights, dtype)
+    assert hybrid._active and not imperative._active
     for size in SIZES:
         x = inputs(size).astype(dtype)
         out = port.predict(imperative, x)
@@ -120,8 +121,7 @@ def test_codec_file_loads_with_load_parameters(vid, tmp_path):
     for canonical, name in table.items():
         assert loaded[name].dtype == np.float32
         assert np.array_equal(loaded[name].asnumpy(), weights.tensors[canonical]), name
-    net = port.SqueezeNet(variant.version, variant.num_classes, variant.final_conv_padding,
-                          variant.bypass)
+    net = port.SqueezeNet(variant)
     net.load_parameters(str(path), ctx=mx.cpu())
     net.hybridize()
     _check("codec-file-load_parameters", f"{vid}-227", port.predict(net, inputs(227)),
@@ -267,6 +267,31 @@ def test_predict_refuses_bad_input():
 def test_load_reads_params_file(tmp_path):
     weights = seeded_weights(Variant("1_1"))
     write(weights, tmp_path / "w.params")
-    net = port.load(tmp_path / "w.params", "float64", hybridize=False)
+    net = port.load(tmp_path / "w.params", "float64")
     assert net.dtype == np.float64 and net.variant == Variant("1_1")
     assert isinstance(port.to_weights(net), Weights)
+
+
+def test_uniform_interface(tmp_path):
+    """The port protocol (ports/_api.py): keyword dtype, a Variant in place of version,
+    ``variant=`` for what a .params file cannot tell, ``fast`` accepted (no tuned layers)."""
+    variant = Variant("1_0", 10, 1, "simple")
+    net = port.SqueezeNet("1_0", 10, 1, "simple", dtype="float64")
+    assert net.variant == port.SqueezeNet(variant).variant == variant
+    assert net.dtype == np.float64 and net.output[0]._kwargs["pad"] == (1, 1)
+    with pytest.raises(ValueError, match="dtype"):
+        port.SqueezeNet(dtype="int32")
+    weights = seeded_weights(variant)
+    write(weights, tmp_path / "w.params")
+    assert read(tmp_path / "w.params").variant != variant  # padding and simple bypass
+    a = port.load(tmp_path / "w.params", variant=variant)
+    b = port.load(weights, fast=False)
+    assert a.variant == b.variant == variant
+    x = inputs(227)[:2]
+    assert np.array_equal(port.predict(a, x), port.predict(b, x))
+    np.testing.assert_allclose(port.predict(b, x, batch_size=1), port.predict(b, x), rtol=1e-5,
+                               atol=1e-6)  # the batch changes the kernels' rounding only
+    back = port.to_weights(a)
+    assert back.meta["preprocessing"] == "none" and back.meta["source"] == "ports.mxnet"
+    assert port.to_weights(a, preprocessing="torchvision").meta["preprocessing"] == \
+        "torchvision"
