@@ -9,7 +9,7 @@ import mxnet as mx
 def candidates(port: str, mod, weights, quick: bool) -> list:
     def mx_run(x, onednn=False):
         xd = mx.nd.array(x, ctx=mx.cpu(), dtype="float32")
-        net = mod.load(weights, hybridize=False)
+        net = mod.load(weights)  # hybridized, no graph yet: the next call sets its flags
         if onednn:
             net.optimize_for(xd, backend="MKLDNN", static_alloc=True, static_shape=True)
         else:
