@@ -77,6 +77,20 @@ def batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield x[i:i + batch_size]
 
 
+def activation_names(variant_: Variant, layers=None) -> list[str]:
+    """The names ``activations(model, x, layers)`` returns, in network order: all of
+    ``variant_.activation_names()``, or those in ``layers`` (unknown names are refused)."""
+    names = variant_.activation_names()
+    if layers is None:
+        return names
+    wanted = [layers] if isinstance(layers, str) else list(layers)
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ValueError(f"layers: {unknown} are not activations of SqueezeNet {variant_.id}; "
+                         f"known: {', '.join(names)}")
+    return [n for n in names if n in wanted]
+
+
 def to_weights(tensors: dict[str, np.ndarray], variant_: Variant, framework: str, *,
                preprocessing: str, source: str | None) -> Weights:
     """Canonical float32 weights from a port's tensors (already canonical names, OIHW)."""

@@ -79,7 +79,10 @@ class Conv:
 
 @dataclass(frozen=True)
 class ReLU:
+    """``max(x, 0)`` of the convolution ``of`` (whose activation it names in a trace)."""
+
     name: str
+    of: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,7 @@ class Variant:
         """The ordered operations, input to logits."""
         filters, kernel, stride = STEM[self.version]
         pools = POOL_AFTER[self.version]
-        out: list[Layer] = [Conv("conv1", 3, filters, kernel, stride), ReLU("relu1")]
+        out: list[Layer] = [Conv("conv1", 3, filters, kernel, stride), ReLU("relu1", "conv1")]
         channels = filters
         if "conv1" in pools:
             out.append(MaxPool("pool1"))
@@ -255,7 +258,7 @@ class Variant:
         out += [
             Dropout("drop9"),
             Conv("conv10", channels, self.num_classes, 1, padding=self.final_conv_padding),
-            ReLU("relu10"),
+            ReLU("relu10", "conv10"),
             GlobalAvgPool("pool10"),
         ]
         return out
@@ -267,6 +270,28 @@ class Variant:
                 yield layer
             elif isinstance(layer, Fire):
                 yield from layer.convs()
+
+    def activation_names(self) -> list[str]:
+        """The named outputs a layer trace compares, input to logits, identical in every port:
+
+        ``conv1`` (after its ReLU), each pool, and per Fire ``fireN.squeeze``,
+        ``fireN.expand1x1``, ``fireN.expand3x3`` (each after its ReLU), ``fireN.bypass`` (the
+        1x1 conv of a complex bypass, no ReLU) and ``fireN`` (the module's output: the
+        concatenation plus any bypass); then ``conv10`` (after its ReLU), ``pool10`` (the
+        global average, ``[N, C]``) and ``logits`` (what ``predict`` returns, the same
+        values).  Activations are NCHW, ``[N, C]`` after the global pool.  Dropout is the
+        identity at inference and has no entry."""
+        out: list[str] = []
+        for layer in self.layers():
+            if isinstance(layer, ReLU):
+                out.append(layer.of)
+            elif isinstance(layer, MaxPool):
+                out.append(layer.name)
+            elif isinstance(layer, Fire):
+                out += [c.name for c in layer.convs()] + [layer.name]
+            elif isinstance(layer, GlobalAvgPool):
+                out += [layer.name, "logits"]
+        return out
 
     def fires(self) -> list[Fire]:
         return [layer for layer in self.layers() if isinstance(layer, Fire)]

@@ -75,37 +75,46 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
 
 
-def forward(model: SqueezeNet, x: np.ndarray) -> np.ndarray:
-    """[N,3,H,W] -> logits [N, num_classes] (ReLU'd conv10 scores, averaged)."""
+def _keep(name: str, h: np.ndarray) -> np.ndarray:
+    return h  # forward's default ``record``: keep nothing
+
+
+def forward(model: SqueezeNet, x: np.ndarray, record=_keep) -> np.ndarray:
+    """[N,3,H,W] -> logits [N, num_classes] (ReLU'd conv10 scores, averaged).  Each named
+    output of ``Variant.activation_names()`` passes through ``record(name, array)`` as it is
+    computed (what :func:`ports.numpy.trace.activations` collects)."""
     p = model.params
 
     def conv(c: S.Conv, h: np.ndarray) -> np.ndarray:
         return conv2d(h, p[f"{c.name}.weight"], p[f"{c.name}.bias"], c.stride, c.padding)
+
+    def conv_relu(c: S.Conv, h: np.ndarray) -> np.ndarray:
+        return record(c.name, relu(conv(c, h)))
 
     h = x.astype(model.dtype)
     for layer in model.variant.layers():
         if isinstance(layer, S.Conv):
             h = conv(layer, h)
         elif isinstance(layer, S.ReLU):
-            h = relu(h)
+            h = record(layer.of, relu(h))
         elif isinstance(layer, S.MaxPool):
-            h = max_pool_ceil(h, layer)
+            h = record(layer.name, max_pool_ceil(h, layer))
         elif isinstance(layer, S.Fire):
-            s = relu(conv(layer.squeeze, h))
-            out = np.concatenate([relu(conv(layer.expand1x1, s)),
-                                  relu(conv(layer.expand3x3, s))], axis=1)
+            s = conv_relu(layer.squeeze, h)
+            out = np.concatenate([conv_relu(layer.expand1x1, s),
+                                  conv_relu(layer.expand3x3, s)], axis=1)
             if layer.bypass == "identity":
                 out = out + h
             elif layer.bypass == "conv":
-                out = out + conv(layer.bypass_conv, h)
-            h = out
+                out = out + record(layer.bypass_conv.name, conv(layer.bypass_conv, h))
+            h = record(layer.name, out)
         elif isinstance(layer, S.Dropout):
             pass
         elif isinstance(layer, S.GlobalAvgPool):
-            h = h.mean(axis=(2, 3))
+            h = record(layer.name, h.mean(axis=(2, 3)))
         else:  # pragma: no cover - the spec has no other layer kinds
             raise TypeError(f"unknown layer {layer!r}")
-    return h
+    return record("logits", h)
 
 
 def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:

@@ -1,0 +1,206 @@
+"""The float64 reference backward pass and Caffe's SGD step, written for clarity.
+
+The loss is Caffe's ``SoftmaxWithLoss`` on ``pool10`` (the global average of conv10's ReLU,
+i.e. the logits): softmax cross-entropy averaged over the batch.  Dropout is off, so the
+gradients are deterministic.  Every backward rule below mirrors one forward function of
+:mod:`ports.numpy`:
+
+* convolution: ``dW = dy^T @ im2col(x)``, ``db = sum(dy)``, ``dx = col2im(dy @ W)``;
+* ReLU: the gradient passes where the output is positive (Caffe: ``bottom_data > 0``);
+* ceil-mode max pool: each window's gradient goes to its first maximum in row-major order
+  (Caffe and PyTorch break ties that way); padded ``-inf`` cells never receive any;
+* concatenation: the gradient is split along channels, expand1x1 first;
+* bypass: the sum's gradient goes to both branches (identity, or the 1x1 bypass conv);
+* global average pool: ``dy / (H * W)`` spread over the map.
+
+``train_steps`` is Caffe's ``SGDSolver`` with L2 weight decay on every weight and bias
+(the released train_val prototxts leave ``decay_mult`` at 1)::
+
+    v <- momentum * v + lr_t * (grad + weight_decay * w)
+    w <- w - v
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .. import spec as S
+from .._predict import as_input
+from . import SqueezeNet, conv2d, max_pool_ceil, relu
+
+__all__ = ["loss_and_grads", "train_steps", "softmax_cross_entropy"]
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean over the batch of ``-log softmax(logits)[label]``, and its gradient
+    ``(softmax - onehot) / N`` with respect to ``logits`` ``[N, C]``."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    rows = np.arange(len(logits))
+    grad = np.exp(log_p)
+    grad[rows, labels] -= 1.0
+    return float(-log_p[rows, labels].mean()), grad / len(logits)
+
+
+def conv2d_backward(x: np.ndarray, w: np.ndarray, stride: int, padding: int,
+                    dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``dy`` [N,O,H',W'] of :func:`ports.numpy.conv2d` -> (dx [N,C,H,W], dW [O,C,k,k],
+    db [O])."""
+    n, c, height, width = x.shape
+    o, _, k, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+    windows = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    ho, wo = dy.shape[2:]
+    cols = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * k * k)
+    dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)
+    dw = (dy_rows.T @ cols).reshape(w.shape)
+    db = dy_rows.sum(axis=0)
+    dcols = (dy_rows @ w.reshape(o, -1)).reshape(n, ho, wo, c, k, k)
+    dxp = np.zeros_like(xp)
+    for i in range(k):  # col2im: each kernel offset adds its share back where it read
+        for j in range(k):
+            dxp[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] \
+                += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    dx = dxp[:, :, padding:padding + height, padding:padding + width] if padding else dxp
+    return dx, dw, db
+
+
+def max_pool_ceil_backward(x: np.ndarray, pool: S.MaxPool, dy: np.ndarray) -> np.ndarray:
+    """``dy`` [N,C,H',W'] of :func:`ports.numpy.max_pool_ceil` -> dx [N,C,H,W]."""
+    height, width = x.shape[2:]
+    k, s = pool.kernel, pool.stride
+    xp = np.pad(x, ((0, 0), (0, 0), (0, pool.ceil_extra(height)), (0, pool.ceil_extra(width))),
+                constant_values=-np.inf)
+    ho, wo = dy.shape[2:]
+    windows = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s][:, :, :ho, :wo]
+    first_max = windows.reshape(*windows.shape[:4], k * k).argmax(axis=-1)  # row-major first
+    dxp = np.zeros_like(xp)
+    for i in range(k):
+        for j in range(k):
+            dxp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] \
+                += np.where(first_max == i * k + j, dy, 0.0)
+    return dxp[:, :, :height, :width]
+
+
+def relu_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Gradient through ``y = relu(x)``: passes where ``y > 0``."""
+    return dy * (y > 0)
+
+
+class _Tape:
+    """The forward pass of :func:`ports.numpy.forward`, keeping what backward needs."""
+
+    def __init__(self, model: SqueezeNet) -> None:
+        self.p, self.layers, self.steps = model.params, model.variant.layers(), []
+
+    def conv(self, c: S.Conv, h: np.ndarray) -> np.ndarray:
+        self.steps.append(("conv", c, h))
+        return conv2d(h, self.p[f"{c.name}.weight"], self.p[f"{c.name}.bias"], c.stride,
+                      c.padding)
+
+    def fire(self, fire: S.Fire, h: np.ndarray) -> np.ndarray:
+        p = self.p
+
+        def conv(c, a):
+            return conv2d(a, p[f"{c.name}.weight"], p[f"{c.name}.bias"], c.stride, c.padding)
+
+        s = relu(conv(fire.squeeze, h))
+        e1, e3 = relu(conv(fire.expand1x1, s)), relu(conv(fire.expand3x3, s))
+        out = np.concatenate([e1, e3], axis=1)
+        if fire.bypass == "identity":
+            out = out + h
+        elif fire.bypass == "conv":
+            out = out + conv(fire.bypass_conv, h)
+        self.steps.append(("fire", fire, (h, s, e1, e3)))
+        return out
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        h = x
+        for layer in self.layers:  # Dropout: off
+            if isinstance(layer, S.Conv):
+                h = self.conv(layer, h)
+            elif isinstance(layer, S.ReLU):
+                h = relu(h)
+                self.steps.append(("relu", layer, h))
+            elif isinstance(layer, S.MaxPool):
+                self.steps.append(("pool", layer, h))
+                h = max_pool_ceil(h, layer)
+            elif isinstance(layer, S.Fire):
+                h = self.fire(layer, h)
+            elif isinstance(layer, S.GlobalAvgPool):
+                self.steps.append(("gap", layer, h.shape))
+                h = h.mean(axis=(2, 3))
+        return h
+
+    def backward(self, dy: np.ndarray) -> dict[str, np.ndarray]:
+        grads: dict[str, np.ndarray] = {}
+        p = self.p
+
+        def conv_back(c: S.Conv, a: np.ndarray, d: np.ndarray) -> np.ndarray:
+            da, grads[f"{c.name}.weight"], grads[f"{c.name}.bias"] = conv2d_backward(
+                a, p[f"{c.name}.weight"], c.stride, c.padding, d)
+            return da
+
+        for kind, layer, saved in reversed(self.steps):
+            if kind == "gap":
+                n, c, height, width = saved
+                dy = np.broadcast_to(dy[:, :, None, None] / (height * width), saved).copy()
+            elif kind == "relu":
+                dy = relu_backward(saved, dy)
+            elif kind == "pool":
+                dy = max_pool_ceil_backward(saved, layer, dy)
+            elif kind == "conv":
+                dy = conv_back(layer, saved, dy)
+            elif kind == "fire":
+                h, s, e1, e3 = saved
+                split = e1.shape[1]
+                de1 = relu_backward(e1, dy[:, :split])
+                de3 = relu_backward(e3, dy[:, split:])
+                ds = conv_back(layer.expand1x1, s, de1) + conv_back(layer.expand3x3, s, de3)
+                dh = conv_back(layer.squeeze, h, relu_backward(s, ds))
+                if layer.bypass == "identity":
+                    dh = dh + dy
+                elif layer.bypass == "conv":
+                    dh = dh + conv_back(layer.bypass_conv, h, dy)
+                dy = dh
+        return grads
+
+
+def loss_and_grads(model: SqueezeNet, x, labels) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean softmax cross-entropy of ``model`` on ``x`` [N,3,H,W] with integer ``labels``
+    [N], and its gradient with respect to every parameter: ``{canonical name: array}``,
+    OIHW, in the model's dtype (dropout off)."""
+    x = as_input(x, model.variant).astype(model.dtype)
+    labels = _labels(labels, len(x), model.variant.num_classes)
+    tape = _Tape(model)
+    loss, dlogits = softmax_cross_entropy(tape.run(x), labels)
+    grads = tape.backward(dlogits)
+    return loss, {name: grads[name] for name in model.variant.params()}
+
+
+def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
+                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
+    """One Caffe SGD step per learning rate in ``lrs`` (see the module docstring), in place;
+    returns the loss before each step and the weights after the last, ``{canonical name:
+    array}`` in the model's dtype."""
+    history = {k: np.zeros_like(v) for k, v in model.params.items()}
+    losses = []
+    for lr in lrs:
+        loss, grads = loss_and_grads(model, x, labels)
+        losses.append(loss)
+        for name, w in model.params.items():
+            history[name] = momentum * history[name] + lr * (grads[name] + weight_decay * w)
+            model.params[name] = w - history[name]
+    return losses, {k: v.copy() for k, v in model.params.items()}
+
+
+def _labels(labels, n: int, classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels: expected {n} integer class indices, got shape "
+                         f"{labels.shape} dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"labels: expected classes in 0..{classes - 1}, got "
+                         f"{labels.min()}..{labels.max()}")
+    return labels.astype(np.int64)
