@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,9 +35,6 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-_ENSURE = threading.Lock()  # one `tox run` at a time: they share tox's package build
-
-
 def run_port(port: str, log=_log) -> str | None:
     """Create the port's tox environment completely and run ``conformance.collect`` there
     (current recorded results are reused, the rest computed).  Returns None, or why the
@@ -46,8 +42,7 @@ def run_port(port: str, log=_log) -> str | None:
     created one at a time, the ports' computations run side by side."""
     env = PORTS[port].env
     try:
-        with _ENSURE:
-            toxenv.ensure(env, log)
+        toxenv.ensure(env, log)
     except toxenv.EnvError as e:
         return str(e)
     start = time.monotonic()

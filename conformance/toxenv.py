@@ -130,9 +130,19 @@ def missing_interpreter(lines: list[str]) -> str | None:
     return None
 
 
+_ENSURE = threading.Lock()  # one `tox run` at a time in this process: they share tox's
+                            # package build (.tox/.pkg)
+
+
 def ensure(env: str, log: Log = _print) -> float:
     """Create tox environment ``env`` completely (deps, the package and its extras) or
-    bring it up to date; returns the seconds it took.  Raises :class:`EnvError`."""
+    bring it up to date; returns the seconds it took.  Raises :class:`EnvError`.  Callers in
+    several threads take turns."""
+    with _ENSURE:
+        return _ensure(env, log)
+
+
+def _ensure(env: str, log: Log) -> float:
     start = time.monotonic()
     log(f"   tox run -e {env} --notest (creates the environment on first use)")
     code, lines = stream(_tox("run", "-e", env, "--notest"), f"building tox env {env!r}", log)

@@ -17,7 +17,8 @@ from .. import spec as S
 from .._predict import as_input
 from ..canonical import Weights, check
 
-__all__ = ["SqueezeNet", "load", "predict", "to_weights", "forward"]
+__all__ = ["SqueezeNet", "load", "predict", "to_weights", "forward", "activations",
+           "loss_and_grads", "train_steps"]
 
 
 class SqueezeNet:
@@ -121,3 +122,7 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
     """Canonical NCHW input -> logits [N, num_classes] as ``model.dtype``."""
     x = as_input(x, model.variant)
     return np.concatenate([forward(model, b) for b in _api.batches(x, batch_size)])
+
+
+from .trace import activations  # noqa: E402  (the uniform API, re-exported)
+from .train import loss_and_grads, train_steps  # noqa: E402
