@@ -1,8 +1,10 @@
-"""Parametrises every ``PortSuite`` subclass over its port's cases."""
+"""Parametrises every ``PortSuite`` subclass over its port's cases, and every ``TraceSuite``
+subclass over its port's dtypes and paths."""
 
 from __future__ import annotations
 
 from conformance import collect, suite
+from conformance.registry import PORTS
 
 
 def pytest_generate_tests(metafunc):
@@ -10,6 +12,11 @@ def pytest_generate_tests(metafunc):
     if cls is not None and issubclass(cls, suite.PortSuite) and "case" in metafunc.fixturenames:
         all_cases = collect.cases(cls.port)
         metafunc.parametrize("case", all_cases, ids=[c.id for c in all_cases])
+    if cls is not None and issubclass(cls, suite.TraceSuite):
+        if "trace_dtype" in metafunc.fixturenames:
+            metafunc.parametrize("trace_dtype", PORTS[cls.port].dtypes)
+        if "trace_path" in metafunc.fixturenames:
+            metafunc.parametrize("trace_path", cls.paths)
 
 
 def pytest_sessionfinish(session, exitstatus):

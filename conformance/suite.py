@@ -12,6 +12,9 @@ the session, for the matrix to gather.
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from . import collect, results
 from .fixtures import SharedDataMissing, skip_missing
 
@@ -54,3 +57,69 @@ class PortSuite:
         if case.kind == "fixture":
             assert r.get("top1_ok", True), f"{what}: wrong top-1; top-5 {r['top5']}"
             assert r.get("top3_ok", True), f"{what}: wrong top-3; top-5 {r['top5']}"
+
+
+# --- the layer trace ------------------------------------------------------------------------
+TRACE_CASES = [("1_0-p1-complex", 227), ("1_1-p0-simple", 224), ("1_1-p1-none", 227)]
+
+
+class TraceSuite:
+    """``activations`` of a port (or engine): the spec's names in order, each agreeing with
+    the float64 NumPy reference within the trace threshold of its dtype, on both paths, and
+    ``predict`` unchanged by the call.
+
+        class TestTorchTrace(TraceSuite):
+            port = "torch"
+    """
+
+    port: str = ""
+    paths = ("fast", "reference")  # a port with one path lists it once
+
+    @pytest.fixture(params=[f"{v}@{s}" for v, s in TRACE_CASES])
+    def case(self, request):
+        from ports import numpy as ref
+        from ports.seeded import seeded_weights
+        from ports.spec import Variant
+
+        from .inputs import inputs
+
+        vid, size = request.param.split("@")
+        weights = seeded_weights(Variant.from_id(vid))
+        x = inputs(int(size), count=2)
+        return weights, x, ref.activations(ref.load(weights), x)
+
+    def test_activations_agree_with_the_reference(self, case, trace_path, trace_dtype):
+        """(``trace_path`` and ``trace_dtype`` range over ``paths`` and the port's dtypes:
+        conformance/conftest.py.)"""
+        from .registry import PORTS
+        from .trace import compare
+
+        path, dtype = trace_path, trace_dtype
+        weights, x, reference = case
+        mod = PORTS[self.port].import_module()
+        model = mod.load(weights, dtype, fast=(path == "fast"))
+        before = np.asarray(mod.predict(model, x.astype(dtype)))
+        acts = mod.activations(model, x.astype(dtype))
+        assert list(acts) == weights.variant.activation_names()
+        for name, a in acts.items():
+            assert isinstance(a, np.ndarray) and a.shape == reference[name].shape, name
+        r = compare(reference, acts, dtype)
+        worst = max(r["layers"].items(), key=lambda kv: kv[1]["max_rel"])
+        assert r["first_divergent"] is None, (
+            f"{self.port} {dtype} {path}: first divergent layer {r['first_divergent']} "
+            f"{r['layers'][r['first_divergent']]} (threshold {r['threshold']:.1e})")
+        assert np.array_equal(np.asarray(mod.predict(model, x.astype(dtype))), before)
+        np.testing.assert_array_equal(acts["logits"], acts["pool10"])
+        assert worst[1]["max_rel"] <= r["threshold"]
+
+    def test_a_subset_of_layers_in_network_order(self, case):
+        from .registry import PORTS
+
+        weights, x, _ = case
+        mod = PORTS[self.port].import_module()
+        model = mod.load(weights, "float32")
+        acts = mod.activations(model, x, ["logits", "pool1"] if "pool1" in
+                               weights.variant.activation_names() else ["logits", "conv1"])
+        assert list(acts) == [n for n in weights.variant.activation_names() if n in acts]
+        with pytest.raises(ValueError, match="not activations of SqueezeNet"):
+            mod.activations(model, x, ["fire1"])

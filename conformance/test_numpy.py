@@ -5,7 +5,7 @@ import numpy as np
 
 from conformance import golden
 from conformance.inputs import SIZES, digest
-from conformance.suite import PortSuite
+from conformance.suite import PortSuite, TraceSuite
 from ports.spec import Variant
 
 
@@ -19,3 +19,8 @@ def test_golden_inputs_and_weights_are_the_recorded_ones():
             for size in SIZES:
                 assert str(data[f"inputs{size}"]) == digest(size), (vid, size)
             assert str(data["weights"]) == golden.weights_digest(Variant.from_id(vid)), vid
+
+
+class TestNumpyTrace(TraceSuite):
+    port = "numpy"
+    paths = ("reference",)  # the oracle has one path

@@ -8,7 +8,7 @@ from conformance import golden
 from conformance.engines import onnxruntime as ortengine
 from conformance.harness import assert_agrees, tolerance
 from conformance.inputs import inputs
-from conformance.suite import PortSuite
+from conformance.suite import PortSuite, TraceSuite
 from ports.formats import onnx as onnx_format
 from ports.seeded import seeded_weights
 from ports.spec import Variant, all_variants
@@ -79,3 +79,25 @@ def test_bench_runs_the_reference_worker(tmp_path, monkeypatch):
         assert rec["gflops"] == pytest.approx(rec["images_per_s"] * 2 * 349_151_936 / 1e9)
         assert rec["fraction_of_peak"] == pytest.approx(
             rec["gflops"] / result["machine"]["peak_gflops"])
+
+
+class TestOnnxTrace(TraceSuite):
+    """Intermediate outputs requested from the engine itself (see its ``activations``)."""
+
+    port = "onnxruntime"
+    paths = ("fast",)  # the engine's own (optimised) graph, with the traced outputs kept
+
+
+def test_marking_intermediate_outputs_moves_no_logit():
+    """What the trace reports about the engine: marking every traced output leaves the
+    logits where they were, up to float32 rounding."""
+    from conformance.inputs import inputs
+    from conformance.registry import PORTS
+    from ports.seeded import seeded_weights
+    from ports.spec import Variant
+
+    mod = PORTS["onnxruntime"].import_module()
+    model = mod.load(seeded_weights(Variant.from_id("1_0-p1-complex")))
+    effect = mod.marking_effect(model, inputs(227, count=2))
+    assert effect["marked_logits_max_abs"] <= 1e-4 and effect["note"]
+

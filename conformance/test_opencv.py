@@ -9,7 +9,7 @@ from conformance import golden  # noqa: E402
 from conformance.fixtures import CAFFE_REAL, shared_or_skip
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
-from conformance.suite import PortSuite  # noqa: E402
+from conformance.suite import PortSuite, TraceSuite  # noqa: E402
 from ports.formats import caffe, read  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant  # noqa: E402
@@ -61,3 +61,25 @@ def test_bypass_prototxt_runs_in_opencv(tmp_path, vid):
     logits = _forward(caffe.prototxt_path(path), path, inputs(227)[:2])
     atol, rtol = tolerance("opencv", "float32")
     assert_agrees(logits, golden.load(vid, 227)[:2], atol, rtol, f"OpenCV {vid}")
+
+
+class TestOpenCVTrace(TraceSuite):
+    """Intermediate outputs requested from the engine itself (see its ``activations``)."""
+
+    port = "opencv"
+    paths = ("fast",)  # the engine's own (optimised) graph, with the traced outputs kept
+
+
+def test_marking_intermediate_outputs_moves_no_logit():
+    """What the trace reports about the engine: marking every traced output leaves the
+    logits where they were, up to float32 rounding."""
+    from conformance.inputs import inputs
+    from conformance.registry import PORTS
+    from ports.seeded import seeded_weights
+    from ports.spec import Variant
+
+    mod = PORTS["opencv"].import_module()
+    model = mod.load(seeded_weights(Variant.from_id("1_0-p1-complex")))
+    effect = mod.marking_effect(model, inputs(227, count=2))
+    assert effect["marked_logits_max_abs"] <= 1e-4 and effect["note"]
+

@@ -4,11 +4,16 @@
 
 import torch  # noqa: F401  (the torch environment runs this module)
 
-from conformance.suite import PortSuite  # noqa: E402
+from conformance.suite import PortSuite, TraceSuite  # noqa: E402
 
 
 class TestTorch(PortSuite):
     port = "torch"
+
+
+class TestTorchTrace(TraceSuite):
+    port = "torch"
+    paths = ("reference",)  # its faster modes are the bench's wrappers of this module
 
 
 # --- the .pth and ONNX codecs against real torch (issue 8) ---------------------------------

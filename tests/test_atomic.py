@@ -215,7 +215,7 @@ WRITE_LIMITED = f"""
 import resource, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
 from ports import formats
-from ports.fuzz import quantized
+from conformance.fuzz.seeds import quantized
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 weights = quantized(seeded_weights(Variant("1_1", 10)))  # every codec can store these
@@ -263,7 +263,7 @@ def test_every_writer_fails_without_touching_the_destination(tmp_path, name, pre
 
 @pytest.mark.parametrize("name", _writable_formats())
 def test_every_writer_keeps_an_existing_file_unless_overwrite(tmp_path, name):
-    from ports.fuzz import quantized
+    from conformance.fuzz.seeds import quantized
     from ports.seeded import seeded_weights
     from ports.spec import Variant
 

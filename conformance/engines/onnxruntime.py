@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from ports import _api
+from ports import spec as S
 from ports._predict import as_input
-from ports.canonical import Weights
 from ports.formats import onnx as onnx_format
 from ports.spec import Variant
 
-__all__ = ["load", "predict", "session"]
+__all__ = ["load", "predict", "session", "activations", "marking_effect", "activation_tensors"]
 
 
 @dataclass
@@ -29,6 +30,7 @@ class OrtModel:
     session: ort.InferenceSession
     input_name: str
     output_name: str
+    proto: object = None  # the onnx.ModelProto the session runs
 
 
 def session(onnx_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
@@ -44,23 +46,89 @@ def session(onnx_bytes: bytes, threads: int | None = None) -> ort.InferenceSessi
                                 providers=["CPUExecutionProvider"])
 
 
-def load(source, dtype: str = "float32") -> OrtModel:
-    """An ORT model from a weights file of any supported format, or :class:`Weights`."""
+def load(source, dtype: str = "float32", *, variant=None, fast: bool = True) -> OrtModel:
+    """An ORT model from a weights file of any supported format, or :class:`Weights`
+    (``fast``: ORT's graph optimisations are always on)."""
     if np.dtype(dtype) != np.float32:
         raise ValueError(f"onnxruntime engine: dtype {dtype!r} not supported (float32 only)")
-    from ports.formats import read
-
-    weights = source if isinstance(source, Weights) else read(source)
-    sess = session(onnx_format.encode(weights))
+    weights = _api.weights(source, variant)
+    model = onnx_format.build(weights)
+    sess = session(model.SerializeToString())
     return OrtModel(weights.variant, sess, sess.get_inputs()[0].name,
-                    sess.get_outputs()[0].name)
+                    sess.get_outputs()[0].name, model)
 
 
-def predict(model: OrtModel, x, batch_size: int = 32) -> np.ndarray:
+def predict(model: OrtModel, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
     """Canonical NCHW input -> float32 logits ``[N, classes]``."""
     x = as_input(x, model.variant)
-    outs = []
-    for i in range(0, len(x), batch_size):
-        chunk = np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)
-        outs.append(model.session.run([model.output_name], {model.input_name: chunk})[0])
-    return np.concatenate(outs, axis=0)
+    return np.concatenate([
+        model.session.run([model.output_name],
+                          {model.input_name: np.ascontiguousarray(b, dtype=np.float32)})[0]
+        for b in _api.batches(x, batch_size)])
+
+
+# --- the layer trace ----------------------------------------------------------------------
+def activation_tensors(variant: Variant) -> dict[str, str]:
+    """Activation name -> the tensor of our ONNX export that holds it (the exporter names
+    each node's output: ``relu1`` for conv1 after its ReLU, ``fire2.squeeze.relu``,
+    ``fire2.concat`` or ``fire2.add``, ``pool10`` [N,C,1,1], ``logits``)."""
+    out = {}
+    for layer in variant.layers():
+        if isinstance(layer, S.ReLU):
+            out[layer.of] = layer.name
+        elif isinstance(layer, S.MaxPool):
+            out[layer.name] = layer.name
+        elif isinstance(layer, S.Fire):
+            for c in (layer.squeeze, layer.expand1x1, layer.expand3x3):
+                out[c.name] = f"{c.name}.relu"
+            if layer.bypass_conv is not None:
+                out[layer.bypass_conv.name] = layer.bypass_conv.name
+            out[layer.name] = f"{layer.name}.{'concat' if layer.bypass is None else 'add'}"
+        elif isinstance(layer, S.GlobalAvgPool):
+            out[layer.name] = layer.name
+    out["logits"] = onnx_format.OUTPUT
+    return out
+
+
+def _marked(model: OrtModel, names: list[str]) -> ort.InferenceSession:
+    """A session on a copy of the graph whose intermediate tensors are graph outputs too.
+    ORT cannot fuse a node whose output leaves the graph, so this runs the unfused graph."""
+    from onnx import TensorProto, helper
+
+    proto = type(model.proto)()
+    proto.CopyFrom(model.proto)
+    tensors = activation_tensors(model.variant)
+    present = {o for node in proto.graph.node for o in node.output}
+    missing = [n for n in names if tensors[n] not in present]
+    if missing:  # the exporter and this table disagree: a bug, said plainly
+        raise RuntimeError(f"ONNX graph lacks the tensors of {missing}")
+    outputs = {o.name for o in proto.graph.output}
+    for name in names:
+        if tensors[name] not in outputs:
+            proto.graph.output.append(
+                helper.make_tensor_value_info(tensors[name], TensorProto.FLOAT, None))
+            outputs.add(tensors[name])
+    return session(proto.SerializeToString())
+
+
+def activations(model: OrtModel, x, layers=None) -> dict[str, np.ndarray]:
+    """``{name: array}`` as ORT computes them, the intermediate tensors marked as outputs
+    (see :func:`_marked`: the unfused graph)."""
+    names = _api.activation_names(model.variant, layers)
+    x = np.ascontiguousarray(as_input(x, model.variant), dtype=np.float32)
+    tensors = activation_tensors(model.variant)
+    sess = _marked(model, names)
+    wanted = list(dict.fromkeys(tensors[n] for n in names))
+    values = dict(zip(wanted, sess.run(wanted, {model.input_name: x})))
+    return {n: values[tensors[n]].reshape(len(x), -1) if n == "pool10" else values[tensors[n]]
+            for n in names}
+
+
+def marking_effect(model: OrtModel, x) -> dict:
+    """How far the logits move when every intermediate tensor is marked as an output."""
+    x = np.ascontiguousarray(as_input(x, model.variant), dtype=np.float32)
+    sess = _marked(model, model.variant.activation_names())
+    marked = sess.run([model.output_name], {model.input_name: x})[0]
+    plain = model.session.run([model.output_name], {model.input_name: x})[0]
+    return {"note": "intermediate tensors marked as graph outputs: ORT runs the unfused graph",
+            "marked_logits_max_abs": float(np.abs(marked - plain).max())}

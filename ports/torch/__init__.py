@@ -22,7 +22,7 @@ from ..canonical import Weights, check
 from ..errors import WeightsError
 from ..formats.torch import key_table, sequential_groups
 
-__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights"]
+__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights", "activations"]
 
 
 def _conv(c: S.Conv) -> nn.Conv2d:
@@ -124,3 +124,6 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
     with torch.inference_mode():
         return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(b)).to(dtype))
                                .numpy() for b in _api.batches(x, batch_size)])
+
+
+from .trace import activations  # noqa: E402  (the uniform API, re-exported)
