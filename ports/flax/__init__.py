@@ -1,245 +1,150 @@
 """SqueezeNet in Flax NNX (JAX), built from :mod:`ports.spec`.
 
-NHWC activations, HWIO kernels, explicit padding on every convolution (Flax's default is
-``SAME``, which would change conv1's geometry), Caffe's ceil-mode max pooling done exactly
-(bottom/right padded with ``-inf``, then a ``VALID`` window: pool inputs can be negative
-after a complex bypass, so zero padding would not do), ``final_conv_padding`` and bypass
-variants honoured, float32 or float64 (float64 needs ``JAX_ENABLE_X64=1``).
-
-The NNX state's paths are the codec's key paths (:mod:`ports.formats.flax`): e.g.
-``fire2/squeeze/kernel`` is canonical ``fire2.squeeze.weight`` in HWIO.
+NHWC, HWIO kernels, explicit padding on every convolution (Flax's default ``SAME`` would
+change conv1's geometry), Caffe's ceil-mode max pool (``-inf`` padding: pool inputs can be
+negative after a complex bypass), float32 or float64 (``JAX_ENABLE_X64=1``).  NNX state paths
+are the codec's: ``fire2/squeeze/kernel`` is canonical ``fire2.squeeze.weight`` (HWIO).
+``conv``/``pool`` are parameters, as in Flax's ImageNet example: :mod:`.fast` passes its own.
 
     >>> from ports.flax import SqueezeNet, load, predict
     >>> model = load("w.safetensors")               # architecture from the metadata
     >>> logits = predict(model, x)                  # [N,3,H,W] NCHW -> [N, classes] NumPy
-
-``predict`` runs one ``jax.jit``-compiled pure function of (graph definition, state,
-input); it is traced once per (architecture, dtype, batch shape) and reused afterwards,
-for every model of that architecture.  :func:`trace_count` says how often it was traced.
 """
 
 from __future__ import annotations
 
-import functools
+from functools import partial
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from .. import _api
 from .. import spec as S
 from .._predict import as_input
-from ..canonical import Weights, check, make
+from ..canonical import Weights, check
 from ..errors import WeightsError
-from ..formats.flax import from_state, key_table, to_state
+from ..formats.flax import from_state, to_state
 from ..layouts import nchw_to_nhwc
-from ..spec import Variant
 
-__all__ = ["SqueezeNet", "Fire", "Conv", "load", "predict", "to_weights", "trace_count",
-           "max_pool_ceil", "key_table"]
+__all__ = ["SqueezeNet", "Fire", "max_pool", "load", "predict", "to_weights", "jitted"]
 
-_PRECISION = jax.lax.Precision.HIGHEST  # no reduced-precision (TF32/bf16) passes on GPU/TPU
+PRECISION = jax.lax.Precision.HIGHEST  # no reduced-precision (TF32/bf16) passes on GPU/TPU
 
 
-def _dtype(dtype) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected float32 or float64, got {dt}")
-    if dt == np.float64 and not jax.config.jax_enable_x64:
-        raise RuntimeError("float64 in JAX needs 64-bit mode: set JAX_ENABLE_X64=1 before "
-                           "importing jax (or jax.config.update('jax_enable_x64', True))")
-    return dt
-
-
-class Conv(nnx.Conv):
-    """``nnx.Conv`` (same ``kernel`` [kh, kw, in, out] and ``bias`` parameters) whose 1x1,
-    stride-1, unpadded case is the matrix product ``[N,H,W,in] @ [in,out]``: XLA:CPU runs
-    that 2-8x faster than its own 1x1 convolution (measured for every SqueezeNet 1x1 shape,
-    batch 32, 2 cores; ``conformance/bench.py``).  Every other case is ``nnx.Conv``."""
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self._pointwise:
-            y = jnp.matmul(x, self.kernel[...][0, 0], precision=_PRECISION)
-            return y + self.bias[...] if self.bias is not None else y
-        return super().__call__(x)
-
-    @property
-    def _pointwise(self) -> bool:
-        return (tuple(self.kernel_size) == (1, 1) and self.strides in (1, (1, 1))
-                and self.padding in (((0, 0), (0, 0)), "VALID") and self.feature_group_count == 1
-                and self.input_dilation in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1)))
-
-
-def _conv(c: S.Conv, dtype: np.dtype, rngs: nnx.Rngs) -> Conv:
-    """A spec convolution as :class:`Conv`: HWIO kernel [k, k, in, out], explicit padding."""
-    pad = (c.padding, c.padding)
-    return Conv(c.in_channels, c.out_channels, kernel_size=(c.kernel, c.kernel),
-                strides=(c.stride, c.stride), padding=(pad, pad), dtype=dtype,
-                param_dtype=dtype, precision=_PRECISION, rngs=rngs)
-
-
-def _relu(x: jax.Array) -> jax.Array:
-    return jnp.maximum(x, 0)
-
-
-def max_pool_ceil(x: jax.Array, pool: S.MaxPool) -> jax.Array:
-    """[N,H,W,C] -> [N,H',W',C] with H' = ``pool.out_size(H)`` (rounded up, Caffe).
-
-    The bottom/right edge is padded with -inf where the last window needs it (v1.1 at
-    224 never does; at 227 every pool does), so padded cells never win, whatever the
-    sign of the input; the maximum is then taken over the ``k*k`` strided views of the
-    window offsets, which XLA:CPU fuses into one pass (~3x faster than its
-    ``lax.reduce_window``)."""
-    eh, ew = pool.ceil_extra(x.shape[1]), pool.ceil_extra(x.shape[2])
-    if eh or ew:
-        x = jnp.pad(x, ((0, 0), (0, eh), (0, ew), (0, 0)), constant_values=-jnp.inf)
-    k, s = pool.kernel, pool.stride
-    ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
-    views = [x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
-             for i in range(k) for j in range(k)]
-    return functools.reduce(jnp.maximum, views)
+def max_pool(x: jax.Array, pool: S.MaxPool) -> jax.Array:  # [N,H,W,C] -> [N,H',W',C]
+    """Max pool, output size rounded up (Caffe): the bottom/right edge is padded where the
+    last window needs it, with -inf (``nnx.max_pool``'s initial value), which never wins."""
+    pad = ((0, pool.ceil_extra(x.shape[1])), (0, pool.ceil_extra(x.shape[2])))
+    return nnx.max_pool(x, (pool.kernel,) * 2, strides=(pool.stride,) * 2, padding=pad)
 
 
 class Fire(nnx.Module):
-    """squeeze -> ReLU -> [expand1x1 -> ReLU, expand3x3 -> ReLU] concatenated on channels
-    (expand1x1 first), plus the optional bypass (identity or 1x1 conv), added after the
-    concatenation with no ReLU after the sum."""
+    """squeeze+ReLU -> concat(expand1x1+ReLU, expand3x3+ReLU), + optional bypass (no ReLU)."""
 
-    def __init__(self, fire: S.Fire, *, dtype: np.dtype, rngs: nnx.Rngs) -> None:
-        self.squeeze = _conv(fire.squeeze, dtype, rngs)
-        self.expand1x1 = _conv(fire.expand1x1, dtype, rngs)
-        self.expand3x3 = _conv(fire.expand3x3, dtype, rngs)
+    def __init__(self, fire: S.Fire, conv: Callable[[S.Conv], nnx.Conv]) -> None:
+        self.squeeze = conv(fire.squeeze)
+        self.expand1x1 = conv(fire.expand1x1)
+        self.expand3x3 = conv(fire.expand3x3)
         self.identity_bypass = fire.bypass == "identity"
-        if fire.bypass_conv is not None:
-            self.bypass = _conv(fire.bypass_conv, dtype, rngs)
+        self.bypass = conv(fire.bypass_conv) if fire.bypass_conv is not None else None
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [N,H,W,C] -> [N,H,W,C']
-        s = _relu(self.squeeze(x))
-        out = jnp.concatenate([_relu(self.expand1x1(s)), _relu(self.expand3x3(s))], axis=-1)
+        s = nnx.relu(self.squeeze(x))
+        out = jnp.concatenate([nnx.relu(self.expand1x1(s)), nnx.relu(self.expand3x3(s))], -1)
         if self.identity_bypass:
             out = out + x
-        elif hasattr(self, "bypass"):
+        elif self.bypass is not None:
             out = out + self.bypass(x)
         return out
 
 
-def _per_image_head(layers) -> int:
-    """How many leading layers run image by image on CPU: through the second max pool.
-
-    Those layers carry the large activations (conv1's output alone is 3 MB per image at
-    224, 100 MB at batch 32).  Batched, XLA:CPU streams each of them through memory
-    between its convolution, ReLU, pooling and concatenation kernels; mapped over the
-    images (``lax.map``) they stay in cache.  Measured for 1_1 at batch 32 on 2 cores:
-    302 -> 214 ms per batch; results are bit-identical.  Later layers run batched."""
-    return S.through_pool(layers, 2)
-
-
 class SqueezeNet(nnx.Module):
-    """SqueezeNet for any :class:`ports.spec.Variant`, interpreting ``Variant.layers()``.
+    """SqueezeNet for any :class:`ports.spec.Variant`, interpreting ``Variant.layers()``;
+    submodules are named after the spec's layers (``conv1``, ``fire2`` ... ``conv10``).
+    Parameters start as Flax's defaults drawn from ``rngs`` (default ``nnx.Rngs(0)``)."""
 
-    Submodules are named after the spec's layers (``conv1``, ``fire2`` ... ``fire9``,
-    ``conv10``); ``__call__`` takes NHWC input and returns logits ``[N, classes]``.
-    Parameters are initialised with Flax's defaults (``rngs``, default ``nnx.Rngs(0)``);
-    load real ones with :meth:`load_weights` or :func:`load`."""
-
-    def __init__(self, version: str = "1_1", num_classes: int = 1000,
-                 final_conv_padding: int = 0, bypass: str = "none", *,
-                 dtype="float32", rngs: nnx.Rngs | None = None) -> None:
-        self.variant = Variant(version, num_classes, final_conv_padding, bypass)
-        self.dtype = _dtype(dtype)
+    def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
+                 bypass: str = "none", *, dtype="float32", rngs: nnx.Rngs | None = None,
+                 conv: Callable[..., nnx.Conv] = nnx.Conv, pool: Callable = max_pool) -> None:
+        self.variant = _api.variant(version, num_classes, final_conv_padding, bypass)
+        self.dtype = _api.dtype(dtype)
+        if self.dtype == np.float64 and not jax.config.jax_enable_x64:
+            raise RuntimeError("float64 in JAX needs JAX_ENABLE_X64=1 (before importing jax)")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
+
+        def spec_conv(c: S.Conv) -> nnx.Conv:  # HWIO kernel [k, k, in, out], explicit padding
+            return conv(c.in_channels, c.out_channels, (c.kernel, c.kernel), (c.stride, c.stride),
+                        padding=((c.padding, c.padding),) * 2, dtype=self.dtype,
+                        param_dtype=self.dtype, precision=PRECISION, rngs=rngs)
+
+        self.pool = pool
         for layer in self.variant.layers():
             if isinstance(layer, S.Conv):
-                setattr(self, layer.name, _conv(layer, self.dtype, rngs))
+                setattr(self, layer.name, spec_conv(layer))
             elif isinstance(layer, S.Fire):
-                setattr(self, layer.name, Fire(layer, dtype=self.dtype, rngs=rngs))
+                setattr(self, layer.name, Fire(layer, spec_conv))
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [N,H,W,3] -> [N, classes]
-        h = x.astype(self.dtype)
-        layers = self.variant.layers()
-        head = _per_image_head(layers) if h.shape[0] > 1 and jax.default_backend() == "cpu" else 0
-        if head:  # [N,H,W,3] -> [N,H',W',C], one image at a time
-            h = jax.lax.map(lambda xi: self._layers(layers[:head], xi[None])[0], h)
-        return self._layers(layers[head:], h)
+        return self.run(self.variant.layers(), x.astype(self.dtype))
 
-    def _layers(self, layers, h: jax.Array) -> jax.Array:
+    def run(self, layers: list[S.Layer], h: jax.Array) -> jax.Array:
+        """Apply ``layers`` (consecutive ones of ``Variant.layers()``) to NHWC ``h``."""
         for layer in layers:
             if isinstance(layer, (S.Conv, S.Fire)):
                 h = getattr(self, layer.name)(h)
             elif isinstance(layer, S.ReLU):
-                h = _relu(h)
+                h = nnx.relu(h)
             elif isinstance(layer, S.MaxPool):
-                h = max_pool_ceil(h, layer)
-            elif isinstance(layer, S.Dropout):
-                pass  # identity at inference
+                h = self.pool(h, layer)
             elif isinstance(layer, S.GlobalAvgPool):
-                h = jnp.mean(h, axis=(1, 2))
-            else:  # pragma: no cover - the spec has no other layer kinds
-                raise TypeError(f"unknown layer {layer!r}")
+                h = jnp.mean(h, axis=(1, 2))  # [N,H,W,C] -> [N,C]
+            # S.Dropout: the identity at inference
         return h
 
     def load_weights(self, weights: Weights) -> SqueezeNet:
         """Copy canonical weights in (strict: every name and shape checked first)."""
         check(weights, self.variant)
         state = to_state(weights, dtype=self.dtype)
-        ours = nnx.to_pure_dict(nnx.state(self, nnx.Param))
-        if _paths(state) != _paths(ours):  # the key table and the module disagree: a bug
-            raise WeightsError(f"flax paths differ: {sorted(_paths(state) ^ _paths(ours))}")
+        paths = set(nnx.traversals.flatten_mapping(state))
+        ours = set(nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(self, nnx.Param))))
+        if paths != ours:  # the codec's key table and the module disagree: a bug
+            raise WeightsError(f"flax paths differ: {sorted(map('/'.join, paths ^ ours))}")
         nnx.update(self, state)
         return self
 
 
-def _paths(tree: dict, prefix: str = "") -> set[str]:
-    out: set[str] = set()
-    for k, v in tree.items():
-        p = f"{prefix}/{k}" if prefix else str(k)
-        out |= _paths(v, p) if isinstance(v, dict) else {p}
-    return out
-
-
-def to_weights(model: SqueezeNet, *, preprocessing: str = "torchvision",
-               source: str = "ports.flax") -> Weights:
+def to_weights(model: SqueezeNet, *, preprocessing: str = "none",
+               source: str | None = None) -> Weights:
     """The model's parameters as canonical float32 weights."""
     state = jax.tree_util.tree_map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    tensors = from_state(state, model.variant.to_meta()).tensors
-    return make(tensors, model.variant, preprocessing=preprocessing, source=source)
+    return _api.to_weights(from_state(state, model.variant.to_meta()).tensors, model.variant,
+                           "flax", preprocessing=preprocessing, source=source)
 
 
-def load(source, dtype: str = "float32") -> SqueezeNet:
-    """Model from a weights file of any supported format, or :class:`Weights`."""
-    from ..formats import read
+def load(source, dtype="float32", *, variant=None, fast: bool = True) -> SqueezeNet:
+    """Model from any supported weights file or :class:`Weights`; ``fast``: :mod:`.fast`."""
+    from . import fast as tuned
 
-    weights = source if isinstance(source, Weights) else read(source)
-    v = weights.variant
-    model = SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass, dtype=dtype)
-    return model.load_weights(weights)
-
-
-# --- jit-compiled inference -------------------------------------------------------------------
-_traces = {"forward": 0}
+    build = tuned.SqueezeNet if fast else SqueezeNet
+    return _api.load(lambda v, dt: build(v, dtype=dt), SqueezeNet.load_weights, source,
+                     dtype, variant)
 
 
-def trace_count() -> int:
-    """How many times the jitted forward has been traced (compiled) in this process."""
-    return _traces["forward"]
-
-
-def _apply(graphdef, state, x: jax.Array) -> jax.Array:
-    _traces["forward"] += 1  # Python side effect: runs only while tracing
+@partial(jax.jit, static_argnums=0)  # cached per (graphdef: the architecture, avals)
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
     return nnx.merge(graphdef, state)(x)
 
 
-# One compiled function per (graph definition, state shapes/dtypes, input shape/dtype):
-# jax.jit's cache keys on the hashable graphdef (equal for equal architectures) and avals.
-_forward = jax.jit(_apply, static_argnums=0)
+def jitted(model: SqueezeNet) -> Callable[[jax.Array], jax.Array]:
+    """``model`` as a ``jax.jit`` function of NHWC device arrays, shared by equal models."""
+    return partial(_forward, *nnx.split(model))
 
 
-def predict(model: SqueezeNet, x, batch_size: int = 32) -> np.ndarray:
+def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
     """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype."""
-    x = as_input(x, model.variant)
-    x = nchw_to_nhwc(x.astype(model.dtype, copy=False))  # [N,3,H,W] -> [N,H,W,3]
-    graphdef, state = nnx.split(model)
-    outs = [np.asarray(_forward(graphdef, state, jnp.asarray(x[i:i + batch_size])))
-            for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0)
-
+    x = nchw_to_nhwc(as_input(x, model.variant).astype(model.dtype, copy=False))
+    run = jitted(model)
+    return np.concatenate([np.asarray(run(jnp.asarray(b))) for b in _api.batches(x, batch_size)])
