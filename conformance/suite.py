@@ -62,6 +62,39 @@ class PortSuite:
 # --- the layer trace ------------------------------------------------------------------------
 TRACE_CASES = [("1_0-p1-complex", 227), ("1_1-p0-simple", 224), ("1_1-p1-none", 227)]
 
+def _mistake(weights, bug: str):
+    """(weights, input transform, expected first divergent layer) of a porting mistake that
+    lives in the weights or the input (``TraceSuite.test_porting_mistakes_are_named``)."""
+    from ports.canonical import Weights
+    from ports.spec import Variant
+
+    tensors = {k: v.copy() for k, v in weights.tensors.items()}
+    keep, meta = (lambda x: x), dict(weights.meta)
+    if bug == "flipped 3x3 kernel":      # correlation vs convolution, one layer
+        tensors["fire5.expand3x3.weight"] = tensors["fire5.expand3x3.weight"][:, :, ::-1, ::-1]
+        where = "fire5.expand3x3"
+    elif bug == "kernel h and w swapped":  # OIHW -> HWIO written as a wrong transpose
+        tensors["fire6.expand3x3.weight"] = tensors["fire6.expand3x3.weight"].transpose(
+            0, 1, 3, 2)
+        where = "fire6.expand3x3"
+    elif bug == "bias dropped":
+        tensors["fire4.squeeze.bias"] = np.zeros_like(tensors["fire4.squeeze.bias"])
+        where = "fire4.squeeze"
+    elif bug == "conv10 padding 0 for 1":
+        v = weights.variant
+        meta.update(Variant(v.version, v.num_classes, 0, v.bypass).to_meta())
+        where = "conv10"
+    elif bug == "RGB fed where BGR is expected":
+        keep, where = (lambda x: x[:, ::-1].copy()), "conv1"
+    else:  # pragma: no cover
+        raise KeyError(bug)
+    return Weights({k: np.ascontiguousarray(v) for k, v in tensors.items()}, meta), keep, where
+
+
+MISTAKES = ("flipped 3x3 kernel", "kernel h and w swapped", "bias dropped",
+            "conv10 padding 0 for 1", "RGB fed where BGR is expected")
+
+
 
 class TraceSuite:
     """``activations`` of a port (or engine): the spec's names in order, each agreeing with
@@ -123,3 +156,24 @@ class TraceSuite:
         assert list(acts) == [n for n in weights.variant.activation_names() if n in acts]
         with pytest.raises(ValueError, match="not activations of SqueezeNet"):
             mod.activations(model, x, ["fire1"])
+
+    @pytest.mark.parametrize("bug", MISTAKES)
+    def test_porting_mistakes_are_named(self, bug):
+        """A mistake made in the weights or the input, traced through this port: the first
+        divergent layer is exactly the layer the mistake enters (1_0-p1-complex at 227)."""
+        from ports import numpy as ref
+        from ports.seeded import seeded_weights
+        from ports.spec import Variant
+
+        from .inputs import inputs
+        from .registry import PORTS
+        from .trace import compare
+
+        weights = seeded_weights(Variant.from_id("1_0-p1-complex"))
+        x = inputs(227, count=2)
+        reference = ref.activations(ref.load(weights), x)
+        wrong, feed, where = _mistake(weights, bug)
+        mod = PORTS[self.port].import_module()
+        dtype = PORTS[self.port].dtypes[0]
+        acts = mod.activations(mod.load(wrong, dtype), feed(x).astype(dtype))
+        assert compare(reference, acts, dtype)["first_divergent"] == where
