@@ -1,10 +1,13 @@
-"""A short mutation-fuzz run of every reader (``tools/fuzz`` runs the long ones), and
-property tests of the safetensors decoder and of the fuzz engine itself."""
+"""A short run of the home-made mutation engine (``tools/fuzz``'s default) over every reader
+(``tools/fuzz`` runs the long ones; ``conformance/test_fuzz_atheris.py`` tests the atheris
+engine in ``tox -e fuzz``), the rules both engines judge cases by, property tests of the
+safetensors decoder, and the command line."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -16,7 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ports import formats, fuzz
+from conformance import fuzz
+from conformance.fuzz import atheris_engine, outcome
+from ports import formats
 from ports.errors import WeightsError
 from ports.formats import safetensors
 
@@ -133,16 +138,95 @@ def test_the_engine_reports_crashes_hangs_and_memory_blowups(tmp_path, monkeypat
 
 
 def test_tools_fuzz_command_line(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz"), "safetensors",
-                        "--cases", "20", "--seed", "1", "--out", str(tmp_path), "--progress", "0"],
+    tool = [sys.executable, str(ROOT / "tools" / "fuzz")]
+    r = subprocess.run([*tool, "safetensors", "--cases", "20",
+                        "--seed", "1", "--out", str(tmp_path), "--progress", "0"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "safetensors: 20 cases" in r.stdout and "0 crashes" in r.stdout
-    summary = json.loads((tmp_path / "summary-safetensors-s1.json").read_text())
+    summary = json.loads((tmp_path / "summary-safetensors-mutation-s1.json").read_text())
     assert summary["cases"] == 20 and summary["crashes"] == []
-    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz"), "nonsense"],
-                         capture_output=True, text=True, timeout=60)
+    assert summary["engine"] == "mutation"
+    bad = subprocess.run([*tool, "nonsense"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown format" in bad.stderr
+    if atheris_engine.available() is not None:  # one line that says where atheris is
+        r = subprocess.run([*tool, "safetensors", "--engine", "atheris", "--cases", "1",
+                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "atheris is not installed" in r.stderr, r.stderr
+        assert "tox -e fuzz" in r.stderr
+
+
+def test_the_fuzzer_is_not_part_of_the_installed_package():
+    """The fuzzer lives with the conformance code; nothing in ports/ imports it."""
+    assert not (ROOT / "ports" / "fuzz.py").exists()
+    assert not (ROOT / "ports" / "cli" / "fuzz.py").exists()
+    imports = re.compile(r"^\s*(from|import)\s+(conformance|\.+fuzz|ports\.fuzz)\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "ports").rglob("*.py")
+                 if imports.search(p.read_text())]
+    assert not offenders, offenders
+
+
+# --- how a case is judged (both engines) -------------------------------------------------------
+def _raised(e: BaseException) -> BaseException:
+    try:
+        raise e
+    except BaseException as caught:  # noqa: BLE001 - to get a traceback
+        return caught
+
+
+def test_a_weights_error_is_a_rejection_and_anything_else_a_crash():
+    r = outcome.classify(_raised(WeightsError("bad header 12", path="x", format="f")))
+    assert r == {"status": "rejected", "cls": "bad header N", "msg": "x (f): bad header 12"}
+    assert not outcome.is_crash(WeightsError("bad"))
+    for e, kind in ((IndexError("i"), "exception"), (MemoryError(), "memory"),
+                    (outcome.CaseTimeout("late"), "timeout")):
+        r = outcome.classify(_raised(e))
+        assert r["status"] == "crash" and r["kind"] == kind and r["tb"], r
+        assert outcome.is_crash(e)
+
+
+def test_a_memory_error_turned_into_a_weights_error_is_still_a_crash():
+    def reader():
+        try:
+            raise MemoryError("4 GiB")
+        except MemoryError as e:
+            raise WeightsError("cannot read") from e
+
+    e = _raised_by(reader)
+    assert outcome.is_crash(e)
+    r = outcome.classify(e)
+    assert r["kind"] == "memory" and "MemoryError" in r["tb"]
+
+
+def _raised_by(f) -> BaseException:
+    try:
+        f()
+    except BaseException as e:  # noqa: BLE001
+        return e
+    raise AssertionError("did not raise")
+
+
+def test_an_atheris_crash_file_is_renamed_noted_and_replayable(tmp_path):
+    """libFuzzer's ``crash-SHA1`` becomes ``FORMAT-atheris-KIND-SHA{ext}`` with a note that
+    says how to replay it, and ``tools/fuzz --replay`` reads it like any case (this needs
+    no atheris: the file is only bytes)."""
+    crashes = tmp_path / "crashes"
+    crashes.mkdir()
+    artifact = crashes / "safetensors-atheris-crash-0123"
+    artifact.write_bytes(b"\x08" + bytes(7) + b"{}")
+    crash = {"artifact": str(artifact), "kind": "exception", "case": 7, "log": "LOG",
+             "msg": "IndexError: planted", "tb": 'File "/x/safetensors.py", line 3, in read'}
+    record = atheris_engine._keep_crash("safetensors", ".safetensors", crash, crashes, {}, 0)
+    kept = Path(record["file"])
+    assert kept.parent == crashes and kept.name.startswith("safetensors-atheris-exception-")
+    assert kept.suffix == ".safetensors" and not artifact.exists()
+    assert record["signature"] == "exception|IndexError|safetensors.py:3"
+    note = (crashes / (kept.name[:-len(".safetensors")] + ".txt")).read_text()
+    assert f"replay: tools/fuzz safetensors --replay {kept}" in note
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz"), "safetensors",
+                        "--replay", str(kept), "--out", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and '"status": "rejected"' in r.stdout, r.stdout + r.stderr
 
 
 # --- safetensors: properties ------------------------------------------------------------------
