@@ -136,6 +136,7 @@ class Summary:
     rejected: int = 0
     crashes: list[dict] = field(default_factory=list)
     classes: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, int] = field(default_factory=dict)  # class -> its first case
     signatures: dict[str, int] = field(default_factory=dict)  # crash kind|message|where
     warnings: dict[str, int] = field(default_factory=dict)
     slowest: float = 0.0
@@ -167,6 +168,7 @@ class Summary:
         elif r["status"] == "rejected":
             self.rejected += 1
             self.classes[r["cls"]] = self.classes.get(r["cls"], 0) + 1
+            self.examples.setdefault(r["cls"], case)
 
     def add_crash(self, record: dict) -> bool:
         """Record a crash (``kind``, ``msg``, ``signature``...); True if its signature is
@@ -197,7 +199,8 @@ def format_summary(s: Summary) -> str:
              f"{s.memory_limit_mb:.0f} MB)",
              "  seeds: " + "; ".join(s.seeds)]
     for cls, n in sorted(s.classes.items(), key=lambda kv: -kv[1])[:12]:
-        lines.append(f"  {n:7d}  {cls}")
+        first = f"  (#{s.examples[cls]})" if cls in s.examples else ""
+        lines.append(f"  {n:7d}  {cls}{first}")
     if len(s.classes) > 12:
         lines.append(f"  ({len(s.classes) - 12} more rejection classes)")
     for w, n in sorted(s.warnings.items(), key=lambda kv: -kv[1])[:5]:
