@@ -18,23 +18,27 @@ import numpy as np
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 
-from . import golden, results
+from . import golden, results, training
 from .fixtures import FIXTURES, SharedDataMissing, require_shared
 from .harness import Agreement, compare, tolerance
 from .inputs import SIZES, inputs
 from .registry import PORTS
 
+TRAINING_KINDS = ("grad", "steps")
+
 
 @dataclass(frozen=True)
 class Case:
-    kind: str      # "golden" or "fixture"
+    kind: str      # "golden", "fixture" (logits); "grad", "steps" (training, see training.py)
     name: str      # variant id or fixture name
     size: int      # input side (0 for fixtures)
     dtype: str
 
     @property
     def id(self) -> str:
-        return f"{self.name}-{self.size}-{self.dtype}" if self.size else f"{self.name}-{self.dtype}"
+        base = f"{self.name}-{self.size}-{self.dtype}" if self.size else \
+            f"{self.name}-{self.dtype}"
+        return f"{self.kind}-{base}" if self.kind in TRAINING_KINDS else base
 
 
 def cases(port: str) -> list[Case]:
@@ -42,6 +46,36 @@ def cases(port: str) -> list[Case]:
     out = [Case("golden", vid, size, dt) for dt in p.dtypes for vid in golden.VARIANTS
            for size in SIZES]
     out += [Case("fixture", f.name, 0, dt) for dt in p.dtypes for f in FIXTURES]
+    if p.training:  # variant by variant: the float64 reference is computed once for both
+        out += [Case(kind, vid, training.SIZE, dt) for vid in golden.VARIANTS
+                for kind in TRAINING_KINDS for dt in p.dtypes]
+        out += [Case("grad", name, 0, dt) for name in training.FIXTURE_LABELS
+                for dt in p.dtypes]
+    return out
+
+
+def train_case(port: str, case: Case) -> dict:
+    """The record fields of a training case: the port's own autodiff and optimizer against
+    the float64 reference (:mod:`conformance.training`)."""
+    mod = _module(port)
+    start = time.perf_counter()
+    if case.size == 0:  # a real-weights gradient case
+        r = training.fixture_reference(case.name)
+        loss, grads = mod.loss_and_grads(mod.load(r["weights"], case.dtype),
+                                         r["x"].astype(case.dtype), r["labels"])
+        out = training.compare_grad(loss, grads, case.name, case.dtype)
+    else:
+        model = mod.load(_seeded(case.name), case.dtype)
+        x, labels = training.batch()
+        if case.kind == "grad":
+            loss, grads = mod.loss_and_grads(model, x.astype(case.dtype), labels)
+            out = training.compare_grad(loss, grads, case.name, case.dtype)
+        else:
+            losses, weights = mod.train_steps(model, x.astype(case.dtype), labels,
+                                              training.poly_lrs(), training.MOMENTUM,
+                                              training.WEIGHT_DECAY)
+            out = training.compare_steps(losses, weights, case.name, case.dtype)
+    out["seconds"] = time.perf_counter() - start
     return out
 
 
@@ -82,6 +116,8 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
     logits = np.asarray(_module(port).predict(model, x.astype(case.dtype)))
     extra["seconds"] = time.perf_counter() - start
     agreement = compare(logits, expected, atol, rtol)
+    if not agreement.ok:
+        extra["first_divergent"] = first_divergent(port, case, model, x)
     if case.kind == "fixture":
         fx = _fixture(case.name)
         extra["top5"] = np.argsort(-logits, axis=1)[:, :5].tolist()
@@ -91,6 +127,24 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
             extra["top3_ok"] = all(set(classes) <= set(extra["top5"][int(i)][:3])
                                    for i, classes in fx.top3_contains.items())
     return agreement, logits, extra
+
+
+def first_divergent(port: str, case: Case, model, x: np.ndarray) -> str | None:
+    """Where a disagreeing case first parts from the float64 reference, by the layer trace
+    (:mod:`conformance.trace`): the port's ``activations`` against the NumPy reference's on
+    the same weights and input.  A message instead when the port cannot be traced."""
+    from ports import numpy as ref
+
+    from .trace import compare as trace_compare
+
+    mod = _module(port)
+    try:
+        weights = _seeded(case.name) if case.kind == "golden" else _fixture(case.name).weights()
+        reference = ref.activations(ref.load(weights), x)
+        acts = mod.activations(model, x.astype(case.dtype))
+    except Exception as e:  # the trace is an aid: its failure must not hide the mismatch
+        return f"(not traced: {type(e).__name__}: {e})"
+    return trace_compare(reference, acts, case.dtype)["first_divergent"]
 
 
 def record(port: str, case: Case, agreement: Agreement | None, extra: dict,
@@ -104,12 +158,14 @@ def compute(port: str, case: Case) -> tuple[dict, np.ndarray | None]:
     """(record, logits or None) of one case, computed now; a port failure is a record with
     ``error`` set (``SharedDataMissing`` propagates)."""
     try:
+        if case.kind in TRAINING_KINDS:
+            return record(port, case, None, train_case(port, case)), None
         agreement, logits, extra = evaluate(port, case)
     except SharedDataMissing:
         raise
     except Exception as e:  # a port failure is a result, reported in the matrix
         return record(port, case, None, {}, f"{type(e).__name__}: {e}"), None
-    return record(port, case, agreement, extra), logits
+    return record(port, case, agreement, {**extra, "logits": True}), logits
 
 
 def bad(records) -> list[dict]:
@@ -125,6 +181,9 @@ def report(r: dict) -> str:
 def describe(r: dict) -> str:
     if r.get("error"):
         return f"ERROR {r['error']}"
+    if r["kind"] in TRAINING_KINDS:
+        return (f"max rel {r['max_rel']:.2e} ({r['worst_tensor']}) bound {r['bound']:.0e}, "
+                f"loss rel {r['loss_rel']:.1e} {'ok' if r['ok'] else 'MISMATCH'}")
     top = "" if r.get("top1_ok", True) and r.get("top3_ok", True) else " WRONG CLASS"
     return (f"max abs {r['max_abs']:.2e} top-5 {r['top5_agree']}/{r['images']} "
             f"{'ok' if r['ok'] else 'MISMATCH'}{top}")
@@ -141,8 +200,7 @@ def run(port: str, log=print, only: list[str] | None = None) -> list[dict]:
             raise ValueError(f"{port} has no cases {unknown}")
         all_cases = [c for c in all_cases if c.id in only]
     stored, stored_logits = results.current(port)
-    reuse = [c for c in all_cases if c.id in stored and
-             (c.id in stored_logits or stored[c.id].get("error"))]
+    reuse = [c for c in all_cases if results.reusable(stored.get(c.id), c.id in stored_logits)]
     if reuse:
         log(f"{port}: {len(reuse)} of {len(all_cases)} cases recorded by this code in this "
             f"environment (key {results.key()['code'][:12]}); reusing them")

@@ -2,7 +2,9 @@
 
 Stored as data in ``conformance/golden/<variant id>.npz`` (keys ``s224``, ``s227``: float64
 ``[8, 1000]``; ``inputs224``/``inputs227``: SHA-256 of the inputs; ``weights``: SHA-256
-of the seeded weights).  They are regenerated only on request::
+of the seeded weights).  Training goldens (``golden/train/<variant id>.npz``) summarise
+the float64 reference backward and five Caffe SGD steps (:mod:`conformance.training`).  All
+are regenerated only on request::
 
     python -m conformance.golden --regenerate
 """
@@ -44,6 +46,26 @@ def load(variant_id: str, size: int) -> np.ndarray:
         return data[f"s{size}"]
 
 
+TRAIN_DIR = GOLDEN_DIR / "train"
+
+
+def train_path(variant_id: str) -> Path:
+    return TRAIN_DIR / f"{variant_id}.npz"
+
+
+def regenerate_training(log=print) -> None:
+    """The training goldens: summaries of the float64 reference (see
+    :func:`conformance.training.golden_summary`)."""
+    from . import training
+
+    TRAIN_DIR.mkdir(parents=True, exist_ok=True)
+    for i, vid in enumerate(VARIANTS, 1):
+        tmp = train_path(vid).with_suffix(".tmp.npz")
+        np.savez(tmp, **training.golden_summary(vid))
+        tmp.replace(train_path(vid))
+        log(f"[{i}/{len(VARIANTS)}] {vid}: wrote train/{train_path(vid).name}")
+
+
 def regenerate(log=print) -> None:
     from ports import numpy as ref
 
@@ -70,6 +92,7 @@ def main(argv=None) -> int:
     if not args.regenerate:
         parser.error("goldens are data: pass --regenerate to overwrite them")
     regenerate()
+    regenerate_training()
     return 0
 
 

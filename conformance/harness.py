@@ -76,9 +76,14 @@ class Agreement:
         return d
 
 
+def tolerances_table() -> dict:
+    """``tolerances.toml`` as a dict."""
+    return tomllib.loads(TOLERANCES.read_text())
+
+
 def tolerance(port: str, dtype: str, fixture: str | None = None) -> tuple[float, float]:
     """(atol, rtol) from the tolerance table."""
-    table = tomllib.loads(TOLERANCES.read_text())
+    table = tolerances_table()
     for section in ((table.get("fixture", {}).get(fixture, {}) if fixture else {}),
                     table.get(port, {}), table["default"]):
         if dtype in section:

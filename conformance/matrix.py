@@ -101,28 +101,44 @@ def cross(logits: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def table(records: list[dict]) -> str:
-    """Rows: variant @ input size; columns: port / dtype; cells: max abs diff vs golden
-    (``!`` marks a disagreement, ``ERR`` a port that failed)."""
-    golden = {(r["port"], r["dtype"], r["name"], r["size"]): r
-              for r in records if r["kind"] == "golden"}
-    rows = sorted({(k[2], k[3]) for k in golden})
-    cols = sorted({(k[0], k[1]) for k in golden},
+def _grid(records: list[dict], kind: str, value: str, title: str) -> list[str]:
+    """Rows: case name @ size; columns: port / dtype; cells: ``value`` of the ``kind``
+    records (``!`` marks a disagreement, ``ERR`` a port that failed on that case)."""
+    cells_by = {(r["port"], r["dtype"], r["name"], r["size"]): r
+                for r in records if r["kind"] == kind}
+    if not cells_by:
+        return []
+    rows = sorted({(k[2], k[3]) for k in cells_by})
+    cols = sorted({(k[0], k[1]) for k in cells_by},
                   key=lambda c: (list(PORTS).index(c[0]) if c[0] in PORTS else 99, c[1]))
     width = 10
-    lines = [f"{'variant @ size':<22}" + "".join(f"{p[:width - 1]:>{width}}" for p, _ in cols),
-             f"{'':<22}" + "".join(f"{d:>{width}}" for _, d in cols)]
+    lines = [title, f"{'case @ size':<24}" + "".join(f"{p[:width - 1]:>{width}}" for p, _ in cols),
+             f"{'':<24}" + "".join(f"{d:>{width}}" for _, d in cols)]
     for name, size in rows:
         cells = []
         for port, dtype in cols:
-            r = golden.get((port, dtype, name, size))
+            r = cells_by.get((port, dtype, name, size))
             if r is None:
                 cells.append(f"{'-':>{width}}")
             elif r.get("error"):
                 cells.append(f"{'ERR':>{width}}")
             else:
-                cells.append(f"{r['max_abs']:>{width - 1}.1e}{' ' if r['ok'] else '!'}")
-        lines.append(f"{name + ' @' + str(size):<22}" + "".join(cells))
+                cells.append(f"{r[value]:>{width - 1}.1e}{' ' if r['ok'] else '!'}")
+        lines.append(f"{name + (' @' + str(size) if size else ''):<24}" + "".join(cells))
+    return lines + [""]
+
+
+def table(records: list[dict]) -> str:
+    """The golden logits grid (max abs diff), the training grids (max relative error of
+    the gradients, and of the weight change after 5 steps), the real-weights fixtures, and
+    every disagreement with the first layer where it appears."""
+    lines = _grid(records, "golden", "max_abs",
+                  "logits: max |port - float64 golden| (! disagrees, ERR failed)")
+    lines += _grid(records, "grad", "max_rel",
+                   "training: gradients, max |g - g_ref| / max |g_ref| over tensors")
+    lines += _grid(records, "steps", "max_rel",
+                   "training: weights after 5 Caffe SGD steps (poly rate), relative to the "
+                   "change")
     fixtures = [r for r in records if r["kind"] == "fixture"]
     if fixtures:
         lines.append("")
@@ -138,47 +154,74 @@ def table(records: list[dict]) -> str:
                          f"{r['max_abs']:.2e} / {r['max_rel']:.2e} / "
                          f"{r['top5_agree']}/{r['images']} / {top1}"
                          f"{'' if r['ok'] else '  MISMATCH'}")
+    bad = [r for r in records if not r.get("error") and not r.get("ok")]
+    if bad:
+        lines.append("")
+        lines.append("disagreements (first divergent layer from the layer trace):")
+        for r in bad:
+            lines.append(f"  {r['port']:<12} {r['id']:<36} first divergent layer: "
+                         f"{r.get('first_divergent') or 'not traced'}")
     return "\n".join(lines)
 
 
+def _heatmap(ax, rows: list, cols: list, grid: np.ndarray, title: str, xlabels: list) -> object:
+    """One log10 heatmap with its values written in the cells."""
+    im = ax.imshow(grid, cmap="viridis", vmin=-16, vmax=-2, aspect="auto")
+    ax.set_xticks(range(len(cols)), xlabels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), [" ".join(map(str, r)) for r in rows], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, "0" if v <= -17 else f"{v:.0f}", ha="center", va="center",
+                    fontsize=6, color="w")
+    return im
+
+
+def _records_grid(records: list[dict], value: str):
+    """(rows: (port, dtype), cols: (kind, name, size), log10 grid of ``value``)."""
+    ok = [r for r in records if not r.get("error")]
+    cols = sorted({(r["kind"], r["name"], r["size"]) for r in ok},
+                  key=lambda c: (c[0], c[2] == 0, c[1], c[2]))
+    rows = sorted({(r["port"], r["dtype"]) for r in ok},
+                  key=lambda c: (list(PORTS).index(c[0]) if c[0] in PORTS else 99, c[1]))
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for r in ok:
+        grid[rows.index((r["port"], r["dtype"])), cols.index((r["kind"], r["name"], r["size"]))] \
+            = np.log10(max(r[value], 1e-17))
+    return rows, cols, grid
+
+
 def plot(records: list[dict], crossed: dict, path) -> None:
+    """Logits (vs the golden or real Caffe), training (gradients and 5-step weights vs the
+    float64 reference) and port-vs-port heatmaps, log10 of the errors."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    golden = [r for r in records if not r.get("error")]
-    cols = sorted({(r["name"], r["size"]) for r in golden}, key=lambda c: (c[1] == 0, c))
-    rows = sorted({(r["port"], r["dtype"]) for r in golden},
-                  key=lambda c: (list(PORTS).index(c[0]) if c[0] in PORTS else 99, c[1]))
-    grid = np.full((len(rows), len(cols)), np.nan)
-    for r in golden:
-        grid[rows.index((r["port"], r["dtype"])), cols.index((r["name"], r["size"]))] = \
-            np.log10(max(r["max_abs"], 1e-17))
+    logits = _records_grid([r for r in records if r["kind"] in ("golden", "fixture")],
+                           "max_abs")
+    train = _records_grid([r for r in records if r["kind"] not in ("golden", "fixture")],
+                          "max_rel")
     ports = list(crossed)
     cgrid = np.array([[np.log10(max(crossed[a][b], 1e-17)) for b in ports] for a in ports])
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6 + 0.45 * len(cols) + 0.5 * len(ports),
-                                                  2 + 0.35 * max(len(rows), len(ports))),
-                                   gridspec_kw={"width_ratios": [len(cols), max(len(ports), 1)]})
-    im = ax1.imshow(grid, cmap="viridis", vmin=-16, vmax=-2, aspect="auto")
-    ax1.set_xticks(range(len(cols)), [f"{n} @{s}" if s else f"{n} (real)" for n, s in cols],
-                   rotation=90, fontsize=7)
-    ax1.set_yticks(range(len(rows)), [f"{p} {d}" for p, d in rows], fontsize=8)
-    ax1.set_title("log10 max |port - expected logits| (float64 golden; real Caffe for 'real')")
-    for (i, j), v in np.ndenumerate(grid):
-        if np.isfinite(v):
-            ax1.text(j, i, "0" if v <= -17 else f"{v:.0f}", ha="center", va="center",
-                     fontsize=6, color="w")
-    ax2.imshow(cgrid, cmap="viridis", vmin=-16, vmax=-2)
-    ax2.set_xticks(range(len(ports)), ports, rotation=90, fontsize=8)
-    ax2.set_yticks(range(len(ports)), ports, fontsize=8)
-    ax2.set_title("log10 max |port A - port B|")
-    for (i, j), v in np.ndenumerate(cgrid):
-        if np.isfinite(v):
-            ax2.text(j, i, "0" if v <= -17 else f"{v:.0f}", ha="center", va="center",
-                     fontsize=6, color="w")
-    fig.colorbar(im, ax=[ax1, ax2], shrink=0.8)
+    panels = [(g, title) for g, title in (
+        (logits, "log10 max |port - expected logits| (golden; real Caffe: 'real')"),
+        (train, "log10 max relative error: gradients, weights after 5 steps")) if g[1]]
+    widths = [len(g[1]) for g, _ in panels] + [max(len(ports), 1)]
+    fig, axes = plt.subplots(1, len(widths), squeeze=False,
+                             figsize=(6 + 0.4 * sum(widths),
+                                      2.5 + 0.35 * max(len(logits[0]), len(ports))),
+                             gridspec_kw={"width_ratios": widths})
+    axes = list(axes[0])
+    im = None
+    for ax, ((rows, cols, grid), title) in zip(axes, panels):
+        labels = [f"{k if k not in ('golden', 'fixture') else ''} {n}"
+                  + (f" @{z}" if z else " (real)") for k, n, z in cols]
+        im = _heatmap(ax, rows, cols, grid, title, labels)
+    _heatmap(axes[-1], ports, ports, cgrid, "log10 max |port A - port B|", ports)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8)
     tmp = str(path) + ".part.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)

@@ -1,8 +1,10 @@
 """The registry of implementations under test: which ports and external engines take part in
 conformance, and how to reach them.
 
-Every entry's module exposes the uniform interface
-``load(weights_or_path, dtype=...) -> model`` and ``predict(model, x_nchw) -> logits``.
+Every entry's module exposes the uniform interface (:mod:`ports._api`):
+``load(weights_or_path, dtype=...) -> model``, ``predict(model, x_nchw) -> logits`` and
+``activations(model, x, layers=None)``; a ``training`` port also ``loss_and_grads``,
+``train_steps`` and ``dropout``.
 ``env`` is the tox environment it runs in; ``setenv`` is applied before import.
 """
 
@@ -21,6 +23,8 @@ class Port:
     env: str
     dtypes: tuple[str, ...] = ("float32", "float64")
     setenv: dict = field(default_factory=dict)
+    training: bool = False  # has loss_and_grads / train_steps / dropout (the float64 NumPy
+                            # reference is what the others are compared with: not itself)
 
     def import_module(self) -> ModuleType:
         for k, v in self.setenv.items():
@@ -33,7 +37,7 @@ class Port:
 
 PORTS: dict[str, Port] = {p.name: p for p in [
     Port("numpy", "ports.numpy", "core", ("float64",)),
-    Port("torch", "ports.torch", "torch"),
+    Port("torch", "ports.torch", "torch", training=True),
     Port("keras-tf", "ports.keras", "keras-tf", setenv={"KERAS_BACKEND": "tensorflow"}),
     Port("keras-jax", "ports.keras", "keras-jax",
          setenv={"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}),

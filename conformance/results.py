@@ -150,6 +150,12 @@ def _locked(port: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def reusable(record: dict | None, has_logits: bool) -> bool:
+    """Whether a current record can stand for its case: it exists and, where it promised
+    logits for the port-vs-port comparison, they are stored too."""
+    return record is not None and (has_logits or not record.get("logits"))
+
+
 def write(port: str, records: dict[str, dict], logits: dict[str, np.ndarray]) -> None:
     """Store ``records`` (by case id) and ``logits`` of ``port`` under this process's key,
     merged with the current ones already stored; each file replaced atomically."""

@@ -31,7 +31,7 @@ def _result(port: str, case: collect.Case) -> dict:
     if port not in _current:
         _current[port] = results.current(port)
     stored, stored_logits = _current[port]
-    if case.id in stored and (case.id in stored_logits or stored[case.id].get("error")):
+    if results.reusable(stored.get(case.id), case.id in stored_logits):
         return stored[case.id]
     try:
         rec, logits = collect.compute(port, case)
@@ -52,6 +52,13 @@ class PortSuite:
         what = f"Logits of {self.port} {case.dtype} on {case.name}" + \
             (f" at {case.size}" if case.size else "")
         assert not r.get("error"), f"{what}: {r['error']}"
+        if case.kind in collect.TRAINING_KINDS:
+            what = {"grad": "Gradients", "steps": "Weights after 5 SGD steps"}[case.kind]
+            assert r["ok"], (f"{what} of {self.port} {case.dtype} on {case.name}: max "
+                             f"relative error {r['max_rel']:.3g} in {r['worst_tensor']} "
+                             f"(bound {r['bound']:g}); loss relative error "
+                             f"{r['loss_rel']:.3g}")
+            return
         assert r["ok"], (f"{what} disagree (atol={r['atol']:g}, rtol={r['rtol']:g}):\n"
                          f"{collect.report(r)}")
         if case.kind == "fixture":
@@ -177,3 +184,51 @@ class TraceSuite:
         dtype = PORTS[self.port].dtypes[0]
         acts = mod.activations(mod.load(wrong, dtype), feed(x).astype(dtype))
         assert compare(reference, acts, dtype)["first_divergent"] == where
+
+
+class DropoutSuite:
+    """The port's own dropout layer (``dropout(model, x, training)``, at the spec's rate):
+    in training every kept value is its input divided by ``1 - p`` (Caffe's train-time
+    scaling) within rounding and the fraction dropped over a large tensor is within a
+    binomial bound of ``p``; at inference it is the identity.
+
+        class TestTorchDropout(DropoutSuite):
+            port = "torch"
+    """
+
+    port: str = ""
+
+    def _model_and_x(self, dtype: str):
+        from ports.seeded import seeded_weights
+        from ports.spec import Variant
+
+        from .registry import PORTS
+
+        mod = PORTS[self.port].import_module()
+        model = mod.load(seeded_weights(Variant.from_id("1_1-p0-none")), dtype)
+        x = np.random.default_rng(7).uniform(0.5, 2.0, (8, 512, 13, 13)).astype(dtype)
+        return mod, model, x
+
+    def test_train_mode_scales_what_it_keeps_and_drops_p(self):
+        from ports.spec import DROPOUT
+
+        from .registry import PORTS
+
+        for dtype in PORTS[self.port].dtypes:
+            mod, model, x = self._model_and_x(dtype)
+            y = np.asarray(mod.dropout(model, x, training=True))
+            assert y.shape == x.shape
+            kept = y != 0
+            eps = np.finfo(np.dtype(dtype)).eps
+            np.testing.assert_allclose(y[kept], x[kept] / (1 - DROPOUT), rtol=4 * eps, atol=0)
+            n, p = x.size, DROPOUT
+            dropped = int((~kept).sum())
+            bound = 6 * np.sqrt(n * p * (1 - p))  # a 6-sigma binomial bound
+            assert abs(dropped - n * p) <= bound, (dtype, dropped, n * p, bound)
+
+    def test_inference_is_the_identity(self):
+        from .registry import PORTS
+
+        for dtype in PORTS[self.port].dtypes:
+            mod, model, x = self._model_and_x(dtype)
+            assert np.array_equal(np.asarray(mod.dropout(model, x, training=False)), x)

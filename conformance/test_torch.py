@@ -4,7 +4,7 @@
 
 import torch  # noqa: F401  (the torch environment runs this module)
 
-from conformance.suite import PortSuite, TraceSuite  # noqa: E402
+from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
 
 
 class TestTorch(PortSuite):
@@ -114,3 +114,7 @@ def test_onnx_exported_by_torch_imports_bit_exact(vid):
     back = formats.codec("onnx").decode(buf.getvalue(), path="torch-export.onnx")
     assert back.variant == w.variant  # from the graph: shapes, conv10 pads, Adds
     assert _same(back, w)
+
+
+class TestTorchDropout(DropoutSuite):
+    port = "torch"

@@ -18,7 +18,7 @@ from .._predict import as_input
 from ..canonical import Weights, check
 
 __all__ = ["SqueezeNet", "load", "predict", "to_weights", "forward", "activations",
-           "loss_and_grads", "train_steps"]
+           "loss_and_grads", "train_steps", "dropout"]
 
 
 class SqueezeNet:
@@ -125,4 +125,4 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
 
 
 from .trace import activations  # noqa: E402  (the uniform API, re-exported)
-from .train import loss_and_grads, train_steps  # noqa: E402
+from .train import dropout, loss_and_grads, train_steps  # noqa: E402

@@ -29,7 +29,7 @@ from .. import spec as S
 from .._predict import as_input
 from . import SqueezeNet, conv2d, max_pool_ceil, relu
 
-__all__ = ["loss_and_grads", "train_steps", "softmax_cross_entropy"]
+__all__ = ["loss_and_grads", "train_steps", "dropout", "softmax_cross_entropy"]
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -204,3 +204,15 @@ def _labels(labels, n: int, classes: int) -> np.ndarray:
         raise ValueError(f"labels: expected classes in 0..{classes - 1}, got "
                          f"{labels.min()}..{labels.max()}")
     return labels.astype(np.int64)
+
+
+def dropout(model: SqueezeNet, x, training: bool = True, seed: int = 0) -> np.ndarray:
+    """Caffe's dropout at the spec's rate: in training each value is kept with probability
+    ``1 - rate`` and scaled by ``1 / (1 - rate)``, the others are 0; at inference the
+    identity.  (The reference's gradients are taken with dropout off.)"""
+    x = np.asarray(x)
+    if not training:
+        return x.copy()
+    rate = next(layer.rate for layer in model.variant.layers() if isinstance(layer, S.Dropout))
+    keep = np.random.default_rng(seed).random(x.shape) >= rate
+    return np.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)

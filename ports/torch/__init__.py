@@ -22,7 +22,8 @@ from ..canonical import Weights, check
 from ..errors import WeightsError
 from ..formats.torch import key_table, sequential_groups
 
-__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights", "activations"]
+__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights", "activations",
+           "loss_and_grads", "train_steps", "dropout"]
 
 
 def _conv(c: S.Conv) -> nn.Conv2d:
@@ -127,3 +128,4 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
 
 
 from .trace import activations  # noqa: E402  (the uniform API, re-exported)
+from .train import dropout, loss_and_grads, train_steps  # noqa: E402

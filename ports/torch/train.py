@@ -1,0 +1,81 @@
+"""Training with the PyTorch port: gradients by autograd, steps by ``torch.optim.SGD``.
+
+    >>> from ports.torch import load, train
+    >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
+    >>> losses, weights = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])
+
+The loss is Caffe's ``SoftmaxWithLoss`` on the logits (``F.cross_entropy``, mean over the
+batch); dropout is off (the model stays in ``eval()``, which here only disables dropout).
+
+Caffe's solver rule is ``v <- m v + lr_t (g + wd w)``, ``w <- w - v``.  ``torch.optim.SGD``
+keeps the rate outside its momentum buffer (``b <- m b + (g + wd w)``, ``w <- w - lr_t b``):
+the same steps while the rate is constant, others when it changes.  So the optimizer runs
+with ``lr=1``, ``weight_decay=lr_t * wd`` and the loss scaled by ``lr_t``: its buffer is then
+``m b + lr_t (g + wd w)``, Caffe's ``v``, and ``w - 1 * b`` is Caffe's step, decay on weights
+and biases alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._predict import as_input
+from ..formats.torch import key_table
+from . import SqueezeNet
+
+
+def _batch(model: SqueezeNet, x, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    x = as_input(x, model.variant)
+    dtype = next(model.parameters()).dtype
+    return (torch.from_numpy(np.ascontiguousarray(x)).to(dtype),
+            torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+
+
+def _named(model: SqueezeNet) -> dict[str, torch.nn.Parameter]:
+    params = dict(model.named_parameters())
+    return {name: params[key] for name, key in key_table(model.variant).items()}
+
+
+def loss_and_grads(model: SqueezeNet, x, labels) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean softmax cross-entropy on ``x`` [N,3,H,W] with integer ``labels`` [N], and the
+    gradient of every parameter: ``{canonical name: array}``, OIHW, the model's dtype."""
+    xt, yt = _batch(model, x, labels)
+    model.eval()  # dropout off
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(xt), yt)
+    loss.backward()
+    return loss.item(), {k: p.grad.detach().numpy().copy() for k, p in _named(model).items()}
+
+
+def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
+                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
+    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; the
+    loss before each step and the weights after the last (canonical names, OIHW)."""
+    xt, yt = _batch(model, x, labels)
+    model.eval()  # dropout off
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum,
+                                weight_decay=0.0)
+    losses = []
+    for lr in lrs:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xt), yt)
+        losses.append(loss.item())
+        (loss * lr).backward()  # the rate goes inside the momentum buffer, as in Caffe
+        for group in optimizer.param_groups:
+            group["weight_decay"] = lr * weight_decay
+        optimizer.step()
+    return losses, {k: p.detach().numpy().copy() for k, p in _named(model).items()}
+
+
+def dropout(model: SqueezeNet, x, training: bool = True) -> np.ndarray:
+    """``x`` through the model's own dropout layer (its ``nn.Dropout``, the spec's rate), in
+    training mode or at inference; the model's mode is left as it was."""
+    (layer,) = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    was = layer.training
+    try:
+        with torch.no_grad():
+            return layer.train(training)(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    finally:
+        layer.train(was)
