@@ -118,3 +118,62 @@ def test_onnx_exported_by_torch_imports_bit_exact(vid):
 
 class TestTorchDropout(DropoutSuite):
     port = "torch"
+
+
+# --- an optimizer configured with another convention fails the training check ---------------
+def _steps(model, x, labels, convention: str):
+    """train_steps, but with one of the conventions people mistake for Caffe's."""
+    import torch.nn.functional as F
+
+    from conformance import training
+    from ports.formats.torch import key_table
+
+    xt = torch.from_numpy(x).double()
+    yt = torch.as_tensor(labels)
+    named = dict(model.named_parameters())
+    params = {k: named[v] for k, v in key_table(model.variant).items()}
+    weights = [p for k, p in params.items() if k.endswith(".weight")]
+    biases = [p for k, p in params.items() if k.endswith(".bias")]
+    lrs, wd = training.poly_lrs(), training.WEIGHT_DECAY
+    if convention == "pytorch momentum":  # torch.optim.SGD as the PyTorch docs use it
+        opt = torch.optim.SGD(model.parameters(), lr=lrs[0], momentum=0.9, weight_decay=wd)
+    else:
+        opt = torch.optim.SGD([{"params": weights}, {"params": biases}], lr=1.0,
+                              momentum=0.9)
+    losses = []
+    for lr in lrs:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xt), yt)
+        losses.append(loss.item())
+        if convention == "pytorch momentum":
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss.backward()
+        else:
+            (loss * lr).backward()
+            decay = {"decoupled decay": (0.0, 0.0), "no decay on biases": (lr * wd, 0.0)}
+            for group, value in zip(opt.param_groups, decay[convention]):
+                group["weight_decay"] = value
+        opt.step()
+        if convention == "decoupled decay":  # w <- w - lr * wd * w, outside the momentum
+            with torch.no_grad():
+                for p in params.values():
+                    p.mul_(1 - lr * wd)
+    return losses, {k: p.detach().numpy() for k, p in params.items()}
+
+
+@pytest.mark.parametrize("convention", ["pytorch momentum", "decoupled decay",
+                                        "no decay on biases"])
+def test_another_optimizer_convention_fails_the_check(convention):
+    from conformance import training
+
+    vid = "1_1-p0-none"
+    x, labels = training.batch()
+    model = tport.load(seeded_weights(Variant.from_id(vid)), "float64")
+    losses, end = _steps(model, x.astype("float64"), labels, convention)
+    r = training.compare_steps(losses, end, vid, "float64")
+    assert not r["ok"] and r["max_rel"] > 1e3 * r["bound"], r
+    # ... while the port's own configuration passes
+    model = tport.load(seeded_weights(Variant.from_id(vid)), "float64")
+    losses, end = tport.train_steps(model, x.astype("float64"), labels, training.poly_lrs())
+    assert training.compare_steps(losses, end, vid, "float64")["ok"]
