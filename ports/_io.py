@@ -1,4 +1,6 @@
-"""Atomic file output: write to a temporary file beside the destination, then rename.
+"""File input and output: atomic output, and bounded reading of zip members.
+
+Output: write to a temporary file beside the destination, then rename.
 
 A reader never sees a half-written destination: it sees the previous file or the new one.
 
@@ -7,6 +9,10 @@ reader takes one for a weights file).  A writer killed outright (SIGKILL, power 
 remove its own, so each :func:`atomic_write` to ``NAME`` first removes *stale* temporaries
 of ``NAME``: those whose writer process no longer exists on this machine and that have not
 been modified for :data:`STALE_AFTER` seconds.  A live writer's file is never touched.
+
+Input: :func:`read_zip_member` is the one zip guard (``.pth`` and ``.npz`` are zip
+archives): every size a member declares is checked against the archive's size and what
+deflate can produce before anything is read, and the read stops at the declared size.
 """
 
 from __future__ import annotations
@@ -14,14 +20,28 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
 PathLike = Union[str, os.PathLike]
 
 STALE_AFTER = 60.0  # seconds without modification before a dead writer's temporary goes
+
+# Deflate expands at most ~1032:1; a member declaring more than this over its compressed size
+# (plus a little slack for tiny members) is a lie -- or a zip bomb.
+DEFLATE_MAX_RATIO = 1032
+DEFLATE_SLACK = 1024
+# Anything zipfile may raise on a malformed archive (it has no single error type).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError,
+              IndexError, NotImplementedError, RuntimeError, struct.error, OverflowError,
+              TypeError)
+# Flag bits of members zipfile cannot (or will not) read without a password.
+_FLAG_ENCRYPTED, _FLAG_PATCHED, _FLAG_STRONG = 0x1, 0x20, 0x40
 
 
 def temp_prefix(path: PathLike) -> str:
@@ -158,3 +178,59 @@ def atomic_write(path: PathLike, content: Union[bytes, Callable[[BinaryIO], None
             pass
         raise
     return path
+
+
+# --- reading zip members ----------------------------------------------------------------------
+def zip_error(e: BaseException) -> str:
+    """A zipfile exception as one phrase."""
+    text = str(e) or "unexpected end of data"
+    return text if isinstance(e, zipfile.BadZipFile) else f"{type(e).__name__}: {text}"
+
+
+def zip_member_problem(info: zipfile.ZipInfo, size: int) -> str | None:
+    """What is wrong with the sizes and flags ``info`` declares, in an archive of ``size``
+    bytes (a phrase to follow the member's name), or ``None``."""
+    if info.flag_bits & (_FLAG_ENCRYPTED | _FLAG_STRONG):
+        return f"is encrypted (flag bits 0x{info.flag_bits:04X})"
+    if info.flag_bits & _FLAG_PATCHED:
+        return "holds compressed patched data (flag bit 5)"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return f"uses zip compression method {info.compress_type} (expected stored or deflated)"
+    if not 0 <= info.header_offset < size or \
+            not 0 <= info.compress_size <= size - info.header_offset:
+        return (f"claims {info.compress_size} compressed bytes at offset {info.header_offset}, "
+                f"beyond the {size}-byte file")
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        return (f"is stored uncompressed but declares {info.file_size} bytes in "
+                f"{info.compress_size}")
+    if info.file_size > info.compress_size * DEFLATE_MAX_RATIO + DEFLATE_SLACK:
+        return (f"claims {info.file_size} bytes from {info.compress_size} compressed, more "
+                "than deflate can expand")
+    return None
+
+
+def check_zip_member(info: zipfile.ZipInfo, size: int, what: str, fail) -> None:
+    """Raise ``fail(f"{what} ...")`` when :func:`zip_member_problem` finds something."""
+    problem = zip_member_problem(info, size)
+    if problem is not None:
+        raise fail(f"{what} {problem}")
+
+
+def read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, what: str,
+                    fail, *, limit: int | None = None) -> bytes:
+    """The bytes of member ``info`` of ``archive`` (``size`` bytes in all), checked by
+    :func:`check_zip_member` and against ``limit`` before anything is read or decompressed;
+    any problem is ``fail(f"{what} ...")``."""
+    check_zip_member(info, size, what, fail)
+    if limit is not None and info.file_size > limit:
+        raise fail(f"{what} declares {info.file_size} bytes, more than the {limit} allowed")
+    try:
+        # open + a bounded read, never archive.read(): zipfile would decompress a whole
+        # member in one call, however far beyond its declared size it expands.
+        with archive.open(info) as f:
+            data = f.read(info.file_size)
+    except ZIP_ERRORS as e:
+        raise fail(f"{what}: {zip_error(e)}") from None
+    if len(data) != info.file_size:
+        raise fail(f"{what}: read {len(data)} bytes, declared {info.file_size}")
+    return data

@@ -34,12 +34,13 @@ import pickletools
 import re
 import struct
 import zipfile
-import zlib
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ._io import ZIP_ERRORS, read_zip_member, zip_error
+from .canonical import failing, widen_bfloat16
 from .errors import WeightsError
 
 MAX_FILE_BYTES = 2 * 1024**3      # a checkpoint bigger than this is refused
@@ -48,20 +49,11 @@ MAX_RECORDS = 100_000
 MAX_NDIM = 16
 MAX_DIM = 2**48                   # no tensor dimension or stride is larger
 ALIGNMENT = 64
-# Deflate expands at most ~1032:1; a record declaring more than this over its compressed
-# size is a lie (torch.save itself writes stored records only).
-MAX_DEFLATE_RATIO = 1032
 # Rebuilt tensors are copies; all of them together may hold at most this many times the
 # file's size (plus TENSOR_SLACK bytes) - tied weights share a storage, but a pickle
 # that rebuilds one storage thousands of times is a memory bomb.
 TENSOR_BUDGET_RATIO = 8
 TENSOR_SLACK = 64 * 1024**2
-# Anything zipfile may raise on a malformed archive (it has no single error type).
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError,
-              IndexError, NotImplementedError, RuntimeError, struct.error, OverflowError,
-              TypeError)
-# Flag bits of records zipfile cannot (or will not) read without a password.
-_FLAG_ENCRYPTED, _FLAG_PATCHED, _FLAG_STRONG = 0x1, 0x20, 0x40
 
 # torch.<Name>Storage -> NumPy dtype of one element (little-endian)
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -265,20 +257,14 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 # --- reading the zip container -------------------------------------------------------------
 def _to_float32(t: Tensor) -> np.ndarray:
-    a = t.array
-    if t.storage_dtype == "uint16":  # bfloat16 bits
-        return (a.astype(np.uint32) << 16).view(np.float32)
-    return a
+    return widen_bfloat16(t.array) if t.storage_dtype == "uint16" else t.array
 
 
 def load_zip(path_or_bytes, *, path=None, format: str = "torch") -> tuple[Any, dict[str, bytes]]:
     """Unpickle a torch zip checkpoint.  Returns ``(object, extra records)`` where tensors are
     :class:`Tensor` and extra records are the other small files of the archive (by name
     relative to the archive folder).  Any problem raises :class:`WeightsError`."""
-
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=format)
-
+    fail = failing(path, format)
     if isinstance(path_or_bytes, (bytes, bytearray)):
         source: Any = io.BytesIO(path_or_bytes)
         size = len(path_or_bytes)
@@ -302,16 +288,11 @@ def load_zip(path_or_bytes, *, path=None, format: str = "torch") -> tuple[Any, d
         try:
             archive = zipfile.ZipFile(source)
         except ZIP_ERRORS as e:
-            raise fail(f"bad zip archive: {_zip_message(e)}") from None
+            raise fail(f"bad zip archive: {zip_error(e)}") from None
         with archive:
             return _load_archive(archive, size, fail)
     finally:
         source.close()
-
-
-def _zip_message(e: BaseException) -> str:
-    text = str(e) or "unexpected end of data"
-    return text if isinstance(e, zipfile.BadZipFile) else f"{type(e).__name__}: {text}"
 
 
 def check_pickle(data: bytes) -> None:
@@ -350,41 +331,10 @@ def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[
     budget = [size * 4 + 1024]  # declared uncompressed bytes we are willing to read
 
     def read(info: zipfile.ZipInfo, limit: int) -> bytes:
-        """The bytes of one record; every size the zip headers declare is checked against
-        the file's size before anything is read or decompressed."""
-        name = info.filename
-        if info.flag_bits & (_FLAG_ENCRYPTED | _FLAG_STRONG):
-            raise fail(f"record {name} is encrypted (flag bits 0x{info.flag_bits:04X}); "
-                       "torch.save never encrypts")
-        if info.flag_bits & _FLAG_PATCHED:
-            raise fail(f"record {name} holds compressed patched data (flag bit 5), which "
-                       "torch.save never writes")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise fail(f"record {name}: unsupported compression method {info.compress_type} "
-                       "(torch.save stores records uncompressed)")
-        if not 0 <= info.header_offset < size or \
-                not 0 <= info.compress_size <= size - info.header_offset:
-            raise fail(f"record {name}: {info.compress_size} bytes at offset "
-                       f"{info.header_offset} lie outside the {size}-byte file")
-        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
-            raise fail(f"record {name} is stored uncompressed but declares {info.file_size} "
-                       f"bytes in {info.compress_size}")
-        if info.file_size > info.compress_size * MAX_DEFLATE_RATIO + 64:
-            raise fail(f"record {name} declares {info.file_size} bytes from "
-                       f"{info.compress_size} compressed, more than deflate can expand")
-        if info.file_size > limit or info.file_size > budget[0]:
-            raise fail(f"record {name} declares {info.file_size} bytes, too large")
-        budget[0] -= info.file_size
-        try:
-            # open + a bounded read, never archive.read(): zipfile would decompress a
-            # whole record in one call, however far beyond its declared size it expands.
-            with archive.open(info) as f:
-                data = f.read(info.file_size)
-        except ZIP_ERRORS as e:
-            raise fail(f"record {name}: {_zip_message(e)}") from None
-        if len(data) != info.file_size:
-            raise fail(f"record {info.filename}: read {len(data)} bytes, declared "
-                       f"{info.file_size}")
+        """The bytes of one record, every declared size checked before anything is read."""
+        data = read_zip_member(archive, info, size, f"record {info.filename}", fail,
+                               limit=min(limit, budget[0]))
+        budget[0] -= len(data)
         return data
 
     extras: dict[str, bytes] = {}

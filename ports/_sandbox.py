@@ -1,29 +1,45 @@
-"""Run a reader of untrusted data in a forked child with a memory cap and a deadline.
+"""Run a reader of untrusted data in a helper process with a memory cap and a deadline.
 
 Some parsers (the HDF5 C library behind h5py) can segfault, hang inside C code, or allocate
 gigabytes on a crafted file, and no Python ``except`` catches that.  :func:`isolated` runs
-``func(*args)`` in a child process made by ``fork``: the child caps its address space
-(``RLIMIT_AS``), its CPU time (``RLIMIT_CPU``), and is killed by the parent at a deadline.
-The child returns float32 tensors and string metadata over a pipe in a small, length-checked
-binary form (no pickle): ``u64 header length | JSON header | raw float32 data``.
+``func(*args)`` in a helper process instead: a fresh interpreter started once with
+``subprocess`` (fork immediately followed by exec, so nothing of the caller -- in particular
+no TensorFlow, JAX or BLAS thread pool, and no lock another thread held -- is inherited) and
+reused for every call.  For each call the helper caps its own address space (``RLIMIT_AS``:
+its current size plus ``memory_bytes``) and its CPU time (``RLIMIT_CPU``), and the caller
+kills it at the deadline; a helper that crashed, hung or was killed is replaced by a fresh
+one on the next call.  Calls from several threads take turns.
 
-Where ``fork`` is unavailable (Windows), ``func`` runs in-process.
+Requests and results travel over the helper's stdin and stdout as length-prefixed frames,
+without pickle: a request is JSON (the function's module and name, JSON arguments, the caps)
+plus optional raw bytes; a result is float32 tensors and string metadata as
+``u64 header length | JSON header | raw float32 data``, or an error message.
+
+Where there are no POSIX pipes and resource limits (Windows), ``func`` runs in-process.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib
 import json
 import math
 import os
 import select
 import signal
 import struct
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-_OK, _ERR = b"K", b"E"
+_OK, _ERR, _READY = b"K", b"E", b"R"
+_FRAME = struct.Struct("<cQ")    # kind, body length
+STARTUP_SECONDS = 120.0         # a fresh helper imports numpy and the reader's module
 
 
 def _pack(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
@@ -65,73 +81,242 @@ class SandboxError(Exception):
         self.reason = reason
 
 
-def isolated(func: Callable[..., tuple[dict, dict]], *args, memory_bytes: int,
-             seconds: float) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``func(*args) -> (tensors, meta)`` run in a forked child.
+# --- the helper's side ---------------------------------------------------------------------
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
-    An exception in ``func`` comes back as :class:`SandboxError` carrying its message; so do a
-    crash (signal), exceeding ``memory_bytes`` beyond the current address space, or running
-    past ``seconds``.
-    """
-    if not hasattr(os, "fork"):  # pragma: no cover - non-POSIX
-        return func(*args)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 0
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _send(fd: int, kind: bytes, body: bytes = b"") -> None:
+    _write_all(fd, _FRAME.pack(kind, len(body)) + body)
+
+
+class _Limits:
+    """This process's memory and CPU caps for one call, put back afterwards."""
+
+    def __init__(self, memory_bytes: int, seconds: float) -> None:
+        self.memory_bytes, self.seconds, self.saved = memory_bytes, seconds, []
+
+    def __enter__(self) -> None:
         try:
-            os.close(read_fd)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            import resource
+        except ImportError:  # pragma: no cover - non-POSIX
+            return
+        base = _address_space()
+        used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        for which, soft in ((resource.RLIMIT_AS, base + self.memory_bytes if base else None),
+                            (resource.RLIMIT_CPU, math.ceil(used + self.seconds) + 1)):
+            old = resource.getrlimit(which)
+            if soft is None:
+                continue
+            hard = old[1]
+            if hard != resource.RLIM_INFINITY:
+                soft = min(soft, hard)
             try:
-                import resource
-
-                base = _address_space()
-                if base:
-                    limit = base + memory_bytes
-                    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-                cpu = max(1, math.ceil(seconds))
-                resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-            except (ImportError, ValueError, OSError):
+                resource.setrlimit(which, (soft, hard))
+                self.saved.append((which, old))
+            except (ValueError, OSError):
                 pass
-            try:
-                tensors, meta = func(*args)
-                out = _OK + _pack(tensors, meta)
-            except MemoryError:
-                out = _ERR + f"needs more than {memory_bytes >> 20} MiB of memory".encode()
-            except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
-                reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-                out = _ERR + str(reason).encode("utf-8", "replace")
-            view = memoryview(out)
-            while view:
-                view = view[os.write(write_fd, view):]
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    chunks, deadline, status = [], time.monotonic() + seconds, None
+
+    def __exit__(self, *exc) -> None:
+        import resource
+
+        for which, old in reversed(self.saved):
+            resource.setrlimit(which, old)
+
+
+def _call(request: dict, data: bytes | None) -> bytes:
+    module, _, name = request["call"].partition(":")
+    func = importlib.import_module(module)
+    for part in name.split("."):
+        func = getattr(func, part)
+    kwargs = {} if data is None else {"data": data}
+    with _Limits(request["memory"], request["seconds"]):
+        try:
+            tensors, meta = func(*request["args"], **kwargs)
+            return _OK + _pack(tensors, meta)
+        except MemoryError:
+            return _ERR + f"needs more than {request['memory'] >> 20} MiB of memory".encode()
+        except BaseException as e:  # noqa: BLE001 - everything is reported to the caller
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+            return _ERR + str(reason).encode("utf-8", "replace")
+
+
+def _serve() -> None:
+    """The helper's main loop: ``python -c 'from ports._sandbox import _serve; _serve()'``
+    with the modules to import first as arguments."""
+    requests, results = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(2, 1)  # a stray print must not corrupt the result frames
     try:
-        while True:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    except (ImportError, ValueError, OSError):  # pragma: no cover
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is the caller's
+    for module in sys.argv[2:]:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the call itself will report it
+            pass
+    _send(results, _READY)
+    while True:
+        head = _read_exact(requests, _FRAME.size)
+        if head is None:
+            return  # the caller has gone
+        _, length = _FRAME.unpack(head)
+        request = json.loads(_read_exact(requests, length))
+        data = None if request["data"] is None else _read_exact(requests, request["data"])
+        result = _call(request, data)
+        _send(results, result[:1], result[1:])
+
+
+# --- the caller's side ---------------------------------------------------------------------
+class _Helper:
+    """One helper process, owned by the process that started it."""
+
+    def __init__(self, preload: list[str]) -> None:
+        root = str(Path(__file__).resolve().parent.parent)
+        code = "import sys; sys.path.insert(0, sys.argv[1]); from ports._sandbox import _serve; " \
+               "_serve()"
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1")
+        self.owner = os.getpid()
+        self.proc = subprocess.Popen([sys.executable, "-c", code, root, *preload],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                     close_fds=True)
+        kind, body = self.receive(STARTUP_SECONDS, "starting the reader")
+        if kind != _READY:  # pragma: no cover - _serve sends nothing else first
+            self.kill()
+            raise SandboxError("the reader did not start")
+
+    def send(self, request: bytes, data: bytes | None) -> None:
+        try:
+            _write_all(self.proc.stdin.fileno(), _FRAME.pack(b"Q", len(request)) + request)
+            if data is not None:
+                _write_all(self.proc.stdin.fileno(), data)
+        except OSError:  # BrokenPipeError: it died
+            raise SandboxError(self.death()) from None
+
+    def receive(self, seconds: float, doing: str = "reading") -> tuple[bytes, bytes]:
+        """The next frame, within ``seconds`` (else the helper is killed)."""
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + seconds
+        chunks: list[bytes] = []
+        have, want, kind = 0, _FRAME.size, None
+        while have < want:
             left = deadline - time.monotonic()
             if left <= 0:
-                os.kill(pid, signal.SIGKILL)
-                raise SandboxError(f"reading did not finish within {seconds:g} s")
-            ready, _, _ = select.select([read_fd], [], [], min(left, 0.5))
-            if ready:
-                chunk = os.read(read_fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(read_fd)
-        _, status = os.waitpid(pid, 0)
-    out = b"".join(chunks)
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
-        raise SandboxError(f"the reader crashed (signal {name})")
-    if not out:
-        raise SandboxError("the reader exited without a result")
-    if out[:1] == _ERR:
-        raise SandboxError(out[1:].decode("utf-8", "replace"))
-    return _unpack(out[1:])
+                self.kill()
+                raise SandboxError(f"{doing} did not finish within {seconds:g} s")
+            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if not ready:
+                continue
+            chunk = os.read(fd, min(want - have, 1 << 20))
+            if not chunk:
+                raise SandboxError(self.death())
+            chunks.append(chunk)
+            have += len(chunk)
+            if kind is None and have >= _FRAME.size:
+                head = b"".join(chunks)
+                kind, length = _FRAME.unpack(head[:_FRAME.size])
+                chunks, have, want = [head[_FRAME.size:]], have - _FRAME.size, length
+        return kind, b"".join(chunks)
+
+    def death(self) -> str:
+        """Why the helper went away (it is reaped)."""
+        self.kill(wait_only=True)
+        status = self.proc.returncode
+        if status is not None and status < 0:
+            sig = -status
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+            return f"the reader crashed (signal {name})"
+        return "the reader exited without a result"
+
+    def kill(self, wait_only: bool = False) -> None:
+        if self.proc.poll() is None and not wait_only:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - it exited or was killed
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Let it finish (end of input), then make sure it has."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+_lock = threading.Lock()
+_helper: _Helper | None = None
+
+
+@atexit.register
+def _close() -> None:
+    global _helper
+    if _helper is not None and _helper.owner == os.getpid():
+        _helper.close()
+    _helper = None
+
+
+def isolated(func: Callable[..., tuple[dict, dict]], *args, data: bytes | None = None,
+             memory_bytes: int, seconds: float, preload: tuple[str, ...] = ()
+             ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``func(*args) -> (tensors, meta)`` (``func(*args, data=data)`` when ``data`` is given)
+    run in the helper process.  ``func`` must be a module-level function and ``args``
+    JSON values; ``preload``: modules a fresh helper imports before it takes calls (the
+    deadline then covers the call alone).
+
+    An exception in ``func`` comes back as :class:`SandboxError` carrying its message (its
+    ``reason`` when it has one); so do a crash (signal), exceeding ``memory_bytes`` beyond
+    the helper's address space, or running past ``seconds``.
+    """
+    if os.name != "posix":  # pragma: no cover - no select() on pipes, no rlimits
+        return func(*args, **({} if data is None else {"data": data}))
+    global _helper
+    request = json.dumps({"call": f"{func.__module__}:{func.__qualname__}", "args": list(args),
+                          "memory": int(memory_bytes), "seconds": float(seconds),
+                          "data": None if data is None else len(data)}).encode()
+    with _lock:
+        if _helper is None or _helper.owner != os.getpid() or _helper.proc.poll() is not None:
+            if _helper is not None and _helper.owner == os.getpid():
+                _helper.kill()
+            _helper = None  # a helper inherited through fork is the parent's: left alone
+            _helper = _Helper([*preload, func.__module__])
+        helper = _helper
+        try:
+            helper.send(request, data)
+            kind, body = helper.receive(seconds)
+        except BaseException:
+            # A crash, a deadline, or the caller interrupted (an alarm, KeyboardInterrupt):
+            # the helper's state is unknown, so it goes.
+            helper.kill()
+            _helper = None
+            raise
+    if kind == _ERR:
+        raise SandboxError(body.decode("utf-8", "replace"))
+    return _unpack(body)

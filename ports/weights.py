@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Union
 
 from ._data import data_file
+from .formats import FORMATS as _CODECS
 from .preprocess import MODES
 from .spec import Variant
 
@@ -51,8 +52,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # no SqueezeNet checkpoint comes near this
 DEFAULT_TIMEOUT = 30.0  # seconds, per connection attempt and per read
 CHUNK = 64 * 1024
 ALGORITHMS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
-FORMATS = ("caffe", "deepcompression", "torch", "mxnet", "onnx", "keras", "flax", "chainer",
-           "safetensors")
+FORMATS = tuple(_CODECS)  # the codec registry's format names
 ARCHIVES = ("zip",)
 LABELS = ("imagenet1k",)
 USER_AGENT = "squeezenet-ports-fetch/0.1"

@@ -232,8 +232,8 @@ else:
 
 def _writable_formats() -> list[str]:
     out = []
-    for name, (module, _) in formats.FORMATS.items():
-        if (ROOT / "ports" / "formats" / f"{module}.py").exists():
+    for name, fmt in formats.FORMATS.items():
+        if (ROOT / "ports" / "formats" / f"{fmt.module}.py").exists():
             out.append(name)
     return out
 
@@ -245,7 +245,7 @@ def test_every_writer_fails_without_touching_the_destination(tmp_path, name, pre
     codec = formats.codec(name)
     if not hasattr(codec, "write"):
         pytest.skip(f"{name} is read-only")
-    dest = tmp_path / f"w{formats.FORMATS[name][1][0]}"
+    dest = tmp_path / f"w{formats.FORMATS[name].extensions[0]}"
     if previous:
         dest.write_bytes(b"previous")
     r = subprocess.run([sys.executable, "-c", WRITE_LIMITED, str(dest), name],
@@ -270,7 +270,7 @@ def test_every_writer_keeps_an_existing_file_unless_overwrite(tmp_path, name):
     codec = formats.codec(name)
     if not hasattr(codec, "write"):
         pytest.skip(f"{name} is read-only")
-    dest = tmp_path / f"w{formats.FORMATS[name][1][0]}"
+    dest = tmp_path / f"w{formats.FORMATS[name].extensions[0]}"
     dest.write_bytes(b"previous")
     with pytest.raises(FileExistsError):
         formats.write(quantized(seeded_weights(Variant("1_1", 10))), dest, name,

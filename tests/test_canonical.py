@@ -120,3 +120,93 @@ def test_non_finite_and_wrong_dtype_are_refused(w11):
 def test_unknown_extension_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsError, match="cannot tell the format"):
         formats.read(tmp_path / "w.bin")
+
+
+# --- the vocabulary every codec shares ------------------------------------------------------
+def test_infer_variant_from_shapes_in_either_layout():
+    from ports.canonical import infer_variant, version_of
+
+    assert infer_variant((96, 3, 7, 7), (10, 512, 1, 1)) == Variant("1_0", 10)
+    assert infer_variant((3, 3, 3, 64), (1, 1, 512, 7), layout="HWIO", bypass="complex",
+                         final_conv_padding=1) == Variant("1_1", 7, 1, "complex")
+    assert version_of((64, 3, 3, 3)) == "1_1"
+    with pytest.raises(WeightsError, match=r"from conv1 weight w1: weight shape \[32, 3, 3, 3\], "
+                       r"expected \[96, 3, 7, 7\] \(1_0\) or \[64, 3, 3, 3\] \(1_1\)"):
+        infer_variant((32, 3, 3, 3), (10, 512, 1, 1), names=("w1", "w10"))
+    with pytest.raises(WeightsError, match=r"\[5, 5, 3, 64\] \(HWIO\), expected \[7, 7, 3, 96\]"):
+        version_of((5, 5, 3, 64), layout="HWIO")
+    with pytest.raises(WeightsError, match="no w1 .conv1 weight"):
+        infer_variant(None, (10, 512, 1, 1), names=("w1", "w10"))
+    with pytest.raises(WeightsError, match=r"no 4-D w10 \(conv10 weight\) has shape \[10\]"):
+        infer_variant((96, 3, 7, 7), (10,), names=("w1", "w10"))
+    with pytest.raises(WeightsError, match="w10: num_classes"):
+        infer_variant((96, 3, 7, 7), (0, 512, 1, 1), names=("w1", "w10"))
+    fail = lambda reason: KeyError(reason)  # noqa: E731 - a codec's own error
+    with pytest.raises(KeyError):
+        version_of((1, 2, 3, 4), fail=fail)
+
+
+def test_key_problems_names_missing_unexpected_and_misshaped_keys():
+    from ports.canonical import key_problems
+
+    expected = {"a": (1, 2), "b": (3,), "c": (4,)}
+    found = {"a": (2, 1), "c": (4,), "z": (9,), "y": (8,)}
+    assert key_problems(found, expected) == [
+        "missing keys: b", "unexpected keys: y, z", "a: expected shape [1, 2], got [2, 1]"]
+    assert key_problems(list(found), list(expected), noun=("layer", "layers"), colon=False) \
+        == ["missing layer b", "unexpected layers y, z"]
+    assert key_problems(found, expected, noun="", label=str.upper,
+                        note=lambda k: " (HWIO)") == [
+        "missing B", "unexpected Y, Z", "A: expected shape [1, 2] (HWIO), got [2, 1]"]
+    many = [f"k{i:02}" for i in range(25)]
+    assert key_problems(many, [])[0] == ("unexpected keys: " + ", ".join(many[:20])
+                                         + " and 5 more")
+    assert key_problems(found, found) == []
+
+
+def test_string_meta_and_meta_variant():
+    from ports.canonical import meta_variant, string_meta
+
+    assert string_meta('{"a": "b"}', "m") == {"a": "b"} == string_meta(b'{"a": "b"}', "m")
+    assert string_meta({"a": "b"}, "m") == {"a": "b"}
+    for bad, why in ([{"a": 1}, "m must map strings to strings"],
+                     ['["a"]', "m must map strings to strings"],
+                     ["{not json", "m is not valid JSON"], [b"\xff", "m is not UTF-8"],
+                     ["[" * 100_000, "m is not valid JSON"], [3, "must map strings"]):
+        with pytest.raises(WeightsError, match=why):
+            string_meta(bad, "m")
+    with pytest.raises(WeightsError, match="longer than 10 characters"):
+        string_meta('{"a": "bbbbbbbbbb"}', "m", limit=10)
+    assert meta_variant(Variant("1_0", 10).to_meta()) == Variant("1_0", 10)
+    with pytest.raises(WeightsError, match="extra/x.json: metadata lacks the architecture"):
+        meta_variant({}, what="extra/x.json")
+
+
+def test_widen_bfloat16_is_exact():
+    from ports.canonical import widen_bfloat16
+
+    values = np.array([1.0, -2.5, 0.0, np.inf, 3.140625], np.float32)
+    bits = (values.view(np.uint32) >> 16).astype(np.uint16)
+    out = widen_bfloat16(bits)
+    assert out.dtype == np.float32 and np.array_equal(out, values)
+
+
+# --- the registry ---------------------------------------------------------------------------
+def test_the_registry_is_the_one_source_of_names_endings_outputs_and_read_options(tmp_path):
+    from ports import weights
+
+    assert weights.FORMATS == tuple(formats.FORMATS)
+    caffe = formats.FORMATS["caffe"]
+    assert caffe[0] == caffe.module == "caffe" and caffe[1][0] == ".caffemodel"  # old shape
+    assert formats.outputs(tmp_path / "w.caffemodel") == [tmp_path / "w.caffemodel",
+                                                          tmp_path / "w.prototxt"]
+    assert formats.outputs(tmp_path / "w.bin", "torch") == [tmp_path / "w.bin"]
+    for name in formats.FORMATS:
+        assert formats.codec(name).NAME == name
+        assert formats.codec(name).EXTENSIONS == formats.FORMATS[name].extensions
+    options = formats.read_options()
+    assert options["prototxt"][1] == ["caffe"] and options["preprocessing"][1] == ["mxnet"]
+    path = tmp_path / "w.safetensors"
+    formats.write(seeded_weights(Variant("1_1")), path)
+    with pytest.raises(ValueError, match="format safetensors takes no read option prototxt"):
+        formats.read(path, prototxt="x.prototxt")

@@ -197,3 +197,19 @@ def test_tool_exits_2_with_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "bad.net" in proc.stderr
     assert proc.stdout == ""
     nothing_but(tmp_path, "bad.net")
+
+
+def test_read_options_come_from_the_registry(tmp_path, capsys):
+    """``--prototxt``, ``--preprocessing``, ``--bits``: each applies to its format's SRC."""
+    src = tmp_path / "s.safetensors"
+    formats.write(seeded_weights(Variant("1_1")), src)
+    code, _, err = convert(src, tmp_path / "o.pth", "--prototxt", tmp_path / "x.prototxt",
+                           capsys=capsys)
+    refused(code, err, "--prototxt applies to SRC of format caffe, not safetensors")
+    params = tmp_path / "w.params"
+    formats.write(seeded_weights(Variant("1_1")), params)
+    code, _, _ = convert(params, tmp_path / "o.safetensors", "--preprocessing", "caffe",
+                         capsys=capsys)
+    assert code == 0
+    assert formats.read(tmp_path / "o.safetensors").meta["preprocessing"] == "caffe"
+    nothing_but(tmp_path, "s.safetensors", "w.params", "o.safetensors")

@@ -235,10 +235,11 @@ def test_header_shape_checked_before_allocation(w11):
     lying = lying[:8] + struct.pack("<I", 2**31) + lying[12:]
     with pytest.raises(WeightsError, match="conv1/W.*header"):
         codec.decode(_with_member(blob, "conv1/W.npy", lying))
-    with pytest.raises(WeightsError, match="bad magic"):
+    # numpy.lib.format reads the headers: these two messages are numpy's
+    with pytest.raises(WeightsError, match="magic string is not correct"):
         codec.decode(_with_member(blob, "conv1/W.npy", b"PK\x03\x04 nonsense"))
     evil = b"\x93NUMPY\x01\x00" + struct.pack("<H", 30) + b"__import__('os').system('x')  "
-    with pytest.raises(WeightsError, match="not a Python literal"):
+    with pytest.raises(WeightsError, match="malformed node or string"):  # ast.literal_eval
         codec.decode(_with_member(blob, "conv1/W.npy", evil))
 
 

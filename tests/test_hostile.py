@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _codec_exists(name: str) -> bool:
-    return (ROOT / "ports" / "formats" / f"{formats.FORMATS[name][0]}.py").exists()
+    return (ROOT / "ports" / "formats" / f"{formats.FORMATS[name].module}.py").exists()
 
 
 def _need(name: str) -> None:
     """Fail (not skip) when a codec or its dependency is missing."""
-    assert _codec_exists(name), f"ports/formats/{formats.FORMATS[name][0]}.py is missing"
+    assert _codec_exists(name), f"ports/formats/{formats.FORMATS[name].module}.py is missing"
     why = fuzz.availability(name)
     assert why is None, why
 
@@ -80,7 +80,7 @@ PAYLOADS = {"open": OpenMarker, "os.system": SystemMarker}
 
 
 def _seed_file(name: str, directory: Path) -> Path:
-    dest = directory / f"valid{formats.FORMATS[name][1][0]}"
+    dest = directory / f"valid{formats.FORMATS[name].extensions[0]}"
     fuzz.write_seeded(name, Variant("1_1", 10), dest)
     formats.read(dest, name)  # sanity: the untouched file is fine
     return dest
@@ -180,7 +180,7 @@ ALL = list(formats.FORMATS)
 @pytest.mark.parametrize("name", ALL)
 def test_every_reader_refuses_an_empty_file(tmp_path, name):
     _need(name)
-    path = tmp_path / f"empty{formats.FORMATS[name][1][0]}"
+    path = tmp_path / f"empty{formats.FORMATS[name].extensions[0]}"
     path.write_bytes(b"")
     refuse(path, name)
 
@@ -190,7 +190,7 @@ def test_every_reader_refuses_random_bytes(tmp_path, name):
     _need(name)
     rng = random.Random(f"random-bytes/{name}")
     for size in (1, 7, 8, 100, 4096, 1 << 20):
-        path = tmp_path / f"random{size}{formats.FORMATS[name][1][0]}"
+        path = tmp_path / f"random{size}{formats.FORMATS[name].extensions[0]}"
         path.write_bytes(rng.randbytes(size))
         refuse(path, name)
 
@@ -203,7 +203,7 @@ def test_every_reader_refuses_a_valid_start_followed_by_junk(tmp_path, name):
     rng = random.Random(f"magic-junk/{name}")
     blob = seeds[0].path.read_bytes()
     for keep in (4, 8, 16, 64, 512):
-        path = tmp_path / f"junk{keep}{formats.FORMATS[name][1][0]}"
+        path = tmp_path / f"junk{keep}{formats.FORMATS[name].extensions[0]}"
         path.write_bytes(blob[:keep] + rng.randbytes(4096))
         refuse(path, name)
 
@@ -211,16 +211,16 @@ def test_every_reader_refuses_a_valid_start_followed_by_junk(tmp_path, name):
 @pytest.mark.parametrize("name", ALL)
 def test_every_reader_refuses_a_directory_and_a_missing_file(tmp_path, name):
     _need(name)
-    directory = tmp_path / f"dir{formats.FORMATS[name][1][0]}"
+    directory = tmp_path / f"dir{formats.FORMATS[name].extensions[0]}"
     directory.mkdir()
     refuse(directory, name)
-    refuse(tmp_path / f"missing{formats.FORMATS[name][1][0]}", name)
+    refuse(tmp_path / f"missing{formats.FORMATS[name].extensions[0]}", name)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_reader_refuses_a_fifo_without_blocking(tmp_path, name):
     _need(name)
-    fifo = tmp_path / f"fifo{formats.FORMATS[name][1][0]}"
+    fifo = tmp_path / f"fifo{formats.FORMATS[name].extensions[0]}"
     os.mkfifo(fifo)
     refuse(fifo, name)  # opening a FIFO for reading would block forever
 
@@ -337,6 +337,65 @@ def test_onnx_external_data_outside_the_model_is_refused(tmp_path):
         path.write_bytes(m.SerializeToString())
         r = _bounded(path, "onnx", memory_mb=1024)
         assert r["status"] == "rejected", (location, r)
+
+
+# --- the isolated reader (HDF5) -----------------------------------------------------------
+def test_isolated_reader_survives_a_crash_a_hang_and_a_memory_blowup():
+    """What libhdf5 may do on a crafted file, done on purpose in the helper process: the
+    caller gets a SandboxError each time and the next call gets a fresh helper."""
+    import json
+    import time
+
+    from ports import _sandbox
+
+    caps = {"memory_bytes": 64 << 20, "seconds": 2.0}
+    with pytest.raises(_sandbox.SandboxError, match="crashed .signal SIGABRT"):
+        _sandbox.isolated(os.abort, **caps)
+    start = time.monotonic()
+    with pytest.raises(_sandbox.SandboxError, match="did not finish within 2 s"):
+        _sandbox.isolated(time.sleep, 60, **caps)
+    assert time.monotonic() - start < 20
+    with pytest.raises(_sandbox.SandboxError, match="needs more than 64 MiB"):
+        _sandbox.isolated(bytearray, 1 << 33, **caps)
+    with pytest.raises(_sandbox.SandboxError, match="JSONDecodeError"):
+        _sandbox.isolated(json.loads, "{not json", **caps)
+
+
+def test_isolated_reader_is_one_helper_reused_never_a_fork(tmp_path, monkeypatch):
+    """The HDF5 reader runs in a helper process started with fork+exec (subprocess) and
+    reused; os.fork of the caller, which may run TensorFlow or JAX thread pools, is never
+    called.  Threads take turns."""
+    import threading
+
+    from ports import _sandbox
+
+    def no_fork():
+        raise AssertionError("os.fork called")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    _sandbox._close()  # the next read starts a helper, under the patch
+    path = _seed_file("keras", tmp_path)
+    want = formats.read(path, "keras")
+    helper = _sandbox._helper
+    assert helper is not None and helper.proc.pid != os.getpid()
+    results, errors = [], []
+
+    def reader():
+        try:
+            for _ in range(5):
+                results.append(formats.read(path, "keras"))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 15
+    assert all(r.tensors.keys() == want.tensors.keys() and
+               all(np.array_equal(r[k], want[k]) for k in want.tensors) for r in results)
+    assert _sandbox._helper is helper, "the helper was not reused"
 
 
 # --- the error type and the command line ----------------------------------------------------

@@ -1,11 +1,13 @@
-"""``tools/convert SRC DST [--from FMT] [--to FMT] [--variant V] [--prototxt P] [--force]``.
+"""``tools/convert SRC DST [--from FMT] [--to FMT] [--variant V] [--READ-OPTION X] [--force]``.
 
 Converts a SqueezeNet weights file through the canonical weights (no deep-learning
 framework involved): ``SRC -> formats.<from>.read -> Weights (checked against the spec)
 -> formats.<to>.write -> DST``.  Formats come from the file names' endings unless named.
 Prints what it read (format, variant, tensor/parameter/non-zero counts, metadata source) and
-what it wrote.  An existing output is kept unless ``--force``; every file is written
-atomically.  Exit status 0 on success, 2 (one line on stderr) on any bad input.
+what it wrote.  An existing output (DST and the files written beside it) is kept unless
+``--force``; every file is written atomically.  Exit status 0 on success, 2 (one line on
+stderr) on any bad input.  The formats, and the options each format's reader takes (e.g.
+``--prototxt`` for a Caffe SRC), come from the registry ``ports.formats.FORMATS``.
 """
 
 from __future__ import annotations
@@ -13,22 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from .. import formats
-from ..canonical import Weights, check
+from ..canonical import Weights
 from ..spec import Variant
 from . import command
-
-
-def _outputs(dst: str, fmt: str) -> list[Path]:
-    """Every file ``formats.write`` will create for ``dst`` in format ``fmt``."""
-    out = [Path(dst)]
-    if fmt == "caffe":
-        from ..formats.caffe import prototxt_path
-
-        out.append(prototxt_path(dst))
-    return out
 
 
 def summary(weights: Weights) -> str:
@@ -54,34 +45,33 @@ def main(argv: list[str]) -> int:
                    help="expected variant, e.g. 1_0-p1-none (VERSION-pPAD-BYPASS[-cN]); the "
                         "read fails unless SRC is exactly this; formats that do not record "
                         "the architecture take it from here")
-    p.add_argument("--prototxt", metavar="FILE",
-                   help="Caffe net definition for a .caffemodel SRC that lacks layer params")
+    read_options = formats.read_options()
+    for name, (option, takers) in read_options.items():
+        p.add_argument(f"--{name}", metavar=option.metavar, type=option.type,
+                       choices=option.choices or None,
+                       help=f"{option.help} (SRC of format {' or '.join(takers)})")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     args = p.parse_args(argv)
 
     variant = Variant.from_id(args.variant) if args.variant else None
     src_format = args.src_format or formats.detect(args.src)
     dst_format = args.dst_format or formats.detect(args.dst)
+    options = {name: getattr(args, name) for name in read_options
+               if getattr(args, name) is not None}
+    for name in options:
+        if src_format not in read_options[name][1]:
+            raise ValueError(f"--{name} applies to SRC of format "
+                             f"{' or '.join(read_options[name][1])}, not {src_format}")
     if not args.force:
-        existing = [str(f) for f in _outputs(args.dst, dst_format) if f.exists()]
+        existing = [str(f) for f in formats.outputs(args.dst, dst_format) if f.exists()]
         if existing:
             raise FileExistsError(f"{', '.join(existing)} exists; use --force to overwrite")
-    if args.prototxt is not None:
-        if src_format != "caffe":
-            raise ValueError(f"--prototxt applies to a Caffe SRC, not {src_format}")
-        if not Path(args.src).is_file():
-            raise FileNotFoundError(f"{args.src}: no such file")
-        weights = formats.codec("caffe").read(args.src, variant=variant,
-                                              prototxt=args.prototxt)
-        check(weights, variant, path=args.src, format=src_format)
-    else:
-        weights = formats.read(args.src, src_format, variant=variant)
+    weights = formats.read(args.src, src_format, variant=variant, **options)
     print(f"read  {args.src} ({src_format}): {summary(weights)}")
     written = formats.write(weights, args.dst, dst_format, overwrite=args.force)
     for path in written:
         print(f"wrote {path} ({dst_format}, {os.path.getsize(path):,} bytes)")
     return 0
-
 
 
 entry = command(main, "convert")  # console script squeezenet-convert

@@ -1,14 +1,19 @@
 """Weight-file codecs, framework-free: ``read(path) -> Weights``, ``write(weights, path)``.
 
-Each format is one module of this package exposing::
+:data:`FORMATS` is the registry and the single source of what a format is called, the file
+endings that select it, the files a write creates and the options a read accepts; the
+command-line tools are built from it.  Each format is one module of this package exposing::
 
-    NAME: str                      # format name used on the command line
-    EXTENSIONS: tuple[str, ...]    # file-name endings that select it
-    read(path, *, variant=None) -> ports.canonical.Weights
+    NAME: str                      # the format's name, as registered
+    read(path, *, variant=None, **options) -> ports.canonical.Weights
     write(weights, path, *, overwrite=True) -> list[pathlib.Path]   # files written
 
+and only its key table and its format's own hooks: the judgements every codec makes (which
+variant do the shapes prove, which keys are missing, unexpected or mis-shaped, is the
+metadata strings to strings) are :mod:`ports.canonical`'s.
+
 Modules are imported lazily, so a missing optional dependency of one codec (protobuf,
-h5py, msgpack, onnx) never breaks another.
+h5py, msgpack, onnx, safetensors) never breaks another.
 """
 
 from __future__ import annotations
@@ -17,63 +22,142 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from ..canonical import Weights, check
 from ..errors import WeightsError
 from ..spec import Variant
 
-# name -> (module, extensions); longest extension wins on detection.
-FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "safetensors": ("safetensors", (".safetensors",)),
-    "caffe": ("caffe", (".caffemodel",)),
-    "deepcompression": ("deepcompression", (".net",)),
-    "torch": ("torch", (".pth", ".pt")),
-    "keras": ("keras", (".weights.h5", ".h5")),
-    "flax": ("flax", (".msgpack",)),
-    "mxnet": ("mxnet", (".params",)),
-    "chainer": ("chainer", (".npz",)),
-    "onnx": ("onnx", (".onnx",)),
+if TYPE_CHECKING:  # the registry itself imports the standard library only (ports.weights)
+    from ..canonical import Weights
+
+
+class ReadOption(NamedTuple):
+    """An option a format's ``read`` accepts beyond ``variant`` (``tools/convert --NAME``)."""
+
+    name: str
+    help: str
+    metavar: str = "VALUE"
+    type: Callable[[str], Any] = str
+    choices: tuple = ()
+
+
+class Format(NamedTuple):
+    """One registered format.  ``FORMATS[name][0]`` is the module, ``[1]`` the endings."""
+
+    module: str
+    extensions: tuple[str, ...]           # file-name endings that select it (lower case)
+    companions: tuple[str, ...] = ()      # endings of the files a write puts beside it
+    read_options: tuple[ReadOption, ...] = ()
+
+    def outputs(self, path: os.PathLike | str) -> list[Path]:
+        """Every file a write to ``path`` creates: ``path``, then its companions."""
+        return [Path(path)] + [companion(path, ending) for ending in self.companions]
+
+
+# name -> Format; on detection the longest matching ending wins.
+FORMATS: dict[str, Format] = {
+    "safetensors": Format("safetensors", (".safetensors",)),
+    "caffe": Format("caffe", (".caffemodel",), companions=(".prototxt",), read_options=(
+        ReadOption("prototxt", "Caffe net definition supplying what a .caffemodel does not "
+                   "state (conv10's padding of a weights-only file)", metavar="FILE"),)),
+    "deepcompression": Format("deepcompression", (".net",), read_options=(
+        ReadOption("bits", "codebook bits of a Deep Compression .net (default 8)",
+                   metavar="N", type=int, choices=(4, 8)),)),
+    "torch": Format("torch", (".pth", ".pt")),
+    "keras": Format("keras", (".weights.h5", ".h5")),
+    "flax": Format("flax", (".msgpack",)),
+    "mxnet": Format("mxnet", (".params",), read_options=(
+        ReadOption("preprocessing", "input mode of a .params file, which does not record it: "
+                   "caffe, torchvision (the default, the Gluon zoo's) or none",
+                   metavar="MODE"),)),
+    "chainer": Format("chainer", (".npz",)),
+    "onnx": Format("onnx", (".onnx",)),
 }
+
+
+def companion(path: os.PathLike | str, ending: str) -> Path:
+    """The file written beside ``path`` with ``ending`` in place of its last suffix
+    (``w.caffemodel`` -> ``w.prototxt``)."""
+    path = Path(path)
+    stem = path.name[:-len(path.suffix)] if path.suffix else path.name
+    return path.with_name(stem + ending)
+
+
+def dependency(module: str, format: str) -> ModuleType:
+    """``module`` imported for codec ``format``; missing, it is a :class:`WeightsError` saying
+    what to install (the ``convert`` extra installs every codec's)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - the convert extra installs them all
+        raise WeightsError(f"the {format} codec needs the {module.split('.')[0]} package ({e}); "
+                           "pip install 'squeezenet-ports[convert]'", format=format) from None
 
 
 def codec(name: str) -> ModuleType:
     """The codec module for format ``name``."""
     if name not in FORMATS:
         raise ValueError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
-    return importlib.import_module(f"{__name__}.{FORMATS[name][0]}")
+    return importlib.import_module(f"{__name__}.{FORMATS[name].module}")
 
 
 def detect(path: os.PathLike | str) -> str:
     """Format name from the file name's ending."""
     lower = os.fspath(path).lower()
     best, best_len = None, 0
-    for name, (_, exts) in FORMATS.items():
-        for ext in exts:
+    for name, fmt in FORMATS.items():
+        for ext in fmt.extensions:
             if lower.endswith(ext) and len(ext) > best_len:
                 best, best_len = name, len(ext)
     if best is None:
-        known = ", ".join(e for _, exts in FORMATS.values() for e in exts)
+        known = ", ".join(e for fmt in FORMATS.values() for e in fmt.extensions)
         raise WeightsError(f"cannot tell the format from the file name (known endings: {known});"
                            " name it with --from/--to", path=path)
     return best
 
 
+def read_options() -> dict[str, tuple[ReadOption, list[str]]]:
+    """Every read option of every format: name -> (the option, the formats taking it)."""
+    out: dict[str, tuple[ReadOption, list[str]]] = {}
+    for name, fmt in FORMATS.items():
+        for option in fmt.read_options:
+            out.setdefault(option.name, (option, []))[1].append(name)
+    return out
+
+
+def outputs(path: os.PathLike | str, format: str | None = None) -> list[Path]:
+    """Every file :func:`write` creates for ``path`` (in ``format``, else detected)."""
+    return FORMATS[format or detect(path)].outputs(path)
+
+
 def read(path: os.PathLike | str, format: str | None = None, *,
-         variant: Variant | None = None) -> Weights:
-    """Read any supported file into checked canonical :class:`Weights`."""
+         variant: Variant | None = None, **options) -> Weights:
+    """Read any supported file into checked canonical :class:`Weights`.  ``options``: the
+    format's registered read options (e.g. ``prototxt=`` for caffe)."""
     name = format or detect(path)
+    fmt = FORMATS.get(name)
+    if fmt is None:
+        codec(name)  # raises: unknown format
+    accepted = {o.name for o in fmt.read_options}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"format {name} takes no read option {', '.join(unknown)}"
+                         + (f" (it takes {', '.join(sorted(accepted))})" if accepted else ""))
+    from ..canonical import check
+
     p = Path(path)
     if not p.exists():
         raise WeightsError("no such file", path=path, format=name)
     if not p.is_file():
         raise WeightsError("not a regular file", path=path, format=name)
-    weights = codec(name).read(path, variant=variant)
+    weights = codec(name).read(path, variant=variant, **options)
     return check(weights, variant, path=path, format=name)
 
 
 def write(weights: Weights, path: os.PathLike | str, format: str | None = None, *,
           overwrite: bool = True) -> list[Path]:
     """Write checked ``weights`` to ``path``; returns every file written."""
+    from ..canonical import check
+
     name = format or detect(path)
     check(weights)
     return codec(name).write(weights, path, overwrite=overwrite)

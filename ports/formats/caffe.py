@@ -49,17 +49,18 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
-from ..canonical import Weights, make
+from ..canonical import Weights, failing, make, version_of
 from ..errors import WeightsError
 from ..spec import COMPLEX_BYPASS, SIMPLE_BYPASS, Conv, Fire, MaxPool, Variant
 from ..spec import Dropout as SpecDropout
 from ..spec import GlobalAvgPool as SpecGAP
 from ..spec import ReLU as SpecReLU
+from . import FORMATS, companion
 from .deepcompression import dc_layer_name
 
 NAME = "caffe"
-EXTENSIONS = (".caffemodel",)
-PROTOTXT = ".prototxt"
+EXTENSIONS = FORMATS[NAME].extensions
+(PROTOTXT,) = FORMATS[NAME].companions
 INPUT_SIZE = 227
 MAX_FILE = 1 << 31  # protobuf messages cannot exceed 2 GiB
 
@@ -242,16 +243,12 @@ def _analyse(layers: list[_Layer], fail) -> NetInfo:
 
     # Version and classes: from the blobs where present, else from the layer parameters.
     conv1, conv10 = info.convs["conv1"], info.convs["conv10"]
-    stems = {(96, 3, 7, 7): "1_0", (64, 3, 3, 3): "1_1"}
     shape = _blob_shape(conv1.blobs[0]) if conv1.blobs else None
     if shape is None and conv1.conv is not None:
         g = _conv_geometry(conv1, fail)
         shape = (g["num_output"], 3, g["kernel"], g["kernel"])
     if shape is not None:
-        if shape not in stems:
-            raise fail(f"layer {conv1.name!r}: weight shape {list(shape)}, expected "
-                       "[96, 3, 7, 7] (SqueezeNet v1.0) or [64, 3, 3, 3] (v1.1)")
-        info.version = stems[shape]
+        info.version = version_of(shape, name=f"layer {conv1.name!r}", fail=fail)
     if conv10.blobs and len(_blob_shape(conv10.blobs[0])) == 4:
         info.num_classes = _blob_shape(conv10.blobs[0])[0]
     elif conv10.conv is not None and conv10.conv.HasField("num_output"):
@@ -474,10 +471,7 @@ def _check_conv(layer: _Layer, spec: Conv, fail) -> None:
 # --- reading --------------------------------------------------------------------------------
 def _parse_binary(blob: bytes, path):
     cs = _schema()
-
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     net = cs.NetParameter()
     try:
         net.ParseFromString(blob)
@@ -509,8 +503,7 @@ def _parse_text(blob: bytes, path):
     cs = _schema()
     from google.protobuf import text_format
 
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME + " prototxt")
+    fail = failing(path, NAME + " prototxt")
 
     try:
         text = blob.decode("utf-8")
@@ -547,10 +540,7 @@ def read(path, *, variant: Variant | None = None, prototxt=None) -> Weights:
     if path.lower().endswith(PROTOTXT):
         raise WeightsError("a .prototxt holds no weights; read the .caffemodel (pass the "
                            "prototxt as its architecture)", path=path, format=NAME)
-
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     info, layout = read_net(path)
     if prototxt is not None:
         other, _ = read_net(prototxt)
@@ -576,11 +566,8 @@ def read(path, *, variant: Variant | None = None, prototxt=None) -> Weights:
     extra = sorted(set(info.convs) - {c.name for c in v.convs()})
     if extra:
         raise fail(f"layers {extra} are not part of SqueezeNet {v.id}")
-    try:
-        return make(tensors, v, preprocessing="caffe",
-                    source=f"Caffe .caffemodel ({os.path.basename(path)}, {layout} layout)")
-    except WeightsError as e:
-        raise fail(e.reason) from None
+    return make(tensors, v, preprocessing="caffe", path=path, format=NAME,
+                source=f"Caffe .caffemodel ({os.path.basename(path)}, {layout} layout)")
 
 
 def _conv_tensors(layer: _Layer, conv: Conv, fail) -> dict[str, np.ndarray]:
@@ -681,9 +668,7 @@ def build_net(weights: Weights, *, with_blobs: bool = True, input_size: int = IN
 
 def prototxt_path(path) -> Path:
     """The deploy ``.prototxt`` written beside ``path`` (same stem)."""
-    path = Path(path)
-    return path.with_name(path.name[:-len(path.suffix)] + PROTOTXT if path.suffix
-                          else path.name + PROTOTXT)
+    return companion(path, PROTOTXT)
 
 
 def encode(weights: Weights) -> tuple[bytes, bytes]:
@@ -701,8 +686,7 @@ def encode(weights: Weights) -> tuple[bytes, bytes]:
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
     """Write ``path`` (``.caffemodel``) and the deploy ``.prototxt`` beside it, atomically."""
-    path = Path(path)
-    deploy_path = prototxt_path(path)
+    path, deploy_path = FORMATS[NAME].outputs(path)
     if path.suffix.lower() == PROTOTXT:
         raise WeightsError("the weights go to a .caffemodel; its .prototxt is written beside "
                            "it", path=path, format=NAME)

@@ -30,15 +30,17 @@ A chain saved inside a wrapper (``L.Classifier`` -> ``predictor/conv1/W``, train
 snapshots -> ``updater/model:main/predictor/...``) is found by its unique ``.../conv1/W``
 key; members outside that prefix are ignored (but still checked).
 
-Safety: members are parsed here, never with pickle.  Object arrays (a pickled payload)
-are refused without being read; every zip member's sizes are checked against the file
-size and every ``.npy`` header's shape against the member's size before any array is
-allocated.  Float16/32/64 parameters are accepted and converted to float32.
+Safety: ``.npy`` headers are parsed by ``numpy.lib.format`` (a Python literal, never a
+pickle) and object arrays (a pickled payload) are refused from the header, without their
+data being read; every zip member's sizes are checked against the file size (the one zip
+guard, :func:`ports._io.check_zip_member`), every header's shape against its member's size,
+and every name and shape against the spec, before any array is allocated.  Float16/32/64
+parameters are accepted and converted to float32.
 """
 
 from __future__ import annotations
 
-import ast
+import inspect
 import io
 import json
 import math
@@ -49,25 +51,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import spec as S
-from .._io import atomic_write
-from ..canonical import Weights
+from .._io import atomic_write, check_zip_member
+from ..canonical import Weights, failing, infer_variant, key_problems, meta_variant, string_meta
 from ..errors import WeightsError
 from ..spec import Variant
+from . import FORMATS
 
 NAME = "chainer"
-EXTENSIONS = (".npz",)
+EXTENSIONS = FORMATS[NAME].extensions
 META_KEY = "squeezenet_meta"
 PARAM_SUFFIX = {"weight": "W", "bias": "b"}
 
 MAX_MEMBERS = 4096
 MAX_HEADER = 65536            # .npy header (numpy itself refuses more than 10000 by default)
 MAX_META = 1 << 20            # characters of the metadata JSON
-DEFLATE_MAX_RATIO = 1032      # deflate cannot expand more than ~1032:1
-_NPY_MAGIC = b"\x93NUMPY"
 _FLOAT_DESCR = re.compile(r"^[<>=|]?f(2|4|8)$")
 _TEXT_DESCR = re.compile(r"^[<>=|]?U(\d+)$")
-_FLOAT_CODES = {"f2": "float16", "f4": "float32", "f8": "float64"}
+_NPY = np.lib.format
+# numpy >= 1.24 takes max_header_size (and refuses headers above 10000 bytes without it)
+_HEADER_LIMIT = ({"max_header_size": MAX_HEADER}
+                 if "max_header_size" in inspect.signature(_NPY.read_array).parameters else {})
+_HEADER_READERS = {(1, 0): _NPY.read_array_header_1_0, (2, 0): _NPY.read_array_header_2_0}
 
 
 # --- key table ----------------------------------------------------------------------------
@@ -95,9 +99,7 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
 
 
 def _decode(f, size: int, *, path, variant: Variant | None) -> Weights:
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     try:
         archive = zipfile.ZipFile(f)
     except Exception as e:  # BadZipFile, OSError, struct/Unicode errors on a damaged file
@@ -113,7 +115,7 @@ def _decode(f, size: int, *, path, variant: Variant | None) -> Weights:
             key = info.filename[:-4]
             if key in members:
                 raise fail(f"key {key!r} appears twice in the archive")
-            _check_sizes(info, key, size, fail)
+            check_zip_member(info, size, f"key {key!r}: member", fail)
             members[key] = info
 
         headers = {key: _read_header(archive, info, key, fail)
@@ -127,157 +129,100 @@ def _decode(f, size: int, *, path, variant: Variant | None) -> Weights:
         params = {key[len(prefix):]: key for key in members
                   if key != META_KEY and key.startswith(prefix)}
         for full in params.values():
-            if not _FLOAT_DESCR.match(headers[full][0]):
-                raise fail(f"key {full!r}: dtype {headers[full][0]!r}, expected float16/32/64")
-        shapes = {key: headers[full][2] for key, full in params.items()}
+            if not _FLOAT_DESCR.match(headers[full][0].str):
+                raise fail(f"key {full!r}: dtype {headers[full][0].str!r}, expected "
+                           "float16/32/64")
+        shapes = {key: headers[full][1] for key, full in params.items()}
         if meta is None:
             meta = _infer_meta(shapes, variant, fail)
-        try:
-            target = variant or Variant.from_meta(meta)
-        except ValueError as e:
-            raise fail(f"{META_KEY}: {e}") from None
+        target = variant or meta_variant(meta, what=META_KEY, fail=fail)
         # Every name and shape against the spec before any array is read.
         _check_shapes(shapes, target, prefix, fail)
         reverse = {v: k for k, v in key_table(target).items()}
-        tensors = {}
-        for key, full in params.items():
-            descr, fortran, shape, offset = headers[full]
-            tensors[reverse[key]] = _read_data(archive, members[full], full, descr, fortran,
-                                               shape, offset, fail)
+        tensors = {reverse[key]: np.array(_read_array(archive, members[full], full, fail),
+                                          dtype=np.float32, order="C")
+                   for key, full in params.items()}  # native-endian, writable copies
     return Weights(tensors, meta)
 
 
 def _check_shapes(shapes: dict, variant: Variant, prefix: str, fail) -> None:
     spec = variant.params()
     table = key_table(variant)
-    problems = []
-    missing = [f"{prefix + table[name]!r} ({name})" for name in spec
-               if table[name] not in shapes]
-    wanted = set(table.values())
-    unexpected = [repr(prefix + k) for k in shapes if k not in wanted]
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(sorted(unexpected)))
-    for name, key in table.items():
-        if key in shapes and tuple(shapes[key]) != spec[name]:
-            problems.append(f"key {prefix + key!r} ({name}): expected shape "
-                            f"{list(spec[name])}, got {list(shapes[key])}")
+    reverse = {v: k for k, v in table.items()}
+    problems = key_problems(shapes, {table[name]: shape for name, shape in spec.items()},
+                            label=lambda k: f"{prefix + k!r}"
+                            + (f" ({reverse[k]})" if k in reverse else ""))
     if problems:
         raise fail(f"does not match SqueezeNet {variant.id}: " + "; ".join(problems))
 
 
-def _check_sizes(info: zipfile.ZipInfo, key: str, size: int, fail) -> None:
-    if info.compress_size > size or info.header_offset + info.compress_size > size:
-        raise fail(f"key {key!r}: member claims {info.compress_size} compressed bytes at "
-                   f"offset {info.header_offset}, beyond the {size}-byte file")
-    if info.compress_type == zipfile.ZIP_STORED:
-        if info.file_size != info.compress_size:
-            raise fail(f"key {key!r}: stored member size {info.file_size} != "
-                       f"{info.compress_size}")
-    elif info.compress_type == zipfile.ZIP_DEFLATED:
-        if info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 1024:
-            raise fail(f"key {key!r}: member claims {info.file_size} bytes from "
-                       f"{info.compress_size} compressed, more than deflate can expand")
-    else:
-        raise fail(f"key {key!r}: zip compression method {info.compress_type} "
-                   "(expected stored or deflated)")
+class _Bounded:
+    """A member's stream that refuses to read past ``limit`` bytes (a ``.npy`` header length
+    is read before it is checked) and counts what it has read."""
+
+    def __init__(self, stream, limit: int, what: str) -> None:
+        self.stream, self.limit, self.what, self.pos = stream, limit, what, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or self.pos + n > self.limit:
+            raise ValueError(f"{self.what} goes past {self.limit} bytes")
+        data = self.stream.read(n)
+        self.pos += len(data)
+        return data
 
 
-def _read_exact(stream, n: int, key: str, fail) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise fail(f"key {key!r}: member truncated ({len(data)} of {n} bytes)")
-    return data
+def _parse_member(archive, info, key: str, fail, parse, limit: int, what: str):
+    """``parse(stream)`` of member ``info`` read through :class:`_Bounded` (``limit``
+    bytes); numpy's and zipfile's errors become ``fail``."""
+    try:
+        with archive.open(info) as stream:
+            return parse(_Bounded(stream, limit, what))
+    except WeightsError:
+        raise
+    except Exception as e:  # ValueError (numpy), BadZipFile (CRC), zlib.error, EOFError ...
+        raise fail(f"key {key!r}: {type(e).__name__}: {e}"[:300]) from None
 
 
 def _read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, fail):
-    """(descr, fortran_order, shape, data offset) of one ``.npy`` member, checked against
-    the member's size; the data itself is not read."""
-    try:
-        with archive.open(info) as stream:
-            lead = stream.read(10)
-            if len(lead) < 10 or lead[:6] != _NPY_MAGIC:
-                raise fail(f"key {key!r}: not a .npy array (bad magic)")
-            major = lead[6]
-            if major == 1:
-                hlen, start, text = int.from_bytes(lead[8:10], "little"), 10, lead[10:]
-            elif major in (2, 3):
-                more = _read_exact(stream, 2, key, fail)
-                hlen, start, text = int.from_bytes(lead[8:10] + more, "little"), 12, b""
-            else:
-                raise fail(f"key {key!r}: .npy format version {major} not supported")
-            if hlen > MAX_HEADER or start + hlen > info.file_size:
-                raise fail(f"key {key!r}: .npy header of {hlen} bytes exceeds the member "
-                           f"({info.file_size} bytes) or {MAX_HEADER}")
-            raw = text + _read_exact(stream, hlen - len(text), key, fail)
-    except WeightsError:
-        raise
-    except Exception as e:  # BadZipFile, zlib.error, bad CRC, encrypted member ...
-        raise fail(f"key {key!r}: cannot read the archive member: {type(e).__name__}: {e}") \
-            from None
-    try:
-        header = ast.literal_eval(raw.decode("utf-8" if major == 3 else "latin1").strip())
-    except Exception:  # SyntaxError, ValueError, TypeError, RecursionError ...
-        raise fail(f"key {key!r}: .npy header is not a Python literal") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise fail(f"key {key!r}: .npy header must have exactly descr, fortran_order, shape")
-    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
-    if not isinstance(descr, str) or "O" in descr:
+    """(dtype, shape) of one ``.npy`` member, checked against the member's size; the data
+    itself is not read."""
+    def parse(stream):
+        version = _NPY.read_magic(stream)
+        if version not in _HEADER_READERS:
+            raise fail(f"key {key!r}: .npy format version {version} not supported")
+        shape, _fortran, dtype = _HEADER_READERS[version](stream, **_HEADER_LIMIT)
+        return shape, dtype, stream.pos
+
+    shape, dtype, offset = _parse_member(archive, info, key, fail, parse, MAX_HEADER + 12,
+                                         ".npy header")
+    if dtype.hasobject or dtype.fields is not None:
         raise fail(f"key {key!r}: object (pickled) or structured array refused "
-                   f"(dtype {descr!r}); it was not unpickled")
-    if (not isinstance(shape, tuple) or len(shape) > 8
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
-                       for d in shape)):
+                   f"(dtype {dtype.str!r}); it was not unpickled")
+    if len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
         raise fail(f"key {key!r}: shape {shape!r} is not a tuple of non-negative ints")
-    if not isinstance(fortran, bool):
-        raise fail(f"key {key!r}: fortran_order {fortran!r} is not a bool")
-    try:
-        itemsize = np.dtype(descr).itemsize
-    except Exception:  # TypeError, ValueError, OverflowError
-        raise fail(f"key {key!r}: unknown dtype {descr!r}") from None
-    nbytes = math.prod(shape) * itemsize
-    if start + hlen + nbytes != info.file_size:
-        raise fail(f"key {key!r}: shape {list(shape)} of {descr} needs {nbytes} bytes, "
-                   f"the member holds {info.file_size - start - hlen}")
-    return descr, fortran, shape, start + hlen
+    nbytes = math.prod(shape) * dtype.itemsize
+    if offset + nbytes != info.file_size:
+        raise fail(f"key {key!r}: shape {list(shape)} of {dtype.str} needs {nbytes} bytes, "
+                   f"the member holds {info.file_size - offset}")
+    return dtype, shape
 
 
-def _member_data(archive, info, key: str, offset: int, fail) -> bytes:
-    """The bytes of a member after its ``offset``-byte ``.npy`` header (sizes already
-    checked: exactly ``info.file_size - offset`` bytes are read)."""
-    try:
-        with archive.open(info) as stream:
-            _read_exact(stream, offset, key, fail)
-            return _read_exact(stream, info.file_size - offset, key, fail)
-    except WeightsError:
-        raise
-    except Exception as e:  # BadZipFile (bad CRC), zlib.error, EOFError ...
-        raise fail(f"key {key!r}: cannot read the archive member: {type(e).__name__}: {e}") \
-            from None
+def _read_array(archive, info, key: str, fail, convert=np.asarray):
+    """``convert`` of the array of a member whose header :func:`_read_header` checked."""
+    def parse(stream):
+        return convert(_NPY.read_array(stream, allow_pickle=False, **_HEADER_LIMIT))
 
-
-def _read_data(archive, info, key, descr, fortran, shape, offset, fail) -> np.ndarray:
-    arr = np.frombuffer(_member_data(archive, info, key, offset, fail), dtype=np.dtype(descr))
-    arr = arr.reshape(shape, order="F" if fortran else "C")
-    return np.array(arr, dtype=np.float32, order="C")  # a native-endian, writable copy
+    return _parse_member(archive, info, key, fail, parse, info.file_size, ".npy member")
 
 
 def _read_meta(archive, info, header, fail) -> dict:
-    descr, fortran, shape, offset = header
-    m = _TEXT_DESCR.match(descr)
+    dtype, shape = header
+    m = _TEXT_DESCR.match(dtype.str)
     if not m or shape != () or not 0 < int(m.group(1)) <= MAX_META:
-        raise fail(f"key {META_KEY!r}: expected a 0-d unicode string, got {descr} "
+        raise fail(f"key {META_KEY!r}: expected a 0-d unicode string, got {dtype.str} "
                    f"shape {list(shape)}")
-    raw = _member_data(archive, info, META_KEY, offset, fail)
-    try:
-        meta = json.loads(str(np.frombuffer(raw, dtype=np.dtype(descr))[0]))
-    except Exception as e:  # bad code points, not JSON
-        raise fail(f"key {META_KEY!r}: not JSON text: {type(e).__name__}: {e}") from None
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in meta.items()):
-        raise fail(f"key {META_KEY!r}: must map strings to strings")
-    return meta
+    text = _read_array(archive, info, META_KEY, fail, lambda a: str(a[()]))  # may not decode
+    return string_meta(text, f"key {META_KEY!r}", limit=MAX_META, fail=fail)
 
 
 def _prefix(members: dict, fail) -> str:
@@ -295,25 +240,12 @@ def _prefix(members: dict, fail) -> str:
 
 def _infer_meta(shapes: dict, variant: Variant | None, fail) -> dict:
     """Architecture from the header shapes (see the module docstring) or ``variant``."""
-    if variant is not None:
-        v = variant
-    else:
-        conv1 = tuple(shapes["conv1/W"])
-        versions = [ver for ver in S.VERSIONS
-                    if Variant(ver).params()["conv1.weight"] == conv1]
-        if not versions:
-            raise fail(f"key 'conv1/W': shape {list(conv1)} is neither v1.0's "
-                       f"{list(Variant('1_0').params()['conv1.weight'])} nor v1.1's "
-                       f"{list(Variant('1_1').params()['conv1.weight'])}")
-        if "conv10/W" not in shapes:
-            raise fail("missing key 'conv10/W'")
-        classes = shapes["conv10/W"][0] if shapes["conv10/W"] else 0
-        bypass = "complex" if any(k.endswith("/bypass/W") for k in shapes) else "none"
-        try:
-            v = Variant(versions[0], int(classes), 0, bypass)
-        except ValueError as e:
-            raise fail(f"key 'conv10/W': {e}") from None
-    return {**v.to_meta(), "preprocessing": "none", "source": "chainer npz"}
+    if variant is None:
+        complex_ = any(k.endswith("/bypass/W") for k in shapes)
+        variant = infer_variant(shapes.get("conv1/W"), shapes.get("conv10/W"),
+                                names=("'conv1/W'", "'conv10/W'"),
+                                bypass="complex" if complex_ else "none", fail=fail)
+    return {**variant.to_meta(), "preprocessing": "none", "source": "chainer npz"}
 
 
 # --- writing ------------------------------------------------------------------------------

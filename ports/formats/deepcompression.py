@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
-from ..canonical import Weights, make
+from ..canonical import Weights, failing, make
 from ..errors import WeightsError
 from ..spec import Variant
+from . import FORMATS
 
 NAME = "deepcompression"
-EXTENSIONS = (".net",)
+EXTENSIONS = FORMATS[NAME].extensions
 BITS = 8
 # Variants a file with no explicit variant may be: told apart by conv1's bias length.
 DEFAULT_VARIANTS = (Variant("1_0", 1000, 1, "none"), Variant("1_1", 1000, 0, "none"))
@@ -98,10 +99,7 @@ def read(path, *, variant: Variant | None = None, bits: int = BITS) -> Weights:
 def decode(blob: bytes, *, path=None, variant: Variant | None = None,
            bits: int = BITS) -> Weights:
     """Decode the bytes of a ``.net`` file; raises :class:`WeightsError` on any inconsistency."""
-
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     if bits not in (4, 8):
         raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
     candidates = (variant,) if variant is not None else DEFAULT_VARIANTS
@@ -154,10 +152,7 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None,
     assert offset == len(blob)
     source = f"Deep Compression .net ({os.path.basename(os.fspath(path))})" if path else \
         "Deep Compression .net"
-    try:
-        return make(tensors, variant, preprocessing="caffe", source=source)
-    except WeightsError as e:
-        raise fail(e.reason) from None
+    return make(tensors, variant, preprocessing="caffe", source=source, path=path, format=NAME)
 
 
 def _nibbles(packed: np.ndarray, n: int) -> np.ndarray:

@@ -60,15 +60,23 @@ from typing import Any
 
 import numpy as np
 
-from .. import spec as S
 from .._io import atomic_write
-from ..canonical import Weights
-from ..errors import WeightsError
+from ..canonical import (
+    Weights,
+    failing,
+    has_architecture,
+    infer_variant,
+    key_problems,
+    meta_variant,
+    string_meta,
+    widen_bfloat16,
+)
 from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
 from ..spec import Variant
+from . import FORMATS, dependency
 
 NAME = "flax"
-EXTENSIONS = (".msgpack",)
+EXTENSIONS = FORMATS[NAME].extensions
 
 METADATA_KEY = "__metadata__"
 CHUNKED_KEY = "__msgpack_chunked_array__"
@@ -132,38 +140,12 @@ def _flatten(tree: Any, prefix: str, out: dict[str, Any]) -> None:
         out[prefix] = tree
 
 
-def _infer_meta(arrays: dict[str, np.ndarray], path=None) -> dict[str, str]:
-    """Architecture fields visible in the shapes (see the module docstring)."""
-    conv1 = arrays.get("conv1/kernel")
-    if conv1 is None or conv1.ndim != 4:
-        raise WeightsError("cannot infer the variant: no 4-D conv1/kernel (and no metadata)",
-                           path=path, format=NAME)
-    version = next((v for v, (filters, k, _) in S.STEM.items()
-                    if tuple(conv1.shape) == (k, k, 3, filters)), None)
-    if version is None:
-        raise WeightsError(f"cannot infer the variant: conv1/kernel has shape "
-                           f"{list(conv1.shape)}, expected one of "
-                           + ", ".join(f"[{k}, {k}, 3, {f}] ({v})"
-                                       for v, (f, k, _) in S.STEM.items()),
-                           path=path, format=NAME)
-    conv10 = arrays.get("conv10/kernel")
-    if conv10 is None or conv10.ndim != 4:
-        raise WeightsError("cannot infer num_classes: no 4-D conv10/kernel (and no metadata)",
-                           path=path, format=NAME)
-    complex_ = any(p.startswith("fire") and p.endswith("/bypass/kernel") for p in arrays)
-    return {"variant": version, "num_classes": str(int(conv10.shape[-1])),
-            "final_conv_padding": "0", "bypass": "complex" if complex_ else "none"}
-
-
 def from_state(state: dict, meta: dict | None = None, *,
                variant: Variant | None = None, path=None) -> Weights:
     """The pure nested dict of an NNX state (NumPy or JAX arrays, kernels HWIO) -> canonical
     :class:`Weights`.  ``meta``: canonical metadata (missing architecture fields come from
     ``variant`` or are inferred from shapes)."""
-
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     flat: dict[str, Any] = {}
     _flatten(state, "", flat)
     arrays: dict[str, np.ndarray] = {}
@@ -175,46 +157,31 @@ def from_state(state: dict, meta: dict | None = None, *,
             raise fail(f"{key}: expected a float array, got dtype {arr.dtype}")
         arrays[key] = arr
     meta = dict(meta or {})
-    arch = ("variant", "num_classes", "final_conv_padding", "bypass")
-    if not all(k in meta for k in arch):
+    if not has_architecture(meta):
         if variant is not None:
-            found = variant.to_meta()
+            found = variant
             how = f"architecture {variant.id} given by the caller"
         else:
-            found = _infer_meta(arrays, path)
+            complex_ = any(p.startswith("fire") and p.endswith("/bypass/kernel") for p in arrays)
+            found = infer_variant(*(getattr(arrays.get(k), "shape", None)
+                                    for k in ("conv1/kernel", "conv10/kernel")),
+                                  names=("conv1/kernel", "conv10/kernel"), layout="HWIO",
+                                  bypass="complex" if complex_ else "none", fail=fail)
             how = ("architecture inferred from shapes (final_conv_padding and simple "
                    "bypass cannot be)")
-        meta = {**found, **meta}
+        meta = {**found.to_meta(), **meta}
         meta.setdefault("preprocessing", "none")
         meta.setdefault("source", f"flax msgpack without metadata; {how}")
-    try:
-        v = Variant.from_meta(meta)
-    except ValueError as e:
-        raise fail(f"metadata: {e}") from None
+    v = meta_variant(meta, fail=fail)
     table = key_table(v)
     spec = v.params()
-    problems = []
-    missing = [p for p in table.values() if p not in arrays]
-    unexpected = sorted(set(arrays) - set(table.values()))
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
-    tensors: dict[str, np.ndarray] = {}
-    for name, key in table.items():
-        if key not in arrays:
-            continue
-        arr = arrays[key]
-        want = _flax_shape(name, spec[name])
-        if tuple(arr.shape) != want:
-            problems.append(f"{key}: expected shape {list(want)}"
-                            f"{' (HWIO)' if key.endswith('/kernel') else ''}, "
-                            f"got {list(arr.shape)}")
-            continue
-        arr = arr.astype(np.float32)
-        tensors[name] = hwio_to_oihw(arr) if key.endswith("/kernel") else arr
+    problems = key_problems({k: a.shape for k, a in arrays.items()},
+                            {key: _flax_shape(name, spec[name]) for name, key in table.items()},
+                            note=lambda k: " (HWIO)" if k.endswith("/kernel") else "")
     if problems:
         raise fail(f"does not match SqueezeNet {v.id}: " + "; ".join(problems))
+    tensors = {name: (hwio_to_oihw if key.endswith("/kernel") else np.asarray)(
+        arrays[key].astype(np.float32)) for name, key in table.items()}
     return Weights(tensors, {str(k): str(val) for k, val in meta.items()})
 
 
@@ -229,12 +196,7 @@ class _Ext:
 
 
 def _msgpack():
-    try:
-        import msgpack
-    except ImportError as e:  # pragma: no cover - msgpack is in the convert extra
-        raise WeightsError("the flax codec needs the msgpack package "
-                           "(pip install 'squeezenet-ports[convert]')", format=NAME) from e
-    return msgpack
+    return dependency("msgpack", NAME)
 
 
 def _decode_ext(ext: Any, key: str, fail) -> np.ndarray:
@@ -269,9 +231,7 @@ def _decode_ext(ext: Any, key: str, fail) -> np.ndarray:
         raise fail(f"{key}: shape {list(shape)} {dtype_name} needs {nbytes} bytes, "
                    f"payload has {len(data)}")
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if dtype_name == "bfloat16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr.astype(np.float32)
+    return widen_bfloat16(arr) if dtype_name == "bfloat16" else arr.astype(np.float32)
 
 
 def _unchunk(node: dict, key: str, fail) -> np.ndarray:
@@ -300,9 +260,7 @@ def _unchunk(node: dict, key: str, fail) -> np.ndarray:
 def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights:
     """Bytes of a Flax msgpack state file -> canonical :class:`Weights` (not yet checked
     against the spec beyond shapes and key paths)."""
-
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
+    fail = failing(path, NAME)
 
     msgpack = _msgpack()
     try:
@@ -313,9 +271,8 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         raise fail(f"top level is a msgpack {type(tree).__name__}, expected a map of "
                    "module names")
     meta = tree.pop(METADATA_KEY, None)
-    if meta is not None and (not isinstance(meta, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
-        raise fail(f"{METADATA_KEY} must map strings to strings")
+    if meta is not None:
+        meta = string_meta(meta, METADATA_KEY, fail=fail)
 
     def arrays(node: Any, key: str, depth: int) -> Any:
         if isinstance(node, dict):

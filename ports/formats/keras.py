@@ -29,7 +29,7 @@ by real Keras has none; the architecture is then, in order of preference:
 
 1. ``read(..., variant=...)`` when given (checked against the file's layer set);
 2. inferred from the layer names Keras records (every layer, weightless ones included):
-   version from ``conv1``'s kernel, ``num_classes`` from ``conv10``'s bias, complex bypass
+   version from ``conv1``'s kernel, ``num_classes`` from ``conv10``'s kernel, complex bypass
    from ``fireN_bypass``, simple from ``fireN_add`` and ``final_conv_padding=1`` from
    ``conv10_pad`` -- exact for files saved from a ``ports.keras`` model;
 3. for files without layer names (Keras 3 versions before the ``name`` attribute), from
@@ -54,15 +54,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import canonical as C
 from .. import spec as S
 from .._io import atomic_write
 from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
+from . import FORMATS
 
 NAME = "keras"
-EXTENSIONS = (".weights.h5", ".h5")
+EXTENSIONS = FORMATS[NAME].extensions
 META_ATTR = "squeezenet_ports.metadata"
 MAX_LAYERS = 10_000          # groups under /layers before we give up on a file
 MAX_META = 1 << 20           # bytes of the metadata attribute
@@ -254,19 +256,8 @@ class _File:
 
 def _meta(f, fail) -> dict[str, str]:
     raw = f.attrs.get(META_ATTR)
-    if raw is None:
-        return {}
-    text = _text(raw)
-    if text is None or len(text) > MAX_META:
-        raise fail(f"attribute {META_ATTR} is not a string of at most {MAX_META} bytes")
-    try:
-        meta = json.loads(text)
-    except ValueError as e:
-        raise fail(f"attribute {META_ATTR} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in meta.items()):
-        raise fail(f"attribute {META_ATTR} must map strings to strings")
-    return meta
+    return {} if raw is None else C.string_meta(raw, f"attribute {META_ATTR}", limit=MAX_META,
+                                                fail=fail)
 
 
 def _shape_of(file: _File, name: str, path: str, index: str) -> tuple[int, ...] | None:
@@ -277,22 +268,14 @@ def _shape_of(file: _File, name: str, path: str, index: str) -> tuple[int, ...] 
 
 def infer_variant(file: _File) -> tuple[Variant, str]:
     """Architecture from the layer names and shapes; returns (variant, how)."""
-    fail = file.fail
-    probe = Variant("1_1")
-    conv1 = _shape_of(file, "conv1", layer_paths(probe)["conv1"], "0")
-    if conv1 is None or len(conv1) != 4:
-        raise fail("cannot infer the variant: no 4-D kernel for layer conv1 "
-                   "(and no metadata); pass variant=")
-    stems = {(k, k, 3, filters): v for v, (filters, k, _) in S.STEM.items()}
-    version = stems.get(conv1)
-    if version is None:
-        raise fail(f"cannot infer the variant: layer conv1 has kernel shape {list(conv1)}, "
-                   f"expected one of {[list(s) for s in stems]} (HWIO)")
+    names = ("layer conv1's kernel", "layer conv10's kernel")
+    conv1 = _shape_of(file, "conv1", layer_paths(Variant("1_1"))["conv1"], "0")
+    version = C.version_of(conv1, name=names[0], layout="HWIO", fail=file.fail)
     if file.named:
-        names = set(file.by_name)
-        bypass = ("complex" if "fire2_bypass" in names else
-                  "simple" if "fire3_add" in names else "none")
-        padding = 1 if "conv10_pad" in names else 0
+        present = set(file.by_name)
+        bypass = ("complex" if "fire2_bypass" in present else
+                  "simple" if "fire3_add" in present else "none")
+        padding = 1 if "conv10_pad" in present else 0
         how = "inferred from the layer names and shapes"
     else:
         complex_paths = layer_paths(Variant(version, bypass="complex"))
@@ -300,55 +283,39 @@ def infer_variant(file: _File) -> tuple[Variant, str]:
         padding = 0
         how = ("inferred from the shapes (the file records no layer names, so bypass "
                "'simple' and final_conv_padding=1 cannot be told apart: assumed none and 0)")
-    guess = Variant(version, 1000, padding, bypass)
-    bias = _shape_of(file, "conv10", layer_paths(guess)["conv10"], "1")
-    if bias is None or len(bias) != 1:
-        raise fail("cannot infer num_classes: no 1-D bias for layer conv10")
-    try:
-        return Variant(version, int(bias[0]), padding, bypass), how
-    except ValueError as e:
-        raise fail(f"cannot infer the variant: layer conv10: {e}") from None
+    conv10 = _shape_of(file, "conv10", layer_paths(Variant(version, 1000, padding, bypass))
+                       ["conv10"], "0")
+    return C.infer_variant(conv1, conv10, names=names, layout="HWIO", bypass=bypass,
+                           final_conv_padding=padding, fail=file.fail), how
 
 
 def _layer_set_problems(file: _File, variant: Variant) -> tuple[list[str], set[str]]:
-    """Every layer of ``variant`` present and nothing else (by name when recorded)."""
+    """Every layer of ``variant`` present and nothing else (by name when recorded); returns
+    the problems and the missing layers."""
+    layers = keras_layers(variant)
     if file.named:
-        expected = [layer.name for layer in keras_layers(variant)]
-        present = set(file.by_name)
-        missing = [n for n in expected if n not in present]
-        unexpected = sorted(present - set(expected))
-    else:
+        expected = [layer.name for layer in layers]
+        found, label = list(file.by_name), str
+    else:  # only the convolutions' groups can be told apart
         paths = layer_paths(variant)
-        convs = [layer.name for layer in keras_layers(variant) if layer.canonical]
-        missing = [n for n in convs if paths[n] not in file.paths]
-        expected_paths = {paths[n] for n in convs}
-        unexpected = sorted(p for p in file.paths
-                            if p.startswith("layers/conv2d") and p not in expected_paths)
-    problems = []
-    if missing:
-        problems.append("missing layer" + ("s " if len(missing) > 1 else " ")
-                        + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected layer" + ("s " if len(unexpected) > 1 else " ")
-                        + ", ".join(unexpected))
-    return problems, set(missing)
+        by_path = {paths[layer.name]: layer.name for layer in layers if layer.canonical}
+        expected = list(by_path)
+        found = [p for p in file.paths if p.startswith("layers/conv2d")]
+        label = lambda p: by_path.get(p, p)  # noqa: E731
+    problems = C.key_problems(found, expected, noun=("layer", "layers"), colon=False,
+                              label=label)
+    return problems, {label(k) for k in expected if k not in set(found)}
 
 
 def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
     """Canonical weights from an open ``h5py.File``."""
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = C.failing(path, NAME)
     meta = _meta(f, fail)
     file = _File(f, fail)
-    arch = ("variant", "num_classes", "final_conv_padding", "bypass")
     if variant is not None:
         chosen, how = variant, f"architecture {variant.id} given by the caller"
-    elif all(k in meta for k in arch):
-        try:
-            chosen, how = Variant.from_meta(meta), "from the file's metadata"
-        except ValueError as e:
-            raise fail(f"metadata: {e}") from None
+    elif C.has_architecture(meta):
+        chosen, how = C.meta_variant(meta, fail=fail), "from the file's metadata"
     else:
         chosen, how = infer_variant(file)
     set_problems, missing = _layer_set_problems(file, chosen)
@@ -371,7 +338,7 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
     for canonical, (kernel, bias) in datasets.items():
         tensors[f"{canonical}.weight"] = hwio_to_oihw(np.asarray(kernel[()], np.float32))
         tensors[f"{canonical}.bias"] = np.ascontiguousarray(bias[()], np.float32)
-    if not all(k in meta for k in arch):
+    if not C.has_architecture(meta):
         meta = {**meta, **chosen.to_meta()}
         meta.setdefault("preprocessing", "none")
         meta.setdefault("source", f"keras .weights.h5 without metadata; {how}")
@@ -379,41 +346,44 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
 
 
 def decode(blob: bytes, *, variant: Variant | None = None, path=None) -> Weights:
-    return _read(io.BytesIO(blob), len(blob), variant=variant, path=path)
+    return _read(None, bytes(blob), len(blob), variant=variant, path=path)
 
 
 # HDF5 is parsed by a C library that can crash, hang or allocate without bound on a crafted
-# file, beyond what any ``except`` catches: untrusted files are read in a forked child with
-# a memory cap and a deadline (ports._sandbox).  A real file reads in well under a second.
-SANDBOX_MEMORY = 256 << 20   # bytes beyond the current address space, plus 16x the file
+# file, beyond what any ``except`` catches: untrusted files are read in a helper process
+# with a memory cap and a deadline (ports._sandbox; never a fork of this process, which may
+# be running TensorFlow or JAX thread pools).  A real file reads in well under a second.
+SANDBOX_MEMORY = 256 << 20   # bytes beyond the helper's address space, plus 16x the file
 SANDBOX_SECONDS = 3.0        # plus 1 s per 50 MB of file
 
 
-def _read_in_process(target, variant: Variant | None, path) -> tuple[dict, dict]:
+def _read_in_process(source: str | None, variant: str | None,
+                     data: bytes | None = None) -> tuple[dict, dict]:
+    """What the helper runs: the file ``source`` (or the bytes ``data``) -> (tensors, meta)."""
     import h5py
 
     try:
-        f = h5py.File(target, "r")
+        f = h5py.File(io.BytesIO(data) if data is not None else source, "r")
     except OSError as e:
-        raise WeightsError(f"not an HDF5 file ({e})", path=path, format=NAME) from None
+        raise WeightsError(f"not an HDF5 file ({e})", format=NAME) from None
     with f:
-        weights = from_h5(f, variant=variant, path=path)
+        weights = from_h5(f, variant=Variant.from_id(variant) if variant else None)
     return weights.tensors, weights.meta
 
 
-def _read(target, size: int, *, variant: Variant | None, path) -> Weights:
-    import h5py  # noqa: F401  (imported before the fork, not in every child)
-
+def _read(source: str | None, data: bytes | None, size: int, *, variant: Variant | None,
+          path) -> Weights:
     from .._sandbox import SandboxError, isolated
 
     try:
-        tensors, meta = isolated(_read_in_process, target, variant, path,
-                                 memory_bytes=SANDBOX_MEMORY + 16 * size,
-                                 seconds=SANDBOX_SECONDS + size / 50e6)
+        tensors, meta = isolated(_read_in_process, source, variant.id if variant else None,
+                                 data=data, memory_bytes=SANDBOX_MEMORY + 16 * size,
+                                 seconds=SANDBOX_SECONDS + size / 50e6, preload=("h5py",))
     except SandboxError as e:
         raise WeightsError(e.reason, path=path, format=NAME) from None
     return Weights(tensors, meta)
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:
-    return _read(path, os.path.getsize(path), variant=variant, path=path)
+    return _read(os.path.abspath(path), None, os.path.getsize(path), variant=variant,
+                 path=path)

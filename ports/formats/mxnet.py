@@ -71,12 +71,13 @@ import numpy as np
 
 from .. import spec as S
 from .._io import atomic_write
-from ..canonical import Weights
-from ..errors import WeightsError
+from ..canonical import Weights, failing, key_problems
+from ..canonical import infer_variant as infer_variant_of
 from ..spec import Variant
+from . import FORMATS
 
 NAME = "mxnet"
-EXTENSIONS = (".params",)
+EXTENSIONS = FORMATS[NAME].extensions
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -216,9 +217,7 @@ def decode_ndarrays(blob: bytes, *, path=None) -> dict[str, np.ndarray]:
     """The named arrays of an NDArray list file, in file order (read-only views into
     ``blob``, little-endian).  Every length is checked against the bytes left before any
     array is made; any inconsistency raises :class:`WeightsError`."""
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     r = _Reader(blob, fail)
     if len(blob) < 24:
         raise fail(f"file is {len(blob)} bytes, too short for the 24-byte NDArray list header")
@@ -320,30 +319,22 @@ def _conv_names(arrays: Mapping[str, np.ndarray]) -> tuple[str, str, bool]:
 
 def infer_variant(arrays: Mapping[str, np.ndarray], *, fail=None) -> Variant:
     """The architecture a Gluon name -> array mapping implies (see the module docstring)."""
-    fail = fail or (lambda reason: WeightsError(reason, format=NAME))
+    fail = fail or failing(None, NAME)
     first, last, bypass_convs = _conv_names(arrays)
     if not first or first not in arrays or last not in arrays:
         raise fail("cannot find conv1 ('features.0.weight') and conv10 ('output.0.weight') "
                    f"among the names: {', '.join(list(arrays)[:8])}"
                    + (" ..." if len(arrays) > 8 else ""))
-    conv1, conv10 = arrays[first].shape, arrays[last].shape
-    by_stem = {(f, 3, k, k): v for v, (f, k, _) in S.STEM.items()}
-    if tuple(conv1) not in by_stem:
-        raise fail(f"conv1 weight {first!r} has shape {list(conv1)}, expected "
-                   + " or ".join(f"{list(s)} (v{v})" for s, v in by_stem.items()))
-    if len(conv10) != 4 or not 1 <= conv10[0] <= 1_000_000:
-        raise fail(f"conv10 weight {last!r} has shape {list(conv10)}")
-    return Variant(by_stem[tuple(conv1)], int(conv10[0]), 0,
-                   "complex" if bypass_convs else "none")
+    return infer_variant_of(arrays[first].shape, arrays[last].shape,
+                            names=(repr(first), repr(last)),
+                            bypass="complex" if bypass_convs else "none", fail=fail)
 
 
 def to_canonical(arrays: Mapping[str, np.ndarray], variant: Variant | None = None, *,
                  path=None) -> tuple[dict[str, np.ndarray], Variant]:
     """Gluon-named arrays (structural, or ``arg:``/``aux:`` exported names) -> canonical
     float32 tensors and the variant (``variant`` if given, else inferred)."""
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     names = list(arrays)
     if names and all(n.startswith(("arg:", "aux:")) for n in names):
         arrays = {n[4:]: a for n, a in arrays.items()}
@@ -355,14 +346,11 @@ def to_canonical(arrays: Mapping[str, np.ndarray], variant: Variant | None = Non
     v = variant or infer_variant(arrays, fail=fail)
     structural = "features.0.weight" in arrays
     table = key_table(v) if structural else _symbol_table(list(arrays), v, fail)
-    back = {g: c for c, g in table.items()}
-    unknown = [n for n in arrays if n not in back]
-    missing = [g for g in table.values() if g not in arrays]
-    if unknown or missing:
+    # shapes are checked afterwards, under canonical names, by ports.canonical.check
+    problems = key_problems(list(arrays), list(table.values()), noun="")
+    if problems:
         raise fail(f"names do not match SqueezeNet {v.id} in Gluon naming: "
-                   + "; ".join(filter(None, [
-                       "unexpected " + ", ".join(unknown) if unknown else "",
-                       "missing " + ", ".join(missing) if missing else ""])))
+                   + "; ".join(problems))
     tensors = {c: np.array(arrays[g], dtype=np.float32) for c, g in table.items()}
     return tensors, v
 

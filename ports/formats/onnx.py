@@ -32,7 +32,6 @@ data would make the reader open other files).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -40,28 +39,23 @@ import numpy as np
 
 from .. import spec as S
 from .._io import atomic_write
-from ..canonical import Weights, make
+from ..canonical import Weights, failing, infer_variant, make
 from ..errors import WeightsError
 from ..spec import Variant
+from . import FORMATS, dependency
 
 NAME = "onnx"
-EXTENSIONS = (".onnx",)
+EXTENSIONS = FORMATS[NAME].extensions
 OPSET = 13
 IR_VERSION = 7
 MAX_BYTES = 512 * 1024**2
 MAX_DIM = 2**31
 PRODUCER = "squeezenet-ports"
 INPUT, OUTPUT = "input", "logits"
-_STEMS = {(96, 3, 7, 7): "1_0", (64, 3, 3, 3): "1_1"}
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError as e:  # pragma: no cover - the convert extra installs it
-        raise WeightsError(f"the onnx package is needed for .onnx files ({e}); "
-                           "pip install onnx", format=NAME) from None
-    return onnx
+    return dependency("onnx", NAME)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -187,17 +181,14 @@ def _type_name(onnx, code: int) -> str:
         return f"unknown type code {code}"
 
 
-# TensorProto data type -> (little-endian dtype of raw_data, typed field, its dtype)
-_FLOAT_TYPES = {1: ("<f4", "float_data", np.float32),    # FLOAT
-                11: ("<f8", "double_data", np.float64),  # DOUBLE
-                10: ("<f2", "int32_data", np.int32)}     # FLOAT16: bits in int32_data
+FLOAT_TYPES = ("FLOAT", "FLOAT16", "DOUBLE")  # TensorProto data types read (as float32)
 
 
 def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights:
     onnx = _onnx()
+    from onnx import helper, numpy_helper
 
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
+    fail = failing(path, NAME)
 
     if len(blob) > MAX_BYTES:
         raise fail(f"file is {len(blob)} bytes, more than the {MAX_BYTES} allowed")
@@ -248,67 +239,35 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         dims = list(t.dims)
         if len(dims) > 8 or any(not 0 <= d <= MAX_DIM for d in dims):
             raise fail(f"{what} {name!r}: bad dims {dims[:16]} (at most 8, each 0..{MAX_DIM})")
-        if t.data_type not in _FLOAT_TYPES:
-            raise fail(f"{what} {name!r}: data type {_type_name(onnx, t.data_type)}, "
-                       "expected FLOAT (or FLOAT16, DOUBLE)")
-        raw_dtype, field, field_dtype = _FLOAT_TYPES[t.data_type]
-        count = math.prod(dims)
-        if t.HasField("raw_data"):
-            unit = np.dtype(raw_dtype).itemsize
-            have, held = len(t.raw_data), f"{len(t.raw_data)} bytes of raw_data ({unit} each)"
-        else:
-            unit, have = 1, len(getattr(t, field))
-            held = f"{have} values in {field}"
-        if count * unit != have:  # checked before anything of `count` elements exists
-            raise fail(f"{what} {name!r}: dims {dims} make {count} elements, but it holds "
-                       f"{held}")
-        if count == 0 and math.prod(d for d in dims if d) > MAX_DIM:
-            raise fail(f"{what} {name!r}: bad dims {dims}: empty, but the others multiply to "
-                       f"more than {MAX_DIM}")
-        try:
-            if t.HasField("raw_data"):
-                arr = np.frombuffer(t.raw_data, dtype=raw_dtype)
-            else:
-                arr = np.asarray(getattr(t, field), dtype=field_dtype)
-                if t.data_type == onnx.TensorProto.FLOAT16:  # as onnx.numpy_helper does
-                    arr = arr.view(np.uint32).astype(np.uint16).view(np.float16)
-            arr = arr.reshape(dims)
-        except (ValueError, OverflowError, TypeError) as e:
-            raise fail(f"{what} {name!r}: {type(e).__name__}: {e}"[:300]) from None
+        kind = _type_name(onnx, t.data_type)
+        if kind not in FLOAT_TYPES:
+            raise fail(f"{what} {name!r}: data type {kind}, expected FLOAT (or FLOAT16, DOUBLE)")
+        try:  # external data was refused above: to_array opens no file
+            arr = numpy_helper.to_array(t)
+        except (ValueError, OverflowError, TypeError) as e:  # data that does not fit the dims
+            raise fail(f"{what} {name!r}: dims {dims}: {type(e).__name__}: {e}"[:300]) from None
         converted[key] = np.ascontiguousarray(arr, dtype=np.float32)
         return converted[key]
 
-    def attribute(n, label, name: str):
+    def attribute(n, label, name: str, kind: str, default):
+        """The value of attribute ``name`` of node ``n`` (``default`` if absent), refused
+        unless it is one attribute of type ``kind`` (``"INT"``, ``"INTS"``, ``"STRING"``)."""
         found = [a for a in n.attribute if a.name == name]
         if len(found) > 1:
             raise fail(f"{n.op_type} {label!r}: attribute {name!r} appears {len(found)} times")
-        return found[0] if found else None
-
-    def typed_attr(n, label, name: str, kind: int, expected: str):
-        """The attribute ``name`` of node ``n`` (None if absent), refused unless ``kind``."""
-        a = attribute(n, label, name)
-        if a is not None and a.type != kind:
+        if not found:
+            return default
+        if found[0].type != getattr(onnx.AttributeProto, kind):
             raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
-                       f"{attr_type(a.type)}, expected {expected}")
-        return a
-
-    def int_attr(n, label, name: str, default: int) -> int:
-        a = typed_attr(n, label, name, onnx.AttributeProto.INT, "an int")
-        return default if a is None else a.i
+                       f"{attr_type(found[0].type)}, expected {kind}")
+        return helper.get_attribute_value(found[0])
 
     def ints_attr(n, label, name: str, default: list[int], length: int) -> list[int]:
-        a = typed_attr(n, label, name, onnx.AttributeProto.INTS, f"a list of {length} ints")
-        if a is None:
-            return default
-        values = list(a.ints)
+        values = list(attribute(n, label, name, "INTS", default))
         if len(values) != length:
             raise fail(f"{n.op_type} {label!r}: attribute {name!r} is {values[:16]}, "
                        f"expected {length} ints")
         return values
-
-    def str_attr(n, label, name: str, default: str) -> str:
-        a = typed_attr(n, label, name, onnx.AttributeProto.STRING, "a string")
-        return default if a is None else a.s.decode("ascii", "replace")
 
     def attr_type(code: int) -> str:
         try:
@@ -333,13 +292,13 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             b = tensor(n.input[2], f"Conv {label!r} bias")
         else:
             b = np.zeros(w.shape[0], np.float32)
-        if int_attr(n, label, "group", 1) != 1 or \
+        if attribute(n, label, "group", "INT", 1) != 1 or \
                 set(ints_attr(n, label, "dilations", [1, 1], 2)) != {1}:
             raise fail(f"Conv {label!r}: grouped or dilated convolution is not SqueezeNet's")
         stride = ints_attr(n, label, "strides", [1, 1], 2)
         kernel = list(w.shape[2:])
         pads = ints_attr(n, label, "pads", [0, 0, 0, 0], 4)
-        auto = str_attr(n, label, "auto_pad", "NOTSET")
+        auto = attribute(n, label, "auto_pad", "STRING", b"NOTSET").decode("ascii", "replace")
         if auto in ("SAME_UPPER", "SAME_LOWER") and set(stride) == {1} and kernel[0] % 2:
             pads = [(kernel[0] - 1) // 2] * 4
         elif auto not in ("NOTSET", "VALID"):
@@ -353,10 +312,6 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
 
     # The variant, from the graph.
     stem, head = convs[0], convs[-1]
-    version = _STEMS.get(tuple(stem["w"].shape))
-    if version is None:
-        raise fail(f"first Conv {stem['label']!r} has weight shape {list(stem['w'].shape)}: "
-                   "expected [96, 3, 7, 7] (v1.0) or [64, 3, 3, 3] (v1.1)")
     if len(convs) == 30:
         bypass = "complex"
     else:
@@ -367,10 +322,9 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
     if head["pad"] not in (0, 1):
         raise fail(f"last Conv {head['label']!r} (conv10) has pads {head['pad']}, expected 0 "
                    "or 1")
-    try:
-        found = Variant(version, int(head["w"].shape[0]), int(head["pad"]), bypass)
-    except ValueError as e:
-        raise fail(str(e)) from None
+    found = infer_variant(stem["w"].shape, head["w"].shape,
+                          names=(f"first Conv {stem['label']!r}", f"last Conv {head['label']!r}"),
+                          bypass=bypass, final_conv_padding=int(head["pad"]), fail=fail)
     if variant is not None and variant != found:
         raise fail(f"the graph is SqueezeNet {found.id}, not the requested {variant.id}")
     variant = found
@@ -442,13 +396,12 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         preprocessing, source = props["preprocessing"], props.get("source", "ONNX")
         # make()'s own parameter names cannot be metadata keys
         extra = {k: v for k, v in props.items() if k not in variant.to_meta()
-                 and k not in ("preprocessing", "source", "tensors", "variant")}
+                 and k not in ("preprocessing", "source", "tensors", "variant", "path",
+                               "format")}
     else:
         producer_name = " ".join(filter(None, [_text(model.producer_name),
                                                _text(model.producer_version)]))
         preprocessing, extra = "torchvision", {}
         source = f"ONNX {label}" + (f" (producer {producer_name})" if producer_name else "")
-    try:
-        return make(tensors, variant, preprocessing=preprocessing, source=source, **extra)
-    except WeightsError as e:
-        raise fail(e.reason) from None
+    return make(tensors, variant, preprocessing=preprocessing, source=source, path=path,
+                format=NAME, **extra)

@@ -1,4 +1,4 @@
-"""Canonical weights as safetensors: the project's own reader and writer.
+"""Canonical weights as safetensors, read and written by the ``safetensors`` library.
 
 File layout (https://github.com/huggingface/safetensors, little-endian)::
 
@@ -6,14 +6,19 @@ File layout (https://github.com/huggingface/safetensors, little-endian)::
     header = {"__metadata__": {str: str}, NAME: {"dtype": "F32", "shape": [...],
               "data_offsets": [begin, end]}, ...}     # offsets relative to data start
 
-Only ``F32`` tensors are canonical.  Every length is checked against the file size before
-anything is allocated; any inconsistency raises :class:`ports.errors.WeightsError`.
+The library parses and checks the file (header size, JSON, every offset against the data,
+the data fully covered); a file it refuses raises :class:`ports.errors.WeightsError` with its
+reason.  The header is checked before any data is read (and, in a large file, before the
+library maps it), so a huge file with a bad header costs nothing; tensors are read with
+``pread`` rather than through the mapping (a file truncated meanwhile is an error, not a
+``SIGBUS``).  Only ``F32`` tensors are canonical.  The library writes tensors sorted by name
+(they are read back in spec order) and the metadata in hash order (sorted here, so that equal
+weights give equal bytes).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from pathlib import Path
@@ -21,140 +26,120 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
-from ..canonical import Weights
+from ..canonical import Weights, failing, meta_variant
 from ..errors import WeightsError
 from ..spec import Variant
+from . import FORMATS, dependency
 
 NAME = "safetensors"
-EXTENSIONS = (".safetensors",)
-MAX_HEADER = 16 * 1024 * 1024
-_DTYPES = {"F32": np.dtype("<f4")}
+EXTENSIONS = FORMATS[NAME].extensions
+DTYPE = "F32"
+HEADER_MAX = 100_000_000  # the library's limit on the header
+PRECHECK = 64 << 20       # larger files have their header checked before they are mapped
+
+
+def _library():
+    dependency("safetensors.numpy", NAME)
+    return dependency("safetensors", NAME)
+
+
+def _reason(e: Exception) -> str:
+    return str(e) or type(e).__name__
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:
-    """Read a file: the header first, checked against the file size, then only the data
-    the header describes (a huge or hostile file is rejected before it is loaded)."""
+    """A ``.safetensors`` file -> :class:`Weights`: the header first, checked by the library
+    against the file, then only the tensors it describes."""
+    st = _library()
+    fail = failing(path, NAME)
+    if os.path.getsize(path) > PRECHECK:
+        _check_header_first(st, path, fail)
+    try:
+        try:
+            f = st.safe_open(os.fspath(path), framework="numpy", backend="pread")
+        except TypeError:  # pragma: no cover - safetensors before 0.7 has no backend
+            f = st.safe_open(os.fspath(path), framework="numpy")
+        with f:
+            names = list(f.keys())
+            _check_dtypes({k: f.get_slice(k).get_dtype() for k in names}, fail)
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in names}
+    except (st.SafetensorError, OSError) as e:
+        raise fail(_reason(e)) from None
+    return _weights(tensors, meta)
+
+
+def _check_header_first(st, path, fail) -> None:
+    """To read a header the library maps the whole file: address space, which a memory cap
+    counts, and no use when the header is bad.  The header alone goes to the library first;
+    its only complaint about a good one is that the data is not there."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(8)
-        n = _header_length(head, size, path)
-        text = f.read(n)
-        entries, meta = _parse_header(text, size - 8 - n, path)
-        needed = max((stop for _, _, stop, _ in entries), default=0)
-        data = f.read(needed)
-    if len(data) != needed:  # the file shrank while we read it
-        raise WeightsError(f"file ends after {8 + n + len(data)} bytes, the header needs "
-                           f"{8 + n + needed}", path=path, format=NAME)
-    return _tensors(entries, meta, data)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        prefix = head + f.read(max(0, min(n, size - 8, HEADER_MAX)))
+    try:
+        st.deserialize(prefix)
+    except st.SafetensorError as e:
+        if "not fully covered" not in str(e):
+            raise fail(_reason(e)) from None
 
 
 def decode(blob: bytes, *, path=None) -> Weights:
     """Decode a whole file held in memory."""
-    n = _header_length(blob[:8], len(blob), path)
-    entries, meta = _parse_header(blob[8:8 + n], len(blob) - 8 - n, path)
-    return _tensors(entries, meta, memoryview(blob)[8 + n:])
-
-
-def _fail(reason: str, path) -> WeightsError:
-    return WeightsError(reason, path=path, format=NAME)
-
-
-def _header_length(head: bytes, size: int, path) -> int:
-    if len(head) < 8:
-        raise _fail(f"file is {size} bytes, too short for the 8-byte header length", path)
-    (n,) = struct.unpack("<Q", head)
-    if n > min(MAX_HEADER, size - 8):
-        raise _fail(f"header length {n} exceeds the file ({size} bytes) or {MAX_HEADER}", path)
-    return n
-
-
-def _no_duplicates(pairs: list) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Duplicate(key)
-        out[key] = value
-    return out
-
-
-class _Duplicate(Exception):
-    pass
-
-
-def _parse_header(text: bytes, data_len: int, path) -> tuple[list, dict]:
-    """Validated ``[(name, begin, stop, shape)]`` (sorted by offset) and metadata."""
-    def fail(reason: str) -> WeightsError:
-        return _fail(reason, path)
-
+    st = _library()
+    fail = failing(path, NAME)
     try:
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except _Duplicate as e:
-        raise fail(f"header names {e.args[0]!r} twice") from None
-    except RecursionError:
-        raise fail("header is not valid JSON: nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise fail(f"header is not valid JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise fail("header is not a JSON object")
-    meta = header.pop("__metadata__", None)
-    meta = {} if meta is None else meta
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise fail("__metadata__ must map strings to strings")
-    entries = []
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise fail(f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise fail(f"tensor {name!r}: dtype {dtype!r}, expected F32")
-        if (not isinstance(shape, list) or len(shape) > 8
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
-                           for d in shape)):
-            raise fail(f"tensor {name!r}: shape {shape!r} is not a list of at most 8 "
-                       "non-negative ints")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= data_len):
-            raise fail(f"tensor {name!r}: data_offsets {offsets!r} outside the "
-                       f"{data_len}-byte data section")
-        nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
-        if offsets[1] - offsets[0] != nbytes:
-            raise fail(f"tensor {name!r}: shape {shape} needs {nbytes} bytes, "
-                       f"data_offsets span {offsets[1] - offsets[0]}")
-        entries.append((name, offsets[0], offsets[1], tuple(shape)))
-    entries.sort(key=lambda e: (e[1], e[2]))
-    end = 0
-    for name, begin, stop, _ in entries:
-        if begin < end:
-            raise fail(f"tensor {name!r} overlaps the previous tensor's data")
-        end = stop
-    return entries, dict(meta)
+        entries = st.deserialize(bytes(blob))
+    except st.SafetensorError as e:
+        raise fail(_reason(e)) from None
+    _check_dtypes({k: info["dtype"] for k, info in entries}, fail)
+    # The library returns no metadata from bytes: it is the header's, which the library has
+    # just validated (a JSON object whose __metadata__ maps strings to strings).
+    (n,) = struct.unpack("<Q", blob[:8])
+    meta = json.loads(bytes(blob[8:8 + n])).get("__metadata__") or {}
+    arrays = {k: np.frombuffer(info["data"], "<f4").reshape(info["shape"])
+              for k, info in entries}
+    return _weights(arrays, meta)
 
 
-def _tensors(entries: list, meta: dict, data) -> Weights:
-    tensors: dict[str, np.ndarray] = {}
-    for name, begin, stop, shape in entries:
-        arr = np.frombuffer(data[begin:stop], dtype=_DTYPES["F32"])
-        tensors[name] = arr.reshape(shape).astype(np.float32)  # native-endian copy
-    return Weights(tensors, meta)
+def _check_dtypes(dtypes: dict[str, str], fail) -> None:
+    for name, dtype in dtypes.items():
+        if dtype != DTYPE:
+            raise fail(f"tensor {name!r}: dtype {dtype!r}, expected {DTYPE}")
+
+
+def _weights(arrays: dict[str, np.ndarray], meta: dict[str, str]) -> Weights:
+    """Native-endian float32 copies, in spec order where the metadata names a variant."""
+    try:
+        order = list(meta_variant(meta).params())
+    except WeightsError:
+        order = []
+    order = [k for k in order if k in arrays] + sorted(k for k in arrays if k not in order)
+    return Weights({k: np.array(arrays[k], dtype=np.float32) for k in order}, dict(meta))
 
 
 def encode(weights: Weights) -> bytes:
-    """Tensors in canonical (spec) order, header padded with spaces to 8 bytes."""
-    order = list(weights.variant.params())
-    order += sorted(k for k in weights.tensors if k not in order)
-    header: dict = {"__metadata__": dict(weights.meta)}
-    chunks, offset = [], 0
-    for name in order:
-        arr = np.ascontiguousarray(weights.tensors[name], dtype="<f4")
-        raw = arr.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    """The ``.safetensors`` bytes of ``weights`` (float32 little-endian, metadata kept);
+    equal weights give equal bytes."""
+    st = _library()
+    blob = st.numpy.save({k: np.ascontiguousarray(t, dtype="<f4")
+                          for k, t in weights.tensors.items()}, metadata=dict(weights.meta))
+    return _metadata_sorted(blob)
+
+
+def _metadata_sorted(blob: bytes) -> bytes:
+    """The library writes ``__metadata__`` in hash order, different on every call; the same
+    header (its length, hence every offset, unchanged) with the metadata sorted by key."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    if "__metadata__" not in header:
+        return blob
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # pragma: no cover - the same tokens in another order
+        return blob
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n:]
 
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:

@@ -33,12 +33,13 @@ from pathlib import Path
 from .. import _pickle
 from .. import spec as S
 from .._io import atomic_write
-from ..canonical import Weights, make
-from ..errors import WeightsError
+from ..canonical import Weights, failing, key_problems, make, meta_variant, string_meta
+from ..canonical import infer_variant as infer_variant_of
 from ..spec import Variant
+from . import FORMATS
 
 NAME = "torch"
-EXTENSIONS = (".pth", ".pt")
+EXTENSIONS = FORMATS[NAME].extensions
 
 
 def sequential_groups(variant: Variant) -> dict[str, list[S.Layer]]:
@@ -67,7 +68,8 @@ def key_table(variant: Variant) -> dict[str, str]:
 
 META_RECORD = "extra/squeezenet.json"
 NESTED_KEYS = ("state_dict", "model")
-_STEMS = {(96, 3, 7, 7): "1_0", (64, 3, 3, 3): "1_1"}
+CONV1, CONV10 = "features.0.weight", "classifier.1.weight"
+FLOAT_STORAGES = ("float32", "float16", "uint16", "float64")  # uint16: bfloat16 bits
 
 
 def _short(value, limit: int = 80) -> str:
@@ -105,82 +107,45 @@ def _state_dict(obj, fail) -> dict:
 
 def infer_variant(shapes: dict[str, tuple], fail=None) -> Variant:
     """Variant of a torchvision-named state dict from its tensor shapes (see module doc)."""
-    fail = fail or (lambda reason: WeightsError(reason, format=NAME))
-    stem = shapes.get("features.0.weight")
-    if stem is None:
-        raise fail("no features.0.weight (conv1): not a torchvision SqueezeNet state dict")
-    version = _STEMS.get(tuple(stem))
-    if version is None:
-        raise fail(f"features.0.weight (conv1) has shape {list(stem)}: expected "
-                   "[96, 3, 7, 7] (v1.0) or [64, 3, 3, 3] (v1.1)")
-    head = shapes.get("classifier.1.weight")
-    if head is None or len(head) != 4:
-        raise fail("no 4-D classifier.1.weight (conv10): not a torchvision SqueezeNet")
     bypass = "complex" if any(re.fullmatch(r"features\.\d+\.bypass\.weight", k)
                               for k in shapes) else "none"
-    try:
-        return Variant(version, int(head[0]), 0, bypass)
-    except ValueError as e:
-        raise fail(str(e)) from None
+    return infer_variant_of(shapes.get(CONV1), shapes.get(CONV10), names=(CONV1, CONV10),
+                            bypass=bypass, fail=fail or failing(None, NAME))
 
 
 def decode(blob_or_path, *, path=None, variant: Variant | None = None) -> Weights:
-    def fail(reason: str) -> WeightsError:
-        return WeightsError(reason, path=path, format=NAME)
-
+    fail = failing(path, NAME)
     obj, extras = _pickle.load_zip(blob_or_path, path=path, format=NAME)
     state = _state_dict(obj, fail)
     meta: dict[str, str] = {}
     if META_RECORD in extras:
-        try:
-            meta = json.loads(extras[META_RECORD].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise fail(f"{META_RECORD}: not valid JSON: {type(e).__name__}: {e}"[:300]) from None
-        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in meta.items()):
-            raise fail(f"{META_RECORD}: must map strings to strings")
+        meta = string_meta(extras[META_RECORD], META_RECORD, fail=fail)
     shapes = {k: tuple(v.array.shape) for k, v in state.items()}
     if variant is None:
-        if meta:
-            try:
-                variant = Variant.from_meta(meta)
-            except ValueError as e:
-                raise fail(f"{META_RECORD}: {e}") from None
-        else:
-            variant = infer_variant(shapes, fail)
+        variant = (meta_variant(meta, what=META_RECORD, fail=fail) if meta
+                   else infer_variant(shapes, fail))
     table = key_table(variant)
+    spec = variant.params()
+    problems = key_problems(shapes, {key: spec[name] for name, key in table.items()})
     inverse = {v: k for k, v in table.items()}
-    missing = [k for k in table.values() if k not in state]
-    unexpected = [k for k in state if k not in inverse]
-    problems = []
-    def listed(keys: list[str], most: int = 20) -> str:
-        shown = ", ".join(k[:100] for k in keys[:most])
-        return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
-
-    if missing:
-        problems.append("missing keys: " + listed(missing))
-    if unexpected:
-        problems.append("unexpected keys: " + listed(unexpected))
-    for key, t in state.items():
-        if key in inverse and t.storage_dtype not in ("float32", "float16", "uint16", "float64"):
-            problems.append(f"{key}: dtype {t.storage_dtype}, expected a float type")
+    problems += [f"{key}: dtype {t.storage_dtype}, expected a float type"
+                 for key, t in state.items()
+                 if key in inverse and t.storage_dtype not in FLOAT_STORAGES]
     if problems:
         raise fail(f"not a torchvision SqueezeNet {variant.id} state dict: " + "; ".join(problems))
     tensors = _pickle.tensors_to_float32({inverse[k]: v for k, v in state.items()})
     if meta:
         # make()'s own parameter names cannot be metadata keys
         extra = {k: v for k, v in meta.items() if k not in variant.to_meta()
-                 and k not in ("tensors", "variant")}
+                 and k not in ("tensors", "variant", "path", "format")}
         extra.setdefault("preprocessing", "torchvision")
         extra.setdefault("source", "torch checkpoint")
     else:
         name = os.path.basename(os.fspath(path)) if path is not None else "bytes"
         extra = {"preprocessing": "torchvision", "source": f"torch checkpoint {name}"}
     preprocessing, source = extra.pop("preprocessing"), extra.pop("source")
-    try:
-        return make(tensors, variant, preprocessing=preprocessing, source=source, **extra)
-    except WeightsError as e:
-        raise fail(e.reason) from None
+    return make(tensors, variant, preprocessing=preprocessing, source=source, path=path,
+                format=NAME, **extra)
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:
