@@ -35,7 +35,7 @@ from ports.spec import Variant
 from .harness import RESULTS, tolerances_table
 from .inputs import inputs
 
-SIZE = 64
+SIZE = 40  # the last stage is still 2x2, so every tap of every 3x3 kernel gets a gradient
 BATCH = 4
 LABELS = (0, 285, 967, 999)
 STEPS = 5
