@@ -17,9 +17,10 @@ VARIANTS = [v.id for v in all_variants(10)]
 
 @pytest.mark.parametrize("vid", VARIANTS)
 def test_backward_agrees_with_central_finite_differences(vid):
-    """One entry of every parameter tensor (a different one per variant), perturbed by +-1e-7 in float64 (small enough
-    that no ReLU or max-pool choice flips on this input): the analytic gradient agrees with
-    (L(w + e) - L(w - e)) / 2e to 1e-7 absolute + 1e-5 relative.  Two 27x27 images: every
+    """One entry of every parameter tensor (a different one per variant), perturbed by
+    +-1e-7 in float64 (small enough that no ReLU or max-pool choice flips on this input):
+    the analytic gradient agrees with (L(w + e) - L(w - e)) / 2e to 1e-7 absolute + 1e-5
+    relative.  Two 27x27 images: every
     layer, pool and bypass is exercised (v1.0's smallest input is 21)."""
     rng = np.random.default_rng(VARIANTS.index(vid))
     model = ref.load(seeded_weights(Variant.from_id(vid)))
