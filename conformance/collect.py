@@ -229,10 +229,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="run one port over all conformance cases; exit 1 if any case errors "
                     "or disagrees")
-    parser.add_argument("port", choices=sorted(PORTS))
+    parser.add_argument("port", help=f"a port ({', '.join(PORTS)}), or the module path of "
+                                     f"one that follows the port protocol")
     parser.add_argument("--case", action="append", metavar="ID",
                         help="only this case (e.g. 1_1-p0-none-224-float32); repeatable")
     args = parser.parse_args(argv)
+    if args.port not in PORTS:
+        parser.error(f"unknown port {args.port!r}: not one of {', '.join(PORTS)}, and not an "
+                     f"importable module with load() and predict()")
     records = run(args.port, only=args.case)
     failed = bad(records)
     print(f"{args.port}: {len(records) - len(failed)} / {len(records)} cases agree")

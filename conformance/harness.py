@@ -24,7 +24,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCES = Path(__file__).with_name("tolerances.toml")
-RESULTS = Path(os.environ.get("SQUEEZENET_RESULTS", ROOT / "build" / "conformance"))
+# In a checkout, results go to its build/; installed (pip install squeezenet-ports
+# [conformance]), to build/ under the current directory.
+IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "ports").is_dir()
+RESULTS = Path(os.environ.get("SQUEEZENET_RESULTS")
+               or (ROOT if IN_CHECKOUT else Path.cwd()) / "build" / "conformance")
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -41,12 +42,17 @@ def run_port(port: str, log=_log) -> str | None:
     port did not run (one line).  Safe to call from several threads: environments are
     created one at a time, the ports' computations run side by side."""
     env = PORTS[port].env
-    try:
-        toxenv.ensure(env, log)
-    except toxenv.EnvError as e:
-        return str(e)
     start = time.monotonic()
-    code, lines = toxenv.run(env, ["python", "-u", "-m", "conformance.collect", port], log)
+    if env is None:  # a port from outside this project: this interpreter, as it is
+        code, lines = toxenv.stream([sys.executable, "-u", "-m", "conformance.collect", port],
+                                    port, log, cwd=Path.cwd())
+    else:
+        try:
+            toxenv.ensure(env, log)
+        except toxenv.EnvError as e:
+            return str(e)
+        start = time.monotonic()
+        code, lines = toxenv.run(env, ["python", "-u", "-m", "conformance.collect", port], log)
     log(f"   ({time.monotonic() - start:.0f}s, exit {code})")
     if code != 0 and not results.paths(port)[0].exists():
         return f"conformance.collect {port} exited {code}: {toxenv.first_error(lines)}"
@@ -238,7 +244,7 @@ def main(argv=None) -> int:
                              "their environments are created one at a time")
     args = parser.parse_args(argv)
     ports = [p for p in args.ports.split(",") if p]
-    unknown = [p for p in ports if p not in PORTS]
+    unknown = [p for p in ports if p not in PORTS]  # a module path resolves here
     if unknown:
         parser.error(f"unknown ports {unknown}; known: {', '.join(PORTS)}")
     failed: dict[str, str] = {}
@@ -250,8 +256,9 @@ def main(argv=None) -> int:
             def log(line: str) -> None:
                 _log(f"{port:>{width}} {line}")
 
-            log(f"[{i}/{len(ports)}] tox env {PORTS[port].env}, "
-                f"{time.monotonic() - start:.0f}s so far")
+            where = PORTS[port].env
+            log(f"[{i}/{len(ports)}] " + (f"tox env {where}" if where else "this interpreter")
+                + f", {time.monotonic() - start:.0f}s so far")
             why = run_port(port, log)
             if why:
                 failed[port] = why

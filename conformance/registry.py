@@ -5,7 +5,19 @@ Every entry's module exposes the uniform interface (:mod:`ports._api`):
 ``load(weights_or_path, dtype=...) -> model``, ``predict(model, x_nchw) -> logits`` and
 ``activations(model, x, layers=None)``; a ``training`` port also ``loss_and_grads``,
 ``train_steps`` and ``dropout``.
-``env`` is the tox environment it runs in; ``setenv`` is applied before import.
+``env`` is the tox environment it runs in (``None``: the current interpreter);
+``setenv`` is applied before import.
+
+Other implementations take part without a fork of this project (the port protocol is
+documented in :mod:`ports._api` and ``docs/port-protocol.md``):
+
+* by **module path**: ``python -m conformance.collect mypackage.squeezenet`` (any name with
+  a dot that imports), run in the current environment;
+* by **entry point**: a package that declares ``[project.entry-points."squeezenet_ports.ports"]
+  myport = "mypackage.squeezenet"`` is listed under ``myport`` beside the built-in ports.
+
+Such a module may set ``DTYPES`` (default ``("float32",)``); it is a training port when it
+has ``loss_and_grads``.
 """
 
 from __future__ import annotations
@@ -35,7 +47,60 @@ class Port:
         return importlib.import_module(self.module)
 
 
-PORTS: dict[str, Port] = {p.name: p for p in [
+ENTRY_POINTS = "squeezenet_ports.ports"
+
+
+def external(name: str, module: str | None = None) -> Port:
+    """A port outside this project: ``module`` (default ``name``) imported in the current
+    environment; its dtypes and training from the module itself."""
+    mod = importlib.import_module(module or name)
+    for needed in ("load", "predict"):
+        if not callable(getattr(mod, needed, None)):
+            raise ValueError(f"port {name}: module {mod.__name__} has no {needed}() (see "
+                             f"the port protocol, ports._api)")
+    dtypes = tuple(getattr(mod, "DTYPES", ("float32",)))
+    return Port(name, mod.__name__, None, dtypes,
+                training=callable(getattr(mod, "loss_and_grads", None)))
+
+
+class Registry(dict):
+    """The built-in ports, those packages register under :data:`ENTRY_POINTS`, and any
+    importable module path named (resolved on first use)."""
+
+    def __missing__(self, name: str) -> Port:
+        if not isinstance(name, str) or "." not in name:
+            raise KeyError(name)
+        try:
+            port = external(name)
+        except ImportError as e:
+            raise KeyError(f"{name} (cannot import it: {e})") from None
+        self[name] = port
+        return port
+
+    def __contains__(self, name) -> bool:
+        if dict.__contains__(self, name):
+            return True
+        try:
+            self[name]
+        except (KeyError, ValueError):
+            return False
+        return True
+
+    def discover(self) -> Registry:
+        """Add the ports that installed packages declare as entry points."""
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINTS):
+            if dict.__contains__(self, ep.name):
+                continue
+            try:
+                self[ep.name] = external(ep.name, ep.value)
+            except Exception:  # a broken plugin is a port that fails to run, not a crash
+                self[ep.name] = Port(ep.name, ep.value, None, ("float32",))
+        return self
+
+
+_BUILT_IN: list[Port] = [
     Port("numpy", "ports.numpy", "core", ("float64",)),
     Port("torch", "ports.torch", "torch", training=True),
     Port("keras-tf", "ports.keras", "keras-tf", setenv={"KERAS_BACKEND": "tensorflow"}),
@@ -47,4 +112,6 @@ PORTS: dict[str, Port] = {p.name: p for p in [
     Port("chainer", "ports.chainer", "chainer"),
     Port("opencv", "conformance.engines.opencv", "opencv", ("float32",)),
     Port("onnxruntime", "conformance.engines.onnxruntime", "onnx", ("float32",)),
-]}
+]
+
+PORTS: Registry = Registry({p.name: p for p in _BUILT_IN}).discover()
