@@ -13,7 +13,9 @@ variant do the shapes prove, which keys are missing, unexpected or mis-shaped, i
 metadata strings to strings) are :mod:`ports.canonical`'s.
 
 Modules are imported lazily, so a missing optional dependency of one codec (protobuf,
-h5py, msgpack, onnx, safetensors) never breaks another.
+h5py, msgpack, onnx, safetensors) never breaks another; each codec imports its library
+through :func:`dependency`, so a missing one is a :class:`WeightsError` naming the package
+and the extra that installs it.
 """
 
 from __future__ import annotations
@@ -83,14 +85,25 @@ def companion(path: os.PathLike | str, ending: str) -> Path:
     return path.with_name(stem + ending)
 
 
+# Modules the codecs import -> the distribution that provides them (the ``convert`` extra
+# installs every one; safetensors is a dependency of the package itself).
+PACKAGES = {"google.protobuf": "protobuf", "h5py": "h5py", "msgpack": "msgpack",
+            "onnx": "onnx", "safetensors": "safetensors"}
+INSTALL = "pip install 'squeezenet-ports[convert]'"
+
+
 def dependency(module: str, format: str) -> ModuleType:
-    """``module`` imported for codec ``format``; missing, it is a :class:`WeightsError` saying
-    what to install (the ``convert`` extra installs every codec's)."""
+    """``module`` imported for codec ``format``.  Missing (or failing to import), it is a
+    :class:`WeightsError` naming the package and the extra that installs it -- the one
+    judgement every codec's optional library goes through."""
     try:
         return importlib.import_module(module)
-    except ImportError as e:  # pragma: no cover - the convert extra installs them all
-        raise WeightsError(f"the {format} codec needs the {module.split('.')[0]} package ({e}); "
-                           "pip install 'squeezenet-ports[convert]'", format=format) from None
+    except ImportError as e:
+        package = next((p for m, p in PACKAGES.items()
+                        if module == m or module.startswith(m + ".")), module.split(".")[0])
+        raise WeightsError(f"the {format} codec needs the {package} package, which cannot be "
+                           f"imported ({e}); {INSTALL} installs every codec's library",
+                           format=format) from None
 
 
 def codec(name: str) -> ModuleType:
@@ -149,7 +162,12 @@ def read(path: os.PathLike | str, format: str | None = None, *,
         raise WeightsError("no such file", path=path, format=name)
     if not p.is_file():
         raise WeightsError("not a regular file", path=path, format=name)
-    weights = codec(name).read(path, variant=variant, **options)
+    try:
+        weights = codec(name).read(path, variant=variant, **options)
+    except WeightsError as e:
+        if e.path is None:  # e.g. a missing library (dependency): name the file too
+            raise WeightsError(e.reason, path=path, format=e.format or name) from None
+        raise
     return check(weights, variant, path=path, format=name)
 
 
@@ -160,4 +178,9 @@ def write(weights: Weights, path: os.PathLike | str, format: str | None = None, 
 
     name = format or detect(path)
     check(weights)
-    return codec(name).write(weights, path, overwrite=overwrite)
+    try:
+        return codec(name).write(weights, path, overwrite=overwrite)
+    except WeightsError as e:
+        if e.path is None:  # e.g. a missing library (dependency): name the file too
+            raise WeightsError(e.reason, path=path, format=e.format or name) from None
+        raise

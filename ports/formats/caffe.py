@@ -55,7 +55,7 @@ from ..spec import COMPLEX_BYPASS, SIMPLE_BYPASS, Conv, Fire, MaxPool, Variant
 from ..spec import Dropout as SpecDropout
 from ..spec import GlobalAvgPool as SpecGAP
 from ..spec import ReLU as SpecReLU
-from . import FORMATS, companion
+from . import FORMATS, companion, dependency
 from .deepcompression import dc_layer_name
 
 NAME = "caffe"
@@ -99,11 +99,9 @@ LAYER_NAMES = name_table(Variant("1_0", 1000, 0, "complex"))
 
 # --- schema (protobuf) is imported lazily so that importing this module never fails -------
 def _schema():
-    try:
-        from . import caffe_schema
-    except ImportError as e:  # pragma: no cover - protobuf is a 'convert' extra
-        raise WeightsError(f"the Caffe codec needs the protobuf package ({e}); "
-                           "pip install 'squeezenet-ports[convert]'", format=NAME) from None
+    dependency("google.protobuf.text_format", NAME)  # a missing protobuf says what to install
+    from . import caffe_schema
+
     return caffe_schema
 
 
@@ -673,7 +671,7 @@ def prototxt_path(path) -> Path:
 
 def encode(weights: Weights) -> tuple[bytes, bytes]:
     """(``.caffemodel`` bytes, deploy ``.prototxt`` bytes) for ``weights``."""
-    from google.protobuf import text_format
+    text_format = dependency("google.protobuf.text_format", NAME)
 
     model = build_net(weights, with_blobs=True).SerializeToString()
     deploy = build_net(weights, with_blobs=False)

@@ -61,7 +61,7 @@ from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
-from . import FORMATS
+from . import FORMATS, dependency
 
 NAME = "keras"
 EXTENSIONS = FORMATS[NAME].extensions
@@ -70,6 +70,10 @@ MAX_LAYERS = 10_000          # groups under /layers before we give up on a file
 MAX_META = 1 << 20           # bytes of the metadata attribute
 _FLOATS = (np.dtype("<f2"), np.dtype("<f4"), np.dtype("<f8"),
            np.dtype(">f2"), np.dtype(">f4"), np.dtype(">f8"))
+
+
+def _h5py():
+    return dependency("h5py", NAME)
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ def key_table(variant: Variant) -> dict[str, str]:
 # --- writing ---------------------------------------------------------------------------------
 def encode(weights: Weights) -> bytes:
     """The ``.weights.h5`` file Keras would save for ``weights`` (plus the metadata)."""
-    import h5py
+    h5py = _h5py()
 
     variant = weights.variant
     paths = layer_paths(variant)
@@ -196,7 +200,7 @@ class _File:
     else by path only."""
 
     def __init__(self, f, fail) -> None:
-        import h5py
+        h5py = _h5py()
 
         self.f, self.fail = f, fail
         layers = f.get("layers")
@@ -232,7 +236,7 @@ class _File:
     def dataset(self, name: str, path: str, index: str, shape: tuple[int, ...]):
         """Dataset ``index`` of layer ``name``, shape and dtype checked (nothing read).
         Returns ``(dataset, None)`` or ``(None, problem)``."""
-        import h5py
+        h5py = _h5py()
 
         vars_ = self.vars_of(name, path)
         if vars_ is None:
@@ -360,7 +364,7 @@ SANDBOX_SECONDS = 3.0        # plus 1 s per 50 MB of file
 def _read_in_process(source: str | None, variant: str | None,
                      data: bytes | None = None) -> tuple[dict, dict]:
     """What the helper runs: the file ``source`` (or the bytes ``data``) -> (tensors, meta)."""
-    import h5py
+    h5py = _h5py()
 
     try:
         f = h5py.File(io.BytesIO(data) if data is not None else source, "r")
