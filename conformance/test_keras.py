@@ -1,6 +1,7 @@
 """Keras 3 port on the backend named by ``KERAS_BACKEND`` (tox envs keras-tf, keras-jax,
-keras-torch): goldens, real-weights fixtures, and the ``.weights.h5`` contract with real
-Keras (our files load with ``model.load_weights``; Keras' files convert back bit-exact).
+keras-torch): goldens, real-weights fixtures, the ``.weights.h5`` contract with real
+Keras (our files load with ``model.load_weights``; Keras' files convert back bit-exact),
+and the tuned model of ``ports.keras.fast`` against the reference model and Keras' layers.
 """
 
 import os
@@ -30,6 +31,7 @@ from conformance.suite import PortSuite  # noqa: E402
 from ports import formats  # noqa: E402
 from ports.errors import WeightsError  # noqa: E402
 from ports.formats import keras as codec  # noqa: E402
+from ports.keras import fast  # noqa: E402
 from ports.layouts import nchw_to_nhwc  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant, all_variants  # noqa: E402
@@ -49,9 +51,9 @@ def seeded(v: Variant):
     return _seeded_cache[v]
 
 
-def keras_saved(tmp_path, v: Variant, dtype="float32", name="keras.weights.h5"):
+def keras_saved(tmp_path, v: Variant, dtype="float32", name="keras.weights.h5", fast=True):
     """A file saved by real Keras from our model holding the seeded weights."""
-    model = kport.load(seeded(v), dtype=dtype)
+    model = kport.load(seeded(v), dtype=dtype, fast=fast)
     path = tmp_path / name
     model.save_weights(path)
     return path
@@ -75,10 +77,19 @@ def h5_tree(path) -> dict:
 # --- the model is what the codec's table says -------------------------------------------------
 @pytest.mark.parametrize("v", VARIANTS, ids=IDS)
 def test_layer_table_is_model_layers(v):
-    model = kport.SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass)
-    actual = [(layer.name, to_snake_case(type(layer).__name__)) for layer in model.layers]
-    assert actual == [(k.name, k.kind) for k in codec.keras_layers(v)]
-    assert model.name == codec.model_name(v)
+    """Reference and tuned model alike: same layer names and kinds (the file's paths)."""
+    for model in (kport.SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass),
+                  fast.SqueezeNet(v)):
+        actual = [(layer.name, to_snake_case(type(layer).__name__)) for layer in model.layers]
+        assert actual == [(k.name, k.kind) for k in codec.keras_layers(v)]
+        assert model.name == codec.model_name(v)
+        assert model.variant == v
+
+
+def test_reference_and_fast_models_save_the_same_file(tmp_path):
+    v = Variant("1_0", final_conv_padding=1, bypass="complex")
+    ref = h5_tree(keras_saved(tmp_path, v, name="ref.weights.h5", fast=False))
+    assert h5_tree(keras_saved(tmp_path, v, name="fast.weights.h5")) == ref
 
 
 @pytest.mark.parametrize("v", VARIANTS, ids=IDS)
@@ -108,10 +119,12 @@ def test_float64_model_saves_readable_file(tmp_path):
         assert back[k].tobytes() == t.tobytes(), k  # float32 -> float64 -> float32 is exact
 
 
-def test_to_weights_round_trip():
+@pytest.mark.parametrize("fast_", [True, False], ids=["fast", "reference"])
+def test_to_weights_round_trip(fast_):
     v = Variant("1_0", final_conv_padding=1, bypass="simple")
-    back = kport.to_weights(kport.load(seeded(v)))
+    back = kport.to_weights(kport.load(seeded(v), fast=fast_))
     assert back.variant == v
+    assert back.meta["source"] == "ports.keras"
     for k, t in seeded(v).tensors.items():
         assert back[k].tobytes() == t.tobytes(), k
 
@@ -128,8 +141,12 @@ def test_codec_file_loads_in_keras_with_golden_logits(tmp_path, vid):
     atol, rtol = tolerance(PORT, "float32")
     assert_agrees(logits, golden.load(vid, 227), atol, rtol,
                   f"Logits of {PORT} after model.load_weights on {vid} at 227")
-    again = kport.load(path)  # and through ports.formats.read
+    again = kport.load(path, fast=False)  # and through ports.formats.read
     np.testing.assert_array_equal(kport.predict(again, inputs(227)), logits)
+    tuned = fast.SqueezeNet(v)
+    tuned.load_weights(path)  # the tuned model has the same paths
+    assert_agrees(kport.predict(tuned, inputs(227)), golden.load(vid, 227), atol, rtol,
+                  f"Logits of {PORT} (fast) after model.load_weights on {vid} at 227")
 
 
 def test_keras_refuses_our_file_for_another_variant(tmp_path):
@@ -162,7 +179,9 @@ def test_missing_layer_refused_naming_it(tmp_path):
 
 
 # --- building blocks --------------------------------------------------------------------------
-def test_ceil_pool_is_exact_on_negative_inputs():
+@pytest.mark.parametrize("cls", [kport.CeilMaxPooling2D, fast.CeilMaxPooling2D],
+                         ids=["reference", "fast"])
+def test_ceil_pool_is_exact_on_negative_inputs(cls):
     """Output size equals the spec's ceil-mode size for every side, and padded cells never win
     even when every input is negative (complex-bypass pools see negative values)."""
     from ports import numpy as ref
@@ -170,7 +189,7 @@ def test_ceil_pool_is_exact_on_negative_inputs():
     from ports.spec import MaxPool
 
     pool = MaxPool("pool")
-    layer = kport.CeilMaxPooling2D(pool.kernel, pool.stride, dtype="float64")
+    layer = cls(pool.kernel, pool.stride, dtype="float64")
     rng = np.random.default_rng(0)
     for side in range(3, 40):
         x = -1.0 - rng.random((1, 2, side, side + 1))  # all negative, rectangular
@@ -186,27 +205,52 @@ def test_float64_global_average_pool_is_exact():
     np.testing.assert_allclose(out, x.mean(axis=(1, 2)), rtol=0, atol=1e-15)
 
 
-def test_whole_model_save_and_load_model(tmp_path):
-    """``model.save('m.keras')`` then ``keras.models.load_model``: the custom layers are
-    registered, and the restored model still predicts through ports.keras."""
+@pytest.mark.parametrize("fast_,dtype", [(True, "float32"), (False, "float64")],
+                         ids=["fast-float32", "reference-float64"])
+def test_whole_model_save_and_load_model(tmp_path, fast_, dtype):
+    """``model.save('m.keras')`` then ``keras.models.load_model``: the model and its custom
+    layers are registered, and the restored model is the same class, variant and dtype and
+    still predicts through ports.keras."""
     v = Variant("1_1", final_conv_padding=1, bypass="complex")
-    model = kport.load(seeded(v))
+    model = kport.load(seeded(v), dtype=dtype, fast=fast_)
     model.save(tmp_path / "m.keras")
     restored = keras.models.load_model(tmp_path / "m.keras")
-    assert kport.variant_of(restored) == v
+    assert type(restored) is type(model) is (fast.SqueezeNet if fast_ else kport.SqueezeNet)
+    assert restored.variant == v
+    assert restored.inputs[0].dtype == dtype
     x = inputs(224)[:2]
     np.testing.assert_array_equal(kport.predict(restored, x), kport.predict(model, x))
 
 
 # --- the per-backend fast paths compute what Keras' own layers compute ----------------------
+def test_load_builds_fast_model_unless_told_not_to():
+    v = Variant("1_1")
+    assert type(kport.load(seeded(v))) is fast.SqueezeNet
+    assert type(kport.load(seeded(v), fast=False)) is kport.SqueezeNet
+    assert kport.load(seeded(v), variant=v, fast=False).variant == v
+
+
+@pytest.mark.parametrize("vid,size", [("1_0-p1-complex", 227), ("1_1-p0-complex", 227),
+                                      ("1_1-p0-none", 224), ("1_0-p0-simple", 224)])
+def test_fast_model_equals_reference_model(vid, size):
+    """``load`` (the tuned model of ``ports.keras.fast``) against ``load(..., fast=False)``
+    (the plain reference network), same weights, float64, whole batches through predict."""
+    v = Variant.from_id(vid)
+    x = inputs(size)
+    ref = kport.predict(kport.load(seeded(v), dtype="float64", fast=False), x)
+    ours = kport.predict(kport.load(seeded(v), dtype="float64"), x)
+    assert ours.dtype == ref.dtype == np.float64
+    np.testing.assert_allclose(ours, ref, rtol=1e-11, atol=1e-11 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "valid"), (3, 1, "same"),
                                                    (3, 2, "valid"), (7, 2, "valid")])
 def test_fast_conv_equals_keras_conv(kernel, stride, padding):
-    """``ports.keras.Conv2D`` (torch: NCHW views; JAX: 1x1 as a matmul) against
+    """``ports.keras.fast.Conv2D`` (torch: NCHW views; JAX: 1x1 as a matmul) against
     ``keras.layers.Conv2D`` with the same weights, in float64."""
     rng = np.random.default_rng(kernel * 10 + stride)
     x = rng.normal(size=(3, 15, 17, 5))
-    ours = kport.Conv2D(4, kernel, strides=stride, padding=padding, dtype="float64")
+    ours = fast.Conv2D(4, kernel, strides=stride, padding=padding, dtype="float64")
     theirs = keras.layers.Conv2D(4, kernel, strides=stride, padding=padding, dtype="float64")
     ours.build(x.shape)
     theirs.build(x.shape)
@@ -218,14 +262,19 @@ def test_fast_conv_equals_keras_conv(kernel, stride, padding):
 
 
 @pytest.mark.parametrize("vid", ["1_0-p1-complex", "1_1-p0-simple"])
-def test_graph_run_equals_functional_call(vid):
-    """``SqueezeNetModel.call`` (on JAX/CPU: the layers through the second pool image by
+def test_graph_run_equals_functional_call(vid, monkeypatch):
+    """``fast.SqueezeNet.call`` (on JAX/CPU: the layers through the second pool image by
     image, then the rest batched) gives the logits of Keras' own functional graph run."""
     v = Variant.from_id(vid)
     model = kport.load(seeded(v), dtype="float64")
     x = nchw_to_nhwc(inputs(227)[:3]).astype("float64")
+    maps = []
+    per_image = keras.ops.map
+    monkeypatch.setattr(keras.ops, "map", lambda f, xs: maps.append(1) or per_image(f, xs))
     ours = keras.ops.convert_to_numpy(model(x, training=False))
-    graph = keras.ops.convert_to_numpy(super(kport.SqueezeNetModel, model).call(x))
+    assert len(maps) == (_backend == "jax" and
+                         str(keras.distribution.list_devices()[0]).startswith("cpu"))
+    graph = keras.ops.convert_to_numpy(super(fast.SqueezeNet, model).call(x))
     np.testing.assert_allclose(ours, graph, rtol=0, atol=1e-11)
-    assert kport._per_image_head(v.layers()) == (
+    assert fast.per_image_head(v) == (
         [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3) + 1)
