@@ -52,8 +52,13 @@ def read(path, *, variant: Variant | None = None) -> Weights:
     against the file, then only the tensors it describes."""
     st = _library()
     fail = failing(path, NAME)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        header = f.read(max(0, min(n, os.fstat(f.fileno()).st_size - 8, HEADER_MAX)))
+    _check_unique_names(header, fail)
     if os.path.getsize(path) > PRECHECK:
-        _check_header_first(st, path, fail)
+        _check_header_first(st, head + header, fail)
     try:
         try:
             f = st.safe_open(os.fspath(path), framework="numpy", backend="pread")
@@ -69,15 +74,29 @@ def read(path, *, variant: Variant | None = None) -> Weights:
     return _weights(tensors, meta)
 
 
-def _check_header_first(st, path, fail) -> None:
+def _check_unique_names(header: bytes, fail) -> None:
+    """The library keeps the last of two entries with one name; a file that names a tensor
+    twice is ambiguous and refused here.  (Anything else wrong with the header is left to the
+    library, which says what.)"""
+    def pairs(items):
+        names = [k for k, _ in items]
+        twice = sorted({k for k in names if names.count(k) > 1})
+        if twice:
+            raise fail(f"header names {', '.join(map(repr, twice))} twice")
+        return dict(items)
+
+    try:
+        json.loads(header, object_pairs_hook=pairs)
+    except WeightsError:
+        raise
+    except (ValueError, RecursionError):  # not JSON: the library's to say
+        pass
+
+
+def _check_header_first(st, prefix: bytes, fail) -> None:
     """To read a header the library maps the whole file: address space, which a memory cap
     counts, and no use when the header is bad.  The header alone goes to the library first;
     its only complaint about a good one is that the data is not there."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        prefix = head + f.read(max(0, min(n, size - 8, HEADER_MAX)))
     try:
         st.deserialize(prefix)
     except st.SafetensorError as e:
@@ -89,6 +108,9 @@ def decode(blob: bytes, *, path=None) -> Weights:
     """Decode a whole file held in memory."""
     st = _library()
     fail = failing(path, NAME)
+    if len(blob) >= 8:
+        (n,) = struct.unpack("<Q", bytes(blob[:8]))
+        _check_unique_names(bytes(blob[8:8 + min(n, HEADER_MAX)]), fail)
     try:
         entries = st.deserialize(bytes(blob))
     except st.SafetensorError as e:
