@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-_OK, _ERR, _READY = b"K", b"E", b"R"
+_OK, _ERR, _READY, _BUG = b"K", b"E", b"R", b"B"
 _FRAME = struct.Struct("<cQ")    # kind, body length
 STARTUP_SECONDS = 120.0         # a fresh helper imports numpy and the reader's module
 
@@ -71,6 +71,11 @@ def _address_space() -> int:
             return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+class ReaderBug(RuntimeError):
+    """The isolated reader raised something other than its judgement of the file (not a
+    ``ValueError``): a bug in the reader, reported as such rather than as a bad file."""
 
 
 class SandboxError(Exception):
@@ -151,7 +156,10 @@ def _call(request: dict, data: bytes | None) -> bytes:
             return _ERR + f"needs more than {request['memory'] >> 20} MiB of memory".encode()
         except BaseException as e:  # noqa: BLE001 - everything is reported to the caller
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            return _ERR + str(reason).encode("utf-8", "replace")
+            # A ValueError (WeightsError among them) is the reader's judgement of the file;
+            # anything else escaping the reader is a bug in it, said as one.
+            kind = _ERR if isinstance(e, ValueError) else _BUG
+            return kind + str(reason).encode("utf-8", "replace")
 
 
 def _serve() -> None:
@@ -291,9 +299,10 @@ def isolated(func: Callable[..., tuple[dict, dict]], *args, data: bytes | None =
     JSON values; ``preload``: modules a fresh helper imports before it takes calls (the
     deadline then covers the call alone).
 
-    An exception in ``func`` comes back as :class:`SandboxError` carrying its message (its
-    ``reason`` when it has one); so do a crash (signal), exceeding ``memory_bytes`` beyond
-    the helper's address space, or running past ``seconds``.
+    A ``ValueError`` (``WeightsError``) in ``func`` comes back as :class:`SandboxError`
+    carrying its message (its ``reason`` when it has one); so do a crash (signal), exceeding
+    ``memory_bytes`` beyond the helper's address space, or running past ``seconds``.  Any
+    other exception is a bug in ``func``: :class:`ReaderBug`.
     """
     if os.name != "posix":  # pragma: no cover - no select() on pipes, no rlimits
         return func(*args, **({} if data is None else {"data": data}))
@@ -319,4 +328,6 @@ def isolated(func: Callable[..., tuple[dict, dict]], *args, data: bytes | None =
             raise
     if kind == _ERR:
         raise SandboxError(body.decode("utf-8", "replace"))
+    if kind == _BUG:
+        raise ReaderBug(body.decode("utf-8", "replace"))
     return _unpack(body)

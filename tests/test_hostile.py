@@ -359,6 +359,9 @@ def test_isolated_reader_survives_a_crash_a_hang_and_a_memory_blowup():
         _sandbox.isolated(bytearray, 1 << 33, **caps)
     with pytest.raises(_sandbox.SandboxError, match="JSONDecodeError"):
         _sandbox.isolated(json.loads, "{not json", **caps)
+    # anything but a ValueError escaping the reader is a bug in it, not a bad file
+    with pytest.raises(_sandbox.ReaderBug, match="TypeError"):
+        _sandbox.isolated(os.path.join, 1, 2, **caps)
 
 
 def test_isolated_reader_is_one_helper_reused_never_a_fork(tmp_path, monkeypatch):

@@ -51,6 +51,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -131,11 +132,24 @@ def keras_layers(variant: Variant) -> list[KerasLayer]:
     return out
 
 
-def layer_paths(variant: Variant) -> dict[str, str]:
-    """Keras layer name -> its group in the file (``layers/conv2d_3``)."""
+def model_layers(variant: Variant, layers: Sequence[tuple[str, str]] | None = None
+                 ) -> list[KerasLayer]:
+    """``model.layers`` of a model for ``variant``: ``ports.keras``'s (:func:`keras_layers`),
+    or ``layers`` -- ``(name, kind)`` in order, of another model with the same layer names
+    (a ``.keras`` file's graph) -- with each convolution's canonical name filled in."""
+    if layers is None:
+        return keras_layers(variant)
+    convs = {name: canonical for canonical, name in conv_layer_names(variant).items()}
+    return [KerasLayer(name, kind, convs.get(name)) for name, kind in layers]
+
+
+def layer_paths(variant: Variant, layers: Sequence[tuple[str, str]] | None = None
+                ) -> dict[str, str]:
+    """Keras layer name -> its group in the file (``layers/conv2d_3``); ``layers``: as
+    :func:`model_layers`."""
     seen: dict[str, int] = {}
     paths = {}
-    for layer in keras_layers(variant):
+    for layer in model_layers(variant, layers):
         k = seen.get(layer.kind, -1) + 1
         seen[layer.kind] = k
         paths[layer.name] = f"layers/{layer.kind}" + (f"_{k}" if k else "")
@@ -159,17 +173,19 @@ def key_table(variant: Variant) -> dict[str, str]:
 
 
 # --- writing ---------------------------------------------------------------------------------
-def encode(weights: Weights) -> bytes:
-    """The ``.weights.h5`` file Keras would save for ``weights`` (plus the metadata)."""
+def encode(weights: Weights, layers: Sequence[tuple[str, str]] | None = None) -> bytes:
+    """The ``.weights.h5`` file Keras would save for ``weights`` (plus the metadata) from a
+    ``ports.keras`` model, or from the model whose ``model.layers`` are ``layers`` (as
+    :func:`model_layers`)."""
     h5py = _h5py()
 
     variant = weights.variant
-    paths = layer_paths(variant)
+    paths = layer_paths(variant, layers)
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
         f.attrs[META_ATTR] = json.dumps(dict(weights.meta))  # key order kept
         f.create_group("vars").attrs["name"] = model_name(variant)
-        for layer in keras_layers(variant):
+        for layer in model_layers(variant, layers):
             group = f.create_group(paths[layer.name]).create_group("vars")
             group.attrs["name"] = layer.name
             if layer.canonical is not None:
@@ -205,8 +221,8 @@ class _File:
         self.f, self.fail = f, fail
         layers = f.get("layers")
         if not isinstance(layers, h5py.Group):
-            hint = (" (this looks like a Keras 2 / tf.keras HDF5 file: save it again with "
-                    "Keras 3's model.save_weights('x.weights.h5'))"
+            hint = (" (this looks like a Keras 2 / tf.keras HDF5 file: read it as format "
+                    "keras-h5, the format of a file named .h5)"
                     if "layer_names" in f.attrs or "model_weights" in f else "")
             raise fail("no 'layers' group: not a Keras 3 .weights.h5 file" + hint)
         if len(layers) > MAX_LAYERS:
@@ -293,15 +309,17 @@ def infer_variant(file: _File) -> tuple[Variant, str]:
                            final_conv_padding=padding, fail=file.fail), how
 
 
-def _layer_set_problems(file: _File, variant: Variant) -> tuple[list[str], set[str]]:
+def _layer_set_problems(file: _File, variant: Variant,
+                        graph: Sequence[tuple[str, str]] | None = None
+                        ) -> tuple[list[str], set[str]]:
     """Every layer of ``variant`` present and nothing else (by name when recorded); returns
     the problems and the missing layers."""
-    layers = keras_layers(variant)
+    layers = model_layers(variant, graph)
     if file.named:
         expected = [layer.name for layer in layers]
         found, label = list(file.by_name), str
     else:  # only the convolutions' groups can be told apart
-        paths = layer_paths(variant)
+        paths = layer_paths(variant, graph)
         by_path = {paths[layer.name]: layer.name for layer in layers if layer.canonical}
         expected = list(by_path)
         found = [p for p in file.paths if p.startswith("layers/conv2d")]
@@ -311,8 +329,13 @@ def _layer_set_problems(file: _File, variant: Variant) -> tuple[list[str], set[s
     return problems, {label(k) for k in expected if k not in set(found)}
 
 
-def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
-    """Canonical weights from an open ``h5py.File``."""
+def from_h5(f, *, variant: Variant | None = None, path=None,
+            layers: Sequence[tuple[str, str]] | None = None,
+            what: str = "keras .weights.h5") -> Weights:
+    """Canonical weights from an open ``h5py.File``: saved from a ``ports.keras`` model, or
+    from the model whose ``model.layers`` are ``layers`` (as :func:`model_layers`: the
+    graph of a ``.keras`` file).  ``what`` names the file kind in the ``source`` metadata of
+    a file without metadata."""
     fail = C.failing(path, NAME)
     meta = _meta(f, fail)
     file = _File(f, fail)
@@ -322,8 +345,8 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
         chosen, how = C.meta_variant(meta, fail=fail), "from the file's metadata"
     else:
         chosen, how = infer_variant(file)
-    set_problems, missing = _layer_set_problems(file, chosen)
-    paths = layer_paths(chosen)
+    set_problems, missing = _layer_set_problems(file, chosen, layers)
+    paths = layer_paths(chosen, layers)
     specs = chosen.params()
     datasets, problems = {}, []
     for canonical, name in conv_layer_names(chosen).items():  # all shapes before any data
@@ -345,7 +368,7 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
     if not C.has_architecture(meta):
         meta = {**meta, **chosen.to_meta()}
         meta.setdefault("preprocessing", "none")
-        meta.setdefault("source", f"keras .weights.h5 without metadata; {how}")
+        meta.setdefault("source", f"{what} without metadata; {how}")
     return Weights(tensors, meta)
 
 
@@ -371,7 +394,15 @@ def _read_in_process(source: str | None, variant: str | None,
     except OSError as e:
         raise WeightsError(f"not an HDF5 file ({e})", format=NAME) from None
     with f:
-        weights = from_h5(f, variant=Variant.from_id(variant) if variant else None)
+        try:
+            weights = from_h5(f, variant=Variant.from_id(variant) if variant else None)
+        except (OSError, KeyError, RuntimeError) as e:
+            # libhdf5's reports of a damaged file reach Python as OSError, RuntimeError, or
+            # a KeyError "Unable to ..."; any other KeyError is a bug of ours, said as one
+            if isinstance(e, KeyError) and "Unable to" not in str(e):
+                raise
+            raise WeightsError(f"damaged HDF5 file ({type(e).__name__}: {e})",
+                               format=NAME) from None
     return weights.tensors, weights.meta
 
 
