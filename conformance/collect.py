@@ -182,8 +182,11 @@ def describe(r: dict) -> str:
     if r.get("error"):
         return f"ERROR {r['error']}"
     if r["kind"] in TRAINING_KINDS:
-        return (f"max rel {r['max_rel']:.2e} ({r['worst_tensor']}) bound {r['bound']:.0e}, "
-                f"loss rel {r['loss_rel']:.1e} {'ok' if r['ok'] else 'MISMATCH'}")
+        kinks = (f" [{r['raw_rel']:.1e} counting {r['fragile']} flippable decisions]"
+                 if r.get("raw_rel", r["max_rel"]) != r["max_rel"] else "")
+        return (f"max rel {r['max_rel']:.2e} ({r['worst_tensor']}){kinks} bound "
+                f"{r['bound']:.0e}, loss rel {r['loss_rel']:.1e} "
+                f"{'ok' if r['ok'] else 'MISMATCH'}")
     top = "" if r.get("top1_ok", True) and r.get("top3_ok", True) else " WRONG CLASS"
     return (f"max abs {r['max_abs']:.2e} top-5 {r['top5_agree']}/{r['images']} "
             f"{'ok' if r['ok'] else 'MISMATCH'}{top}")

@@ -131,11 +131,15 @@ def current(port: str) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     return {r["id"]: r for r in doc.get("cases", [])}, logits
 
 
-@contextmanager
 def _locked(port: str):
     """Hold an exclusive lock on ``PORT.lock`` (processes that record the same port at the
     same time, e.g. pytest-xdist workers, merge instead of overwriting each other)."""
-    path = paths(port)[0].with_suffix(".lock")
+    return file_lock(paths(port)[0].with_suffix(".lock"))
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) while in the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:

@@ -13,6 +13,12 @@ gradients are deterministic.  Every backward rule below mirrors one forward func
 * bypass: the sum's gradient goes to both branches (identity, or the 1x1 bypass conv);
 * global average pool: ``dy / (H * W)`` spread over the map.
 
+Each ReLU's mask and each pool's choice of maximum is a *decision* of the forward pass;
+``loss_and_grads(..., decide=f)`` lets ``f(site, choice)`` replace one (``site`` the conv a
+ReLU follows, or the pool's name; ``choice`` the boolean mask, or the index of the winner in
+each flattened window).  The conformance suite uses it to take the gradient on the other
+side of a decision that float32 rounding could tip (:mod:`ports.numpy.kinks`).
+
 ``train_steps`` is Caffe's ``SGDSolver`` with L2 weight decay on every weight and bias
 (the released train_val prototxts leave ``decay_mult`` at 1)::
 
@@ -66,26 +72,44 @@ def conv2d_backward(x: np.ndarray, w: np.ndarray, stride: int, padding: int,
     return dx, dw, db
 
 
-def max_pool_ceil_backward(x: np.ndarray, pool: S.MaxPool, dy: np.ndarray) -> np.ndarray:
-    """``dy`` [N,C,H',W'] of :func:`ports.numpy.max_pool_ceil` -> dx [N,C,H,W]."""
+def pool_windows(x: np.ndarray, pool: S.MaxPool) -> np.ndarray:
+    """The windows of a ceil-mode max pool: [N,C,H,W] -> [N,C,H',W', k*k], row-major within
+    each window, overhanging cells ``-inf``."""
     height, width = x.shape[2:]
     k, s = pool.kernel, pool.stride
     xp = np.pad(x, ((0, 0), (0, 0), (0, pool.ceil_extra(height)), (0, pool.ceil_extra(width))),
                 constant_values=-np.inf)
-    ho, wo = dy.shape[2:]
+    ho, wo = pool.out_size(height), pool.out_size(width)
     windows = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s][:, :, :ho, :wo]
-    first_max = windows.reshape(*windows.shape[:4], k * k).argmax(axis=-1)  # row-major first
-    dxp = np.zeros_like(xp)
+    return windows.reshape(*windows.shape[:4], k * k)
+
+
+def max_pool_ceil_backward(x: np.ndarray, pool: S.MaxPool, dy: np.ndarray,
+                           first_max: np.ndarray | None = None) -> np.ndarray:
+    """``dy`` [N,C,H',W'] of :func:`ports.numpy.max_pool_ceil` -> dx [N,C,H,W].
+    ``first_max`` [N,C,H',W']: the winner's index in each flattened window (default: the
+    first maximum in row-major order)."""
+    height, width = x.shape[2:]
+    k, s = pool.kernel, pool.stride
+    if first_max is None:
+        first_max = pool_windows(x, pool).argmax(axis=-1)  # row-major first
+    xp = np.zeros((*x.shape[:2], height + pool.ceil_extra(height),
+                   width + pool.ceil_extra(width)), x.dtype)
+    ho, wo = dy.shape[2:]
     for i in range(k):
         for j in range(k):
-            dxp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] \
+            xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] \
                 += np.where(first_max == i * k + j, dy, 0.0)
-    return dxp[:, :, :height, :width]
+    return xp[:, :, :height, :width]
 
 
-def relu_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Gradient through ``y = relu(x)``: passes where ``y > 0``."""
-    return dy * (y > 0)
+def relu_backward(mask: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Gradient through ``relu(z)``: passes where ``mask`` (``z > 0``)."""
+    return dy * mask
+
+
+def _same(site: str, choice: np.ndarray) -> np.ndarray:
+    return choice  # backward's default ``decide``: the forward pass's own decisions
 
 
 class _Tape:
@@ -93,6 +117,7 @@ class _Tape:
 
     def __init__(self, model: SqueezeNet) -> None:
         self.p, self.layers, self.steps = model.params, model.variant.layers(), []
+        # ReLUs keep their input z (pre-activation); pools keep their input.
 
     def conv(self, c: S.Conv, h: np.ndarray) -> np.ndarray:
         self.steps.append(("conv", c, h))
@@ -105,14 +130,15 @@ class _Tape:
         def conv(c, a):
             return conv2d(a, p[f"{c.name}.weight"], p[f"{c.name}.bias"], c.stride, c.padding)
 
-        s = relu(conv(fire.squeeze, h))
-        e1, e3 = relu(conv(fire.expand1x1, s)), relu(conv(fire.expand3x3, s))
-        out = np.concatenate([e1, e3], axis=1)
+        zs = conv(fire.squeeze, h)
+        s = relu(zs)
+        z1, z3 = conv(fire.expand1x1, s), conv(fire.expand3x3, s)
+        out = np.concatenate([relu(z1), relu(z3)], axis=1)
         if fire.bypass == "identity":
             out = out + h
         elif fire.bypass == "conv":
             out = out + conv(fire.bypass_conv, h)
-        self.steps.append(("fire", fire, (h, s, e1, e3)))
+        self.steps.append(("fire", fire, (h, zs, z1, z3)))
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -121,8 +147,8 @@ class _Tape:
             if isinstance(layer, S.Conv):
                 h = self.conv(layer, h)
             elif isinstance(layer, S.ReLU):
-                h = relu(h)
                 self.steps.append(("relu", layer, h))
+                h = relu(h)
             elif isinstance(layer, S.MaxPool):
                 self.steps.append(("pool", layer, h))
                 h = max_pool_ceil(h, layer)
@@ -133,9 +159,12 @@ class _Tape:
                 h = h.mean(axis=(2, 3))
         return h
 
-    def backward(self, dy: np.ndarray) -> dict[str, np.ndarray]:
+    def backward(self, dy: np.ndarray, decide=_same) -> dict[str, np.ndarray]:
         grads: dict[str, np.ndarray] = {}
         p = self.p
+
+        def relu_back(site: str, z: np.ndarray, d: np.ndarray) -> np.ndarray:
+            return relu_backward(decide(site, z > 0), d)
 
         def conv_back(c: S.Conv, a: np.ndarray, d: np.ndarray) -> np.ndarray:
             da, grads[f"{c.name}.weight"], grads[f"{c.name}.bias"] = conv2d_backward(
@@ -147,18 +176,19 @@ class _Tape:
                 n, c, height, width = saved
                 dy = np.broadcast_to(dy[:, :, None, None] / (height * width), saved).copy()
             elif kind == "relu":
-                dy = relu_backward(saved, dy)
+                dy = relu_back(layer.of, saved, dy)
             elif kind == "pool":
-                dy = max_pool_ceil_backward(saved, layer, dy)
+                first_max = decide(layer.name, pool_windows(saved, layer).argmax(axis=-1))
+                dy = max_pool_ceil_backward(saved, layer, dy, first_max)
             elif kind == "conv":
                 dy = conv_back(layer, saved, dy)
             elif kind == "fire":
-                h, s, e1, e3 = saved
-                split = e1.shape[1]
-                de1 = relu_backward(e1, dy[:, :split])
-                de3 = relu_backward(e3, dy[:, split:])
+                h, zs, z1, z3 = saved
+                s, split = relu(zs), z1.shape[1]
+                de1 = relu_back(layer.expand1x1.name, z1, dy[:, :split])
+                de3 = relu_back(layer.expand3x3.name, z3, dy[:, split:])
                 ds = conv_back(layer.expand1x1, s, de1) + conv_back(layer.expand3x3, s, de3)
-                dh = conv_back(layer.squeeze, h, relu_backward(s, ds))
+                dh = conv_back(layer.squeeze, h, relu_back(layer.squeeze.name, zs, ds))
                 if layer.bypass == "identity":
                     dh = dh + dy
                 elif layer.bypass == "conv":
@@ -167,15 +197,16 @@ class _Tape:
         return grads
 
 
-def loss_and_grads(model: SqueezeNet, x, labels) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: SqueezeNet, x, labels,
+                   decide=_same) -> tuple[float, dict[str, np.ndarray]]:
     """Mean softmax cross-entropy of ``model`` on ``x`` [N,3,H,W] with integer ``labels``
     [N], and its gradient with respect to every parameter: ``{canonical name: array}``,
-    OIHW, in the model's dtype (dropout off)."""
+    OIHW, in the model's dtype (dropout off; ``decide``: see the module docstring)."""
     x = as_input(x, model.variant).astype(model.dtype)
     labels = _labels(labels, len(x), model.variant.num_classes)
     tape = _Tape(model)
     loss, dlogits = softmax_cross_entropy(tape.run(x), labels)
-    grads = tape.backward(dlogits)
+    grads = tape.backward(dlogits, decide)
     return loss, {name: grads[name] for name in model.variant.params()}
 
 
@@ -189,10 +220,16 @@ def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
     for lr in lrs:
         loss, grads = loss_and_grads(model, x, labels)
         losses.append(loss)
-        for name, w in model.params.items():
-            history[name] = momentum * history[name] + lr * (grads[name] + weight_decay * w)
-            model.params[name] = w - history[name]
+        sgd_step(model.params, history, grads, lr, momentum, weight_decay)
     return losses, {k: v.copy() for k, v in model.params.items()}
+
+
+def sgd_step(params: dict, history: dict, grads: dict, lr: float, momentum: float,
+             weight_decay: float) -> None:
+    """Caffe's SGD update of ``params`` and its momentum ``history``, in place."""
+    for name, w in params.items():
+        history[name] = momentum * history[name] + lr * (grads[name] + weight_decay * w)
+        params[name] = w - history[name]
 
 
 def _labels(labels, n: int, classes: int) -> np.ndarray:

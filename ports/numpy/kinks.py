@@ -1,0 +1,164 @@
+"""Decisions that float32 rounding could tip, and the gradient on their other side.
+
+ReLU and max pool are not differentiable everywhere: a ReLU input ``z`` at 0, or two equal
+maxima in one pool window, is a *kink*, and the gradient there depends on which side the
+computation lands.  A float32 port computes every activation with a relative error of about
+1e-6, so where the float64 reference finds an input within that distance of a kink the port
+may take the other branch, and its gradient then differs by the whole contribution of that
+one element -- a correct gradient of the same function on the other side.  At 40 x 40 a
+batch has ~3e5 ReLU inputs, so each case has a handful of them (their number varies with the
+machine's BLAS, which rounds differently).
+
+This module finds them (:func:`fragile`: ``|z| <= margin * max |z|`` over the ReLU's input,
+or a window whose two largest values differ by ``<= margin * max |x|`` over the pool's input)
+and computes, for each, the reference gradient with that one decision flipped.
+:func:`allowance` sums ``|grad_flipped - grad|`` over them: the per-entry slack a float32
+comparison grants on top of its tolerance.  A wrong port is still caught: the slack is
+exact, entry by entry, and covers only the entries these few elements reach.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import spec as S
+from . import SqueezeNet
+from .train import _labels, _Tape, loss_and_grads, pool_windows, sgd_step, softmax_cross_entropy
+
+__all__ = ["Decision", "fragile", "allowance", "steps_allowance"]
+
+
+class Decision(NamedTuple):
+    """One decision near a kink: ``site`` (the conv a ReLU follows, or a pool's name),
+    ``index`` (the element of the ReLU's input, or the pool window [n, c, i, j]) and
+    ``other`` (the pool window's runner-up, -1 for a ReLU)."""
+
+    site: str
+    index: tuple[int, ...]
+    other: int = -1
+
+    def flip(self, site: str, choice: np.ndarray) -> np.ndarray:
+        """A ``decide`` hook for :func:`ports.numpy.train.loss_and_grads`."""
+        if site != self.site:
+            return choice
+        choice = choice.copy()
+        choice[self.index] = (not choice[self.index]) if self.other < 0 else self.other
+        return choice
+
+
+def _sites(tape: _Tape):
+    """(site, kind, input) of every ReLU ("relu", its input z) and pool ("pool", its input)
+    of a recorded forward pass."""
+    for kind, layer, saved in tape.steps:
+        if kind == "relu":
+            yield layer.of, "relu", saved
+        elif kind == "pool":
+            yield layer.name, "pool", saved
+        elif kind == "fire":
+            _, zs, z1, z3 = saved
+            yield layer.squeeze.name, "relu", zs
+            yield layer.expand1x1.name, "relu", z1
+            yield layer.expand3x3.name, "relu", z3
+
+
+def fragile(tape: _Tape, margin: float) -> list[Decision]:
+    """The decisions of a recorded forward pass within ``margin`` (relative to the site's
+    largest magnitude) of a kink."""
+    out = []
+    for site, kind, a in _sites(tape):
+        scale = float(np.abs(a).max())
+        if kind == "relu":
+            for idx in zip(*np.nonzero(np.abs(a) <= margin * scale)):
+                out.append(Decision(site, tuple(int(i) for i in idx)))
+        else:
+            windows = pool_windows(a, next(x for x in tape.layers
+                                           if isinstance(x, S.MaxPool) and x.name == site))
+            order = np.argsort(-windows, axis=-1, kind="stable")
+            top = np.take_along_axis(windows, order[..., :2], axis=-1)
+            # Two zeros are outputs of dead ReLUs: the gradient stops there either way.
+            close = np.nonzero((top[..., 0] - top[..., 1] <= margin * scale)
+                               & (top[..., 0] != 0))
+            for idx in zip(*close):
+                out.append(Decision(site, tuple(int(i) for i in idx), int(order[idx][1])))
+    return out
+
+
+def allowance(model: SqueezeNet, x: np.ndarray, labels,
+              margin: float) -> tuple[int, dict[str, np.ndarray]]:
+    """(number of fragile decisions, ``{name: sum over them of |grad_flipped - grad|}``) of
+    the loss of ``model`` on ``x`` [N,3,H,W] (float64, as the reference)."""
+    count, slack, _ = _flips(model, x, labels, margin)
+    return count, slack
+
+
+def _flips(model: SqueezeNet, x: np.ndarray, labels, margin: float):
+    """(count, slack, [(decision, flipped gradients, |flipped - base|)]) -- see
+    :func:`allowance`; only flips that change something are listed."""
+    tape = _Tape(model)
+    labels = _labels(labels, len(x), model.variant.num_classes)
+    _, dlogits = softmax_cross_entropy(tape.run(np.asarray(x, model.dtype)), labels)
+    base = tape.backward(dlogits)
+    slack = {k: np.zeros_like(v) for k, v in model.params.items()}
+    decisions, moved = fragile(tape, margin), []
+    for d in decisions:
+        grads = tape.backward(dlogits, d.flip)
+        delta = {k: np.abs(grads[k] - base[k]) for k in slack}
+        if any(v.any() for v in delta.values()):
+            moved.append((d, grads, delta))
+        for k in slack:
+            slack[k] += delta[k]
+    return len(decisions), slack, moved
+
+
+def steps_allowance(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: float,
+                    weight_decay: float, margin: float,
+                    follow: float = 1e-5) -> tuple[int, dict[str, np.ndarray], np.ndarray]:
+    """The same for the weights after ``train_steps(model, x, labels, lrs, ...)``.
+
+    A gradient that differs by ``delta`` at step ``t`` moves the final weights by
+    ``lr_t * (1 + momentum + ... + momentum ** (T - 1 - t)) * delta`` to first order.  But
+    a flip that moves some tensor's final weights by more than ``follow`` of that tensor's
+    largest change also moves the next steps' activations past other decisions (one ReLU of
+    fire8 tipped at step 1 of 1_0-p0-none tips ~800 more by step 5): for such a flip the
+    whole other trajectory is computed (flipped at step ``t``, then onward as usual) and
+    its distance from the reference's final weights is the slack.  Returns (count, slack,
+    per-step loss slack: how far the followed trajectories' losses are from the
+    reference's).  ``model`` is left as it was."""
+    params = model.params
+    start = {k: v.copy() for k, v in params.items()}
+    total = 0
+    history = {k: np.zeros_like(v) for k, v in start.items()}
+    states, losses = [], []  # (weights, history) before each step, the loss there
+    for lr in lrs:
+        states.append(({k: v.copy() for k, v in params.items()},
+                       {k: v.copy() for k, v in history.items()}))
+        loss, grads = loss_and_grads(model, x, labels)
+        losses.append(loss)
+        sgd_step(params, history, grads, lr, momentum, weight_decay)
+    loss_slack = np.zeros(len(lrs))
+    final = {k: v.copy() for k, v in params.items()}
+    scale = {k: float(np.abs(final[k] - start[k]).max()) or 1.0 for k in final}
+    slack = {k: np.zeros_like(v) for k, v in start.items()}
+    for t, lr in enumerate(lrs):
+        params.update({k: v.copy() for k, v in states[t][0].items()})
+        count, _, moved = _flips(model, x, labels, margin)
+        total += count
+        carry = lr * sum(momentum ** j for j in range(len(lrs) - t))
+        for _, flipped, delta in moved:
+            if max(float(carry * delta[k].max()) / scale[k] for k in delta) <= follow:
+                for k in slack:
+                    slack[k] += carry * delta[k]
+                continue
+            params.update({k: v.copy() for k, v in states[t][0].items()})
+            hist = {k: v.copy() for k, v in states[t][1].items()}
+            sgd_step(params, hist, flipped, lr, momentum, weight_decay)
+            for u in range(t + 1, len(lrs)):
+                loss, grads = loss_and_grads(model, x, labels)
+                loss_slack[u] += abs(loss - losses[u])
+                sgd_step(params, hist, grads, lrs[u], momentum, weight_decay)
+            for k in slack:
+                slack[k] += np.abs(params[k] - final[k])
+    params.update(start)
+    return total, slack, loss_slack
