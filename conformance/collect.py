@@ -63,18 +63,18 @@ def train_case(port: str, case: Case) -> dict:
         r = training.fixture_reference(case.name)
         loss, grads = mod.loss_and_grads(mod.load(r["weights"], case.dtype),
                                          r["x"].astype(case.dtype), r["labels"])
-        out = training.compare_grad(loss, grads, case.name, case.dtype)
+        out = training.compare_grad(loss, grads, case.name, case.dtype, port)
     else:
         model = mod.load(_seeded(case.name), case.dtype)
         x, labels = training.batch()
         if case.kind == "grad":
             loss, grads = mod.loss_and_grads(model, x.astype(case.dtype), labels)
-            out = training.compare_grad(loss, grads, case.name, case.dtype)
+            out = training.compare_grad(loss, grads, case.name, case.dtype, port)
         else:
             losses, weights = mod.train_steps(model, x.astype(case.dtype), labels,
                                               training.poly_lrs(), training.MOMENTUM,
                                               training.WEIGHT_DECAY)
-            out = training.compare_steps(losses, weights, case.name, case.dtype)
+            out = training.compare_steps(losses, weights, case.name, case.dtype, port)
     out["seconds"] = time.perf_counter() - start
     return out
 

@@ -15,14 +15,14 @@ with warnings.catch_warnings():  # chainer 7 imports numpy.distutils (deprecated
     import chainer.links as L
     from chainer.utils import conv as conv_utils
 
-from conformance import golden  # noqa: E402
+from conformance import golden, training  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import SIZES, inputs  # noqa: E402
-from conformance.suite import PortSuite  # noqa: E402
+from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
 from ports import chainer as port  # noqa: E402
 from ports import spec as S  # noqa: E402
 from ports.canonical import Weights  # noqa: E402
-from ports.chainer import fast  # noqa: E402
+from ports.chainer import fast, train  # noqa: E402
 from ports.formats import chainer as codec  # noqa: E402
 from ports.formats import read  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
@@ -30,6 +30,15 @@ from ports.spec import Variant, all_variants  # noqa: E402
 
 
 class TestChainer(PortSuite):
+    port = "chainer"
+
+
+class TestChainerTrace(TraceSuite):
+    port = "chainer"
+    paths = ("fast", "reference")  # fast.SqueezeNet's fused layers, and the plain chain
+
+
+class TestChainerDropout(DropoutSuite):
     port = "chainer"
 
 
@@ -265,3 +274,102 @@ def test_load_from_file(tmp_path):
     atol, rtol = tolerance("chainer", "float32")
     assert_agrees(port.predict(model, inputs(227)), golden.load(variant.id, 227), atol, rtol,
                   "Logits of chainer float32 on 1_0-p1-none at 227 (.npz path)")
+
+
+# --- training: Chainer's backward, MomentumSGD and the WeightDecay hook ----------------------
+TRAIN_VID = "1_0-p1-complex"  # bypass convs and conv10 padding: every parameter kind
+MOMENTUM, WD = training.MOMENTUM, training.WEIGHT_DECAY
+
+
+def test_training_runs_the_plain_chain(monkeypatch):
+    """load() gives fast.SqueezeNet, whose fused convolutions are forward-only: with
+    backprop enabled its forward pass is the plain chain's, so its gradients are the
+    reference model's, bit for bit, and predict is unchanged afterwards."""
+    calls = []
+    original = fast.InferenceConv.forward_cpu
+    monkeypatch.setattr(fast.InferenceConv, "forward_cpu",
+                        lambda self, inputs: calls.append(1) or original(self, inputs))
+    weights = seeded_weights(Variant.from_id(TRAIN_VID))
+    tuned, plain = port.load(weights, "float64"), port.load(weights, "float64", fast=False)
+    x, labels = training.batch()
+    before = port.predict(tuned, x)
+    calls.clear()
+    loss, grads = train.loss_and_grads(tuned, x, labels)
+    assert not calls
+    assert (loss, grads.keys()) == (train.loss_and_grads(plain, x, labels)[0], grads.keys())
+    expected = train.loss_and_grads(plain, x, labels)[1]
+    assert all(grads[k].tobytes() == expected[k].tobytes() for k in expected)
+    assert np.array_equal(port.predict(tuned, x), before) and calls
+
+
+def test_optimizer_is_momentum_sgd_with_weight_decay_on_every_parameter():
+    model = port.load(seeded_weights(Variant.from_id(TRAIN_VID)))
+    opt = train.optimizer(model, MOMENTUM, WD)
+    assert type(opt) is chainer.optimizers.MomentumSGD and opt.momentum == MOMENTUM
+    (hook,) = opt._hookable._pre_update_hooks.values()  # the optimizer's only hook
+    assert type(hook) is chainer.optimizer_hooks.WeightDecay and hook.rate == WD
+    assert hook.call_for_each_param and hook.timing == "pre"  # on each parameter's gradient
+    params = list(model.params())
+    assert len(params) == len(model.variant.params())
+    assert all(p.update_rule.hyperparam.momentum == MOMENTUM and p.update_rule.enabled
+               for p in params)
+    opt.lr = 0.01
+    assert all(p.update_rule.hyperparam.lr == 0.01 for p in params)  # one rate for all
+
+
+class _DecoupledDecay:
+    """SGDW: ``w <- w (1 - lr_t wd)`` beside the update, the decay kept out of the
+    momentum (Chainer's own decoupled decay is Adam's ``weight_decay_rate``)."""
+
+    name, call_for_each_param, timing = "DecoupledDecay", True, "pre"
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+
+    def __call__(self, rule, param) -> None:
+        param.array *= 1 - rule.hyperparam.lr * self.rate
+
+
+def _pytorch_rule(model):
+    """Chainer's ``CorrectedMomentumSGD``: ``v <- m v - g``, ``w <- w + lr_t v``, PyTorch's
+    rule (the rate outside the momentum)."""
+    opt = chainer.optimizers.CorrectedMomentumSGD(lr=0.0, momentum=MOMENTUM)
+    opt.setup(model)
+    opt.add_hook(chainer.optimizer_hooks.WeightDecay(WD))
+    return opt
+
+
+def _decoupled_decay(model):
+    opt = chainer.optimizers.MomentumSGD(lr=0.0, momentum=MOMENTUM)
+    opt.setup(model)
+    opt.add_hook(_DecoupledDecay(WD))
+    return opt
+
+
+def _no_decay_on_biases(model):
+    """The WeightDecay hook on the update rules of the weights ``W`` only."""
+    opt = chainer.optimizers.MomentumSGD(lr=0.0, momentum=MOMENTUM)
+    opt.setup(model)
+    for path, param in model.namedparams():
+        if path.endswith("/W"):
+            param.update_rule.add_hook(chainer.optimizer_hooks.WeightDecay(WD))
+    return opt
+
+
+OPTIMIZERS = {"the port's (Caffe's rule)": None,
+              "rate outside the momentum (CorrectedMomentumSGD)": _pytorch_rule,
+              "decoupled weight decay": _decoupled_decay,
+              "no decay on biases": _no_decay_on_biases}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_optimizer_convention_mistakes_fail_in_float64(name):
+    """Five poly-rate float64 steps: the port's optimizer within the float64 bound (1e-10),
+    each mistaken convention outside it."""
+    model = port.load(seeded_weights(Variant.from_id(TRAIN_VID)), "float64")
+    make = OPTIMIZERS[name] or (lambda m: train.optimizer(m, MOMENTUM, WD))
+    x, labels = training.batch()
+    losses, end = train.steps(model, x, labels, training.poly_lrs(), make(model))
+    r = training.compare_steps(losses, end, TRAIN_VID, "float64")
+    print(f"{name}: max_rel {r['max_rel']:.3g} in {r['worst_tensor']}")
+    assert r["ok"] == (OPTIMIZERS[name] is None), (name, r["max_rel"])

@@ -12,7 +12,7 @@ from conformance import golden  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
 from conformance.registry import PORTS  # noqa: E402
-from conformance.suite import PortSuite  # noqa: E402
+from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
 
 PORTS["flax"].import_module()  # checks JAX_ENABLE_X64=1 before JAX computes anything
 
@@ -27,6 +27,14 @@ from ports.spec import Variant  # noqa: E402
 
 
 class TestFlax(PortSuite):
+    port = "flax"
+
+
+class TestFlaxTrace(TraceSuite):
+    port = "flax"  # paths: the fast model (load's default) and the reference network
+
+
+class TestFlaxDropout(DropoutSuite):
     port = "flax"
 
 
@@ -222,3 +230,237 @@ def test_fast_model_equals_reference_model(vid, size):
     np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
     np.testing.assert_allclose(want, golden.load(vid, size)[:3], rtol=1e-10,
                                atol=1e-10 * np.abs(want).max())
+
+
+# --- the trace and training beyond the shared suites ----------------------------------------
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_trace_logits_are_the_forwards_logits(fast):
+    """The trace runs the model's own layers (on CPU the fast model's head image by image,
+    as its forward does): its logits are predict's, float64, to 1e-12 relative."""
+    v = Variant.from_id("1_1-p1-simple")
+    model = pf.load(seeded_weights(v), "float64", fast=fast)
+    x = inputs(227)[:3]
+    want = pf.predict(model, x)
+    acts = pf.activations(model, x, ["fire2", "logits"])
+    assert acts["fire2"].dtype == acts["logits"].dtype == np.float64
+    np.testing.assert_allclose(acts["logits"], want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+def test_dropout_layer_is_the_networks_own_and_off_by_default():
+    """drop9 is an ``nnx.Dropout`` at the spec's rate inside the network, deterministic
+    (predict and the gradients see the identity), holding no state (the NNX state is the
+    codec's parameters alone); ``dropout`` leaves it deterministic."""
+    v = Variant("1_1")
+    model = pf.load(seeded_weights(v))
+    assert isinstance(model.drop9, nnx.Dropout) and model.drop9.rate == S.DROPOUT
+    assert model.drop9.deterministic
+    paths = {"/".join(p) for p in nnx.traversals.flatten_mapping(
+        nnx.to_pure_dict(nnx.state(model)))}
+    assert paths == set(codec.key_table(v).values())
+    x = np.ones((2, 512, 4, 4), np.float32)
+    a, b = pf.dropout(model, x), pf.dropout(model, x)
+    np.testing.assert_array_equal(a, b)  # a fixed seed
+    assert model.drop9.deterministic
+
+
+def _caffe_sgd_mistakes(lrs, momentum, weight_decay):
+    """optax chains that each get one convention of Caffe's solver wrong (the rate changes
+    every step of the poly schedule, so each one gives other steps)."""
+    import optax
+
+    rates = jax.numpy.asarray(lrs)
+
+    def schedule(t):
+        return rates[t]
+
+    def kernels_only(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+    return {
+        # PyTorch's convention: t <- m t + (g + wd w), w <- w - lr_t t
+        "optax.sgd momentum (rate outside the trace)": optax.chain(
+            optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum)),
+        # decoupled: the decay added after the rate, wd w instead of lr_t wd w
+        "add_decayed_weights after the rate": optax.chain(
+            optax.scale_by_schedule(schedule), optax.add_decayed_weights(weight_decay),
+            optax.trace(decay=momentum), optax.scale(-1.0)),
+        # decoupled, AdamW-style: w <- w - v - lr_t wd w, the decay outside the momentum
+        "adamw-style decay outside the momentum": optax.chain(
+            optax.scale_by_schedule(schedule), optax.trace(decay=momentum),
+            optax.inject_hyperparams(optax.add_decayed_weights)(
+                weight_decay=lambda t: weight_decay * rates[t]),
+            optax.scale(-1.0)),
+        # decay_mult 0 on the biases (Caffe's released prototxts leave it at 1)
+        "no decay on the biases": optax.chain(
+            optax.add_decayed_weights(weight_decay, mask=kernels_only),
+            optax.scale_by_schedule(schedule), optax.trace(decay=momentum),
+            optax.scale(-1.0)),
+    }
+
+
+MISTAKE_VARIANT = "1_1-p0-none"
+
+
+@pytest.mark.parametrize("mistake", list(_caffe_sgd_mistakes([1.0], 0.9, 0.0)))
+def test_optimizer_convention_mistakes_fail_in_float64(mistake):
+    """Each wrong optax configuration, run for the 5 poly-schedule steps of the training
+    cases, is NOT within the float64 bound (1e-10) of Caffe's rule; ``train_steps``'s own
+    chain (``caffe_sgd``) on the same run is."""
+    from conformance import training
+    from ports.flax import train
+
+    lrs = training.poly_lrs()
+    x, labels = training.batch()
+    w = seeded_weights(Variant.from_id(MISTAKE_VARIANT))
+
+    def run(tx):
+        losses, end = train.optimize(pf.load(w, "float64"), x.astype("float64"), labels, tx,
+                                     len(lrs))
+        return training.compare_steps(losses, end, MISTAKE_VARIANT, "float64")
+
+    tx = _caffe_sgd_mistakes(lrs, training.MOMENTUM, training.WEIGHT_DECAY)[mistake]
+    wrong = run(tx)
+    assert not wrong["ok"] and wrong["max_rel"] > 1e3 * wrong["bound"], (mistake, wrong)
+    right = run(train.caffe_sgd(lrs, training.MOMENTUM, training.WEIGHT_DECAY))
+    assert right["ok"], right
+    print(f"{mistake}: max_rel {wrong['max_rel']:.3g} in {wrong['worst_tensor']} "
+          f"(caffe_sgd: {right['max_rel']:.3g})")
+
+
+# --- Orbax checkpoints (ports.formats.orbax) against real Orbax -------------------------------
+import json  # noqa: E402
+
+import orbax.checkpoint as ocp  # noqa: E402  (flax's own checkpointing library)
+
+from ports import formats  # noqa: E402
+from ports.formats import orbax as orbax_codec  # noqa: E402
+
+
+def _model(v: Variant, seed: int = 1):
+    return pf.SqueezeNet(v.version, v.num_classes, v.final_conv_padding, v.bypass,
+                         rngs=nnx.Rngs(seed))
+
+
+def _abstract_state(v: Variant):
+    """``nnx.state`` of an abstract model, as the Flax guides build a restore target."""
+    return nnx.state(nnx.eval_shape(lambda: _model(v)))
+
+
+def _orbax_save(checkpointer, path, state, **kw) -> None:
+    """Save and wait: StandardCheckpointer is asynchronous (the directory appears, renamed
+    from a temporary one, when the save is finished)."""
+    checkpointer.save(path, state, **kw)
+    getattr(checkpointer, "wait_until_finished", lambda: None)()
+    checkpointer.close()
+
+
+def _orbax_logits_agree(model, vid: str, what: str) -> float:
+    x = inputs(227)[:2]
+    logits = np.asarray(model(jax.numpy.asarray(nchw_to_nhwc(x))))
+    want = golden.load(vid, 227)[:2]
+    assert_agrees(logits, want, *tolerance("flax", "float32"), what)
+    diff = float(np.abs(logits - want).max())
+    print(f"{what}: max abs logit difference vs golden {diff:.3g}")
+    return diff
+
+
+@pytest.mark.parametrize("vid", CODEC_VARIANTS)
+def test_orbax_restores_our_checkpoint_into_the_nnx_state(tmp_path, vid):
+    """A checkpoint our framework-free writer made, restored the Flax guides' way
+    (``StandardCheckpointer().restore(path, abstract_state)``), gives the golden logits;
+    with a target that has shardings, onto those devices."""
+    v = Variant.from_id(vid)
+    path = tmp_path / "w.orbax"
+    formats.write(seeded_weights(v), path)
+    state = ocp.StandardCheckpointer().restore(path, _abstract_state(v))
+    model = _model(v, seed=2)
+    nnx.update(model, state)
+    _orbax_logits_agree(model, vid, f"Orbax-restored {vid}")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), _abstract_state(v))
+    placed = ocp.StandardCheckpointer().restore(path, target)
+    leaves = jax.tree_util.tree_leaves(placed)
+    assert all(isinstance(a, jax.Array) and a.sharding == device for a in leaves)
+    nnx.update(model, placed)
+    _orbax_logits_agree(model, vid, f"Orbax-restored {vid} onto {jax.devices()[0]}")
+    # Orbax's own metadata API sees the arrays; the custom metadata is ours
+    meta = ocp.StandardCheckpointer().metadata(path)
+    assert meta.custom_metadata == {"squeezenet": seeded_weights(v).meta}
+
+
+def test_our_checkpoint_is_the_files_orbax_writes_without_ocdbt(tmp_path):
+    """Orbax itself, saving the same NNX state (JAX arrays) with ``use_ocdbt=False,
+    use_compression=False``, writes these very bytes (all but the timestamps)."""
+    v = Variant("1_0", 10, 1, "complex")
+    w = seeded_weights(v)
+    state = jax.tree_util.tree_map(jax.numpy.asarray, nnx.state(pf.load(w, fast=False)))
+    saver = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False,
+                                                         use_compression=False))
+    _orbax_save(saver, tmp_path / "theirs", state, custom_metadata={"squeezenet": w.meta})
+    ours = orbax_codec.encode(w)
+    for rel, data in ours.items():
+        theirs = (tmp_path / "theirs" / rel).read_bytes()
+        if rel == orbax_codec.CHECKPOINT_METADATA:
+            a, b = json.loads(data), json.loads(theirs)
+            assert a["custom_metadata"] == b["custom_metadata"]
+            continue
+        assert data == theirs, rel
+    extra = {str(p.relative_to(tmp_path / "theirs")) for p in (tmp_path / "theirs").rglob("*")
+             if p.is_file()} - set(ours)
+    assert extra <= {"_sharding", "array_metadatas/process_0", "commit_success.txt"}, extra
+
+
+ORBAX_SAVES = {  # how Orbax is asked to save: its default (OCDBT, zstd) and the others
+    "default": lambda: ocp.StandardCheckpointer(),
+    "no-ocdbt": lambda: ocp.StandardCheckpointer(use_ocdbt=False),
+    "no-ocdbt-uncompressed": lambda: ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_compression=False)),
+    "zarr3": lambda: ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_zarr3=True)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(ORBAX_SAVES))
+@pytest.mark.parametrize("vid", CODEC_VARIANTS)
+def test_checkpoint_orbax_saved_reads_bit_exact_and_converts_to_every_format(tmp_path, vid,
+                                                                              how):
+    """``ocp.StandardCheckpointer().save(path, nnx.state(model))`` of a model with Flax's
+    own initialisation -> our reader -> every other format -> back, bit-exact."""
+    v = Variant.from_id(vid)
+    model = _model(v, seed=7)
+    path = tmp_path / "ckpt"
+    _orbax_save(ORBAX_SAVES[how](), path, nnx.state(model))
+    w = formats.read(path, variant=v)  # a directory: detected; padding/simple from variant
+    assert "inferred" not in w.meta["source"]
+    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for name, key in codec.key_table(v).items():
+        node = state
+        for part in key.split("/"):
+            node = node[part]
+        got = w.tensors[name]
+        got = oihw_to_hwio(got) if key.endswith("/kernel") else got
+        assert got.dtype == np.float32 and got.tobytes() == np.asarray(node).tobytes(), key
+    if vid == "1_0-p1-complex":  # conv10's padding is not in the shapes; the bypass is
+        assert formats.read(path).variant == Variant("1_0", 1000, 0, "complex")
+    for fmt in formats.FORMATS:
+        if fmt == "deepcompression":  # an 8-bit codebook per layer: lossy by design
+            continue
+        out = tmp_path / f"out-{fmt}{formats.FORMATS[fmt].extensions[0]}"
+        formats.write(w, out, fmt)
+        back = formats.read(out, fmt, variant=v)
+        assert all(back[k].tobytes() == w[k].tobytes() for k in w.tensors), fmt
+
+
+def test_orbax_custom_metadata_carries_the_whole_variant(tmp_path):
+    """Saved by Orbax with our metadata in its ``custom_metadata``, nothing needs guessing."""
+    v = Variant("1_1", 1000, 1, "simple")
+    w = seeded_weights(v)
+    path = tmp_path / "ckpt"
+    _orbax_save(ocp.StandardCheckpointer(), path, nnx.state(pf.load(w, fast=False)),
+                custom_metadata={"squeezenet": w.meta})
+    back = formats.read(path)
+    assert back.meta == w.meta
+    assert all(back[k].tobytes() == w[k].tobytes() for k in w.tensors)
+    again = pf.load(path)  # any supported format, the port's uniform load
+    _orbax_logits_agree(again, v.id, f"ports.flax.load of an Orbax-saved {v.id}")

@@ -27,7 +27,7 @@ from keras.src.utils.naming import to_snake_case  # noqa: E402
 from conformance import golden  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
-from conformance.suite import PortSuite  # noqa: E402
+from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
 from ports import formats  # noqa: E402
 from ports.errors import WeightsError  # noqa: E402
 from ports.formats import keras as codec  # noqa: E402
@@ -278,3 +278,51 @@ def test_graph_run_equals_functional_call(vid, monkeypatch):
     np.testing.assert_allclose(ours, graph, rtol=0, atol=1e-11)
     assert fast.per_image_head(v) == (
         [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3) + 1)
+
+
+# --- layer trace, dropout, optimizer conventions (ports.keras.trace, ports.keras.train) -----
+class TestKerasTrace(TraceSuite):
+    port = PORT  # paths: the fast model (load's default) and the reference network
+
+
+class TestKerasDropout(DropoutSuite):
+    port = PORT
+
+
+MISTAKE_VARIANT = "1_1-p0-none"
+MISTAKES = ["SGD(weight_decay=wd), decoupled", "no decay on the biases", "nesterov momentum"]
+
+
+def _keras_mistake(train, model, mistake: str, weight_decay: float):
+    """(optimizer, L2 decay through the loss, decayed names) that get one convention of
+    Caffe's solver wrong."""
+    kernels = [n for n in train.parameters(model) if n.endswith(".weight")]
+    if mistake == MISTAKES[0]:  # Keras' own weight_decay: w <- w - lr_t wd w, outside v
+        return train.sgd(model, weight_decay=weight_decay), 0.0, None
+    if mistake == MISTAKES[1]:  # decay_mult 0 on the biases (Caffe's prototxts leave 1)
+        return train.sgd(model), weight_decay, kernels
+    return train.sgd(model, nesterov=True), weight_decay, None  # looks ahead along v
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_optimizer_convention_mistakes_fail_in_float64(mistake):
+    """Each wrong Keras configuration, run for the 5 poly-schedule steps of the training
+    cases, is NOT within the float64 bound (1e-10) of Caffe's rule; ``train_steps`` on the
+    same run is."""
+    from conformance import training
+    from ports.keras import train
+
+    lrs = training.poly_lrs()
+    x, labels = training.batch()
+    w = seeded_weights(Variant.from_id(MISTAKE_VARIANT))
+    model = kport.load(w, "float64")
+    opt, decay, decayed = _keras_mistake(train, model, mistake, training.WEIGHT_DECAY)
+    losses, end = train.optimize(model, x.astype("float64"), labels, lrs, opt, decay, decayed)
+    wrong = training.compare_steps(losses, end, MISTAKE_VARIANT, "float64")
+    assert not wrong["ok"] and wrong["max_rel"] > 1e3 * wrong["bound"], (mistake, wrong)
+    losses, end = train.train_steps(kport.load(w, "float64"), x.astype("float64"), labels, lrs,
+                                    training.MOMENTUM, training.WEIGHT_DECAY)
+    right = training.compare_steps(losses, end, MISTAKE_VARIANT, "float64")
+    assert right["ok"], right
+    print(f"{mistake}: max_rel {wrong['max_rel']:.3g} in {wrong['worst_tensor']} "
+          f"(train_steps: {right['max_rel']:.3g})")

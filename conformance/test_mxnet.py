@@ -19,17 +19,19 @@ import json
 import mxnet as mx
 import numpy as np
 import pytest
+from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import vision
 
 import ports.mxnet as port
-from conformance import golden
+from conformance import golden, training
 from conformance.harness import RESULTS, assert_agrees, compare, tolerance
 from conformance.inputs import SIZES, inputs
-from conformance.suite import PortSuite
+from conformance.suite import DropoutSuite, PortSuite, TraceSuite
 from ports import numpy as ref
 from ports.canonical import Weights
 from ports.formats import mxnet as codec
 from ports.formats import read, write
+from ports.mxnet import train
 from ports.seeded import key, seeded_weights, uniform
 from ports.spec import MaxPool, Variant
 
@@ -38,6 +40,15 @@ _extra: list[dict] = []
 
 
 class TestMXNet(PortSuite):
+    port = PORT
+
+
+class TestMxnetTrace(TraceSuite):
+    port = PORT
+    paths = ("fast",)  # one network: load(fast=...) changes nothing
+
+
+class TestMxnetDropout(DropoutSuite):
     port = PORT
 
 
@@ -295,3 +306,247 @@ def test_uniform_interface(tmp_path):
     assert back.meta["preprocessing"] == "none" and back.meta["source"] == "ports.mxnet"
     assert port.to_weights(a, preprocessing="torchvision").meta["preprocessing"] == \
         "torchvision"
+
+
+# --- training: autograd and Gluon's Trainer with MXNet's own sgd -----------------------------
+TRAIN_VID = "1_0-p1-complex"  # bypass convs and conv10 padding: every parameter kind
+MOMENTUM, WD = training.MOMENTUM, training.WEIGHT_DECAY
+
+
+def _train_steps(dtype: str, setup=None) -> tuple:
+    """(net, compare_steps record) of five poly-rate steps of ``TRAIN_VID`` in ``dtype``, by
+    the (trainer, before_step) of ``setup(net)``, by default the port's own."""
+    net = port.load(seeded_weights(Variant.from_id(TRAIN_VID)), dtype)
+    trainer, before_step = setup(net) if setup else (train.trainer(net, MOMENTUM, WD), None)
+    x, labels = training.batch()
+    losses, end = train.steps(net, x.astype(dtype), labels, training.poly_lrs(), trainer,
+                              before_step)
+    return net, training.compare_steps(losses, end, TRAIN_VID, dtype)
+
+
+def test_trainer_is_mxnet_sgd_with_decay_and_rate_on_every_parameter():
+    """Gluon's default multipliers are 1 for weights and biases (unlike MXNet's symbolic
+    Module, whose optimizer gives every name not ending in ``_weight`` a ``wd_mult`` of 0),
+    and the optimizer applies them: the full decay and rate on every tensor."""
+    net = port.load(seeded_weights(Variant.from_id(TRAIN_VID)))
+    tr = train.trainer(net, MOMENTUM, WD)
+    params = list(net.collect_params().values())
+    assert len(params) == len(net.variant.params())
+    assert all(p.wd_mult == 1.0 and p.lr_mult == 1.0 for p in params)
+    opt = tr.optimizer
+    assert type(opt) is mx.optimizer.SGD and opt.momentum == MOMENTUM
+    tr.set_learning_rate(0.01)
+    indices = list(range(len(params)))
+    assert opt._get_wds(indices) == [WD] * len(params)
+    assert opt._get_lrs(indices) == [0.01] * len(params)
+
+
+def test_sgd_is_caffes_rule_with_float32_hyperparameters():
+    """MXNet's sgd kernels (sgd_mom_update, multi_sgd_mom_update) take momentum, lr and wd
+    as C++ floats: in float64 the steps are Caffe's rule with those three rounded to float32
+    (momentum 0.9 -> 0.899999976), to 1e-10; against the exact rule they differ by ~2e-8."""
+    net, exact = _train_steps("float64")
+    f32 = [float(np.float32(v)) for v in training.poly_lrs()]
+    model = ref.load(seeded_weights(Variant.from_id(TRAIN_VID)))
+    x, labels = training.batch()
+    _, end = ref.train_steps(model, x, labels, f32, float(np.float32(MOMENTUM)),
+                             float(np.float32(WD)))
+    start = training.reference(TRAIN_VID)["start"]
+    ours = {k: p.data().asnumpy() - start[k] for k, p in train._named(net).items()}
+    rounded = max(training.relative_errors(ours, {k: end[k] - start[k] for k in start})
+                  .values())
+    _extra.append({"test": "sgd-float32-hyperparameters", "name": TRAIN_VID,
+                   "dtype": "float64", "max_rel_vs_rounded_rule": rounded,
+                   "max_rel_vs_exact_rule": exact["max_rel"]})
+    assert rounded <= 1e-10
+    assert 1e-10 < exact["max_rel"] < 1e-7
+
+
+def test_max_pool_gradient_needs_training_mode():
+    """Why ``train._loss`` records in training mode: there MXNet's oneDNN float32 max pool
+    gradient is right.  Recorded in predict mode (``train_mode=False``) the forward pass
+    keeps no workspace and the backward is wrong, by the gradient's whole size when this
+    runs alone, but not always after other work (it depends on what ran before): that
+    error is recorded in mxnet-extra.json, not asserted.  float64 (no oneDNN) is right in
+    both modes."""
+    pool = gluon.nn.MaxPool2D(3, 2, ceil_mode=True)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((2, 4, 13, 13)), rng.standard_normal((2, 4, 6, 6))
+
+    def grad(dtype: str, train_mode: bool) -> np.ndarray:
+        xa = mx.nd.array(x, dtype=dtype)
+        xa.attach_grad()
+        with autograd.record(train_mode=train_mode):
+            y = pool(xa)
+        y.backward(mx.nd.array(dy, dtype=dtype))
+        return xa.grad.asnumpy()
+
+    exact = grad("float64", True)
+    np.testing.assert_array_equal(grad("float64", False), exact)
+    np.testing.assert_allclose(grad("float32", True), exact, atol=1e-6)
+    _extra.append({"test": "max-pool-gradient-predict-mode", "name": "13x13", "dtype":
+                   "float32", "max_abs": float(np.abs(grad("float32", False) - exact).max()),
+                   "gradient_max_abs": float(np.abs(exact).max())})
+
+
+def test_training_leaves_predict_unchanged():
+    net = port.load(seeded_weights(Variant.from_id(TRAIN_VID)))
+    x, labels = training.batch()
+    before = port.predict(net, x)
+    train.loss_and_grads(net, x, labels)
+    train.dropout(net, x)
+    assert net._active and np.array_equal(port.predict(net, x), before)
+
+
+def _pytorch_rule(net):
+    """PyTorch's ``b <- m b + (g + wd w)``, ``w <- w - lr_t b`` in MXNet's sgd, whose state
+    is then ``lr_t b``: a momentum of ``m lr_t / lr_(t-1)``."""
+    trainer, lrs = train.trainer(net, MOMENTUM, WD), training.poly_lrs()
+
+    def before_step(i: int) -> None:
+        trainer.optimizer.momentum = MOMENTUM * (lrs[i] / lrs[i - 1] if i else 1.0)
+    return trainer, before_step
+
+
+def _nag(net):
+    """MXNet's own rate-outside-the-momentum optimizer (Nesterov's, too)."""
+    return gluon.Trainer(net.collect_params(), "nag", {"learning_rate": 0.0,
+                         "momentum": MOMENTUM, "wd": WD}, kvstore=None), None
+
+
+def _decoupled_decay(net):
+    """SGDW: ``w <- w (1 - lr_t wd)`` beside the step, the decay kept out of the momentum."""
+    lrs = training.poly_lrs()
+
+    def before_step(i: int) -> None:
+        for param in net.collect_params().values():
+            param.set_data(param.data() * (1 - lrs[i] * WD))
+    return train.trainer(net, MOMENTUM, 0.0), before_step
+
+
+def _no_decay_on_biases(net):
+    """``wd_mult`` 0 on the biases (what MXNet's symbolic Module does by name)."""
+    for name, param in net.structural_params().items():
+        if name.endswith(".bias"):
+            param.wd_mult = 0.0
+    return train.trainer(net, MOMENTUM, WD), None
+
+
+MISTAKES = {"rate outside the momentum (PyTorch's rule)": _pytorch_rule,
+            "rate outside the momentum (MXNet's nag)": _nag,
+            "decoupled weight decay": _decoupled_decay,
+            "no decay on biases": _no_decay_on_biases}
+
+
+@pytest.fixture(scope="module")
+def correct_steps() -> dict:
+    return _train_steps("float64")[1]
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_optimizer_convention_mistakes_fail_in_float64(mistake, correct_steps):
+    """Each mistake fails the float64 bound, and by 1000x more than the port's own
+    deviation (its float32 hyperparameters)."""
+    r = _train_steps("float64", MISTAKES[mistake])[1]
+    _extra.append({"test": "optimizer-mistake", "name": mistake, "dtype": "float64",
+                   "max_rel": r["max_rel"], "worst_tensor": r["worst_tensor"],
+                   "correct_max_rel": correct_steps["max_rel"]})
+    assert not r["ok"]
+    assert r["max_rel"] > 1000 * correct_steps["max_rel"], (mistake, r["max_rel"])
+
+
+# --- export pairs (ports.formats.mxnet_export) against real MXNet -----------------------------
+import re  # noqa: E402
+
+from ports import formats  # noqa: E402
+from ports.formats import mxnet_export as export_codec  # noqa: E402
+
+
+def _global_prefix(text: str) -> str:
+    """Gluon numbers each block's global prefix per process (``squeezenet3_``)."""
+    return re.sub(r"squeezenet\d+_", "squeezenet0_", text)
+
+
+@pytest.mark.parametrize("vid", golden.VARIANTS)
+def test_codec_export_pair_runs_in_symbolblock_imports(vid, tmp_path):
+    """Our framework-free pair, imported the way MXNet deploys an export
+    (``SymbolBlock.imports``), gives the golden logits; so does the Module API's
+    ``load_checkpoint``."""
+    v = Variant.from_id(vid)
+    symbol, params = write(seeded_weights(v), tmp_path / "m", "mxnet-export")
+    net = mx.gluon.SymbolBlock.imports(str(symbol), ["data"], str(params), ctx=mx.cpu())
+    for size in SIZES:
+        x = inputs(size)
+        _check("export-pair-symbolblock", f"{vid}-{size}", net(mx.nd.array(x)).asnumpy(),
+               golden.load(vid, size), "float32")
+    sym, args, aux = mx.model.load_checkpoint(str(tmp_path / "m"), 0)
+    assert not aux and set(args) == set(sym.list_arguments()) - {"data"}
+    exe = sym.bind(mx.cpu(), {"data": mx.nd.array(inputs(227)), **args})
+    _check("export-pair-load_checkpoint", f"{vid}-227", exe.forward()[0].asnumpy(),
+           golden.load(vid, 227), "float32")
+
+
+@pytest.mark.parametrize("vid", ["1_1-p0-none", "1_0-p1-complex", "1_1-p1-simple"])
+def test_codec_export_pair_is_what_export_writes(vid, tmp_path):
+    """``HybridBlock.export`` of ports.mxnet's net holding the same weights writes our pair
+    byte for byte (less our metadata attribute, up to Gluon's per-process prefix)."""
+    v = Variant.from_id(vid)
+    w = seeded_weights(v)
+    net = port.load(w)
+    net(mx.nd.array(inputs(224)[:1]))
+    net.export(str(tmp_path / "real"))
+    real_symbol = (tmp_path / "real-symbol.json").read_text()
+    assert _global_prefix(real_symbol) == export_codec.symbol(v).decode()
+    real = codec.decode_ndarrays((tmp_path / "real-0000.params").read_bytes())
+    renamed = codec.encode_ndarrays({_global_prefix(k): a for k, a in real.items()})
+    assert renamed == export_codec.encode(w)[1]
+    back = read(tmp_path / "real-symbol.json")  # the graph proves padding and bypass
+    assert back.variant == v and back.meta["preprocessing"] == "torchvision"
+    assert all(back[k].tobytes() == w[k].tobytes() for k in w.tensors)
+
+
+def _converts_to_every_format(w: Weights, tmp_path) -> None:
+    for fmt in formats.FORMATS:
+        if fmt == "deepcompression":  # an 8-bit codebook per layer: lossy by design
+            continue
+        out = tmp_path / f"out-{fmt}{formats.FORMATS[fmt].extensions[0]}"
+        write(w, out, fmt)
+        back = read(out, fmt, variant=w.variant)
+        assert all(back[k].tobytes() == w[k].tobytes() for k in w.tensors), fmt
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_zoo_export_pair_reads_bit_exact_and_converts_to_every_format(version, tmp_path):
+    """A Gluon model zoo SqueezeNet initialised and exported by MXNet itself: the pair
+    (its 13x13 average pool is not judged) reads bit-exact, converts to every format and
+    back bit-exact, and our pair of it reproduces the zoo's logits in SymbolBlock."""
+    zoo = _zoo_net(version)
+    zoo.hybridize()
+    x = inputs(224)
+    zoo_logits = zoo(mx.nd.array(x)).asnumpy()
+    zoo.export(str(tmp_path / "zoo"))
+    w = read(tmp_path / "zoo-symbol.json")
+    assert w.variant == Variant(version.replace(".", "_"))
+    params = zoo._collect_params_with_prefix()
+    for canonical, name in codec.key_table(w.variant).items():
+        assert w[canonical].tobytes() == params[name].data().asnumpy().tobytes(), name
+    _converts_to_every_format(w, tmp_path)
+    symbol, params_file = write(w, tmp_path / "ours", "mxnet-export")
+    ours = mx.gluon.SymbolBlock.imports(str(symbol), ["data"], str(params_file))
+    _check("zoo-export-pair", f"squeezenet{version}-224 our pair in SymbolBlock",
+           ours(mx.nd.array(x)).asnumpy(), zoo_logits, "float32")
+
+
+def test_port_export_pair_converts_to_every_format(tmp_path):
+    v = Variant("1_0", 1000, 1, "complex")
+    net = port.SqueezeNet(v)
+    mx.random.seed(5)
+    net.initialize(mx.init.Xavier(), ctx=mx.cpu())  # MXNet's own initialisation
+    net.hybridize()
+    net(mx.nd.array(inputs(224)[:1]))
+    net.export(str(tmp_path / "real"), epoch=7)
+    w = read(tmp_path / "real-symbol.json", epoch=7)
+    assert w.variant == v
+    mine = port.to_weights(net)
+    assert all(w[k].tobytes() == mine[k].tobytes() for k in mine.tensors)
+    _converts_to_every_format(w, tmp_path)

@@ -65,7 +65,8 @@ def path_of(path, layer):
 # --- tables -----------------------------------------------------------------------------------
 def test_detected_by_name():
     assert formats.detect("w.weights.h5") == "keras"
-    assert formats.detect("W.H5") == "keras"
+    assert formats.detect("W.WEIGHTS.H5") == "keras"
+    assert formats.detect("W.H5") == "keras-h5"  # Keras' legacy HDF5 (keras_legacy)
 
 
 def test_key_table_paths():
@@ -281,10 +282,10 @@ def test_not_hdf5_refused(tmp_path):
 
 
 def test_keras2_file_gets_a_hint(tmp_path):
-    path = tmp_path / "old.h5"
+    path = tmp_path / "old.weights.h5"
     with h5py.File(path, "w") as f:
         f.attrs["layer_names"] = [b"conv1"]
-    with pytest.raises(WeightsError, match="Keras 2"):
+    with pytest.raises(WeightsError, match="Keras 2.*format keras-h5"):
         formats.read(path)
 
 

@@ -30,7 +30,7 @@ from ports.spec import Variant
 ROOT = Path(__file__).resolve().parent.parent
 # library (as imported) -> the formats that need it; the others must not notice it is gone
 NEEDED_BY = {
-    "h5py": {"keras"},
+    "h5py": {"keras", "keras-h5", "keras-file"},
     "google.protobuf": {"caffe", "onnx"},
     "msgpack": {"flax"},
     "onnx": {"onnx"},

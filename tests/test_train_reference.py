@@ -3,6 +3,8 @@ every variant, against the stored training goldens, and the solver rule itself."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -163,6 +165,10 @@ def test_a_tipped_decision_passes_only_with_the_slack_and_a_real_bug_still_fails
     raw = max(training.relative_errors(as_f32, r["grad"]).values())
     kept = max(training.relative_errors(as_f32, r["grad"], r["slack-grad"]).values())
     assert raw > 1e-3 and kept < 1e-6, (raw, kept)
+    record = training.compare_grad(np.float32(r["loss"]), as_f32, KINK_VID, "float32")
+    assert record["ok"] and record["raw_rel"] == raw and json.loads(json.dumps(record))
+    steps = training.compare_steps(np.float32(r["losses"]), r["end"], KINK_VID, "float32")
+    assert steps["ok"] and json.loads(json.dumps(steps))  # the records are plain JSON
 
     bug = dict(as_f32)
     name = "conv10.weight"

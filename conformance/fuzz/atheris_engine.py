@@ -65,6 +65,9 @@ def seed_corpus(name: str, out: Path, log: Callable[[str], None] = _print):
     """Write the seeds of ``name`` and copy them into ``OUT/corpus/NAME`` (kept if there);
     ``(seeds, corpus directory)``."""
     seeds = build_seeds(name, out / "seeds", log)
+    if seeds[0].root is not None:  # a directory format: the corpus is one file of the folder
+        rel = seeds[0].path.relative_to(seeds[0].root)
+        seeds = [s for s in seeds if s.root and s.path.relative_to(s.root) == rel]
     corpus = out / "corpus" / name
     corpus.mkdir(parents=True, exist_ok=True)
     for s in seeds:
@@ -99,7 +102,11 @@ def fuzz(name: str, cases: int | None, *, seed: int = 0, timeout: float = DEFAUL
     crash_dir.mkdir(parents=True, exist_ok=True)
     work = out / "atheris"
     work.mkdir(parents=True, exist_ok=True)
-    case_path = _scratch_file(ext)
+    case_path = read_path = _scratch_file(ext)
+    if seeds[0].root is not None:  # a copy of the folder; each input replaces one file in it
+        read_path = case_path.parent / seeds[0].root.name
+        shutil.copytree(seeds[0].root, read_path)
+        case_path = read_path / seeds[0].path.relative_to(seeds[0].root)
     max_len = max(s.path.stat().st_size for s in seeds) + 65536
     saved: dict[str, int] = {}
     t_cases = None
@@ -114,7 +121,8 @@ def fuzz(name: str, cases: int | None, *, seed: int = 0, timeout: float = DEFAUL
             if t_cases is None:
                 t_cases = time.monotonic()
                 left_secs = seconds
-            run = _run_once(name, work, corpus, case_path, seeds, instrument, summary.cases,
+            run = _run_once(name, work, corpus, (case_path, read_path), seeds, instrument,
+                            summary.cases,
                             seed=seed + 1 + len(summary.crashes), timeout=timeout,
                             memory_mb=memory_mb, runs=left_cases, seconds=left_secs,
                             max_len=max_len, log=log, progress_every=progress_every,
@@ -126,7 +134,9 @@ def fuzz(name: str, cases: int | None, *, seed: int = 0, timeout: float = DEFAUL
                     raise RuntimeError(f"{name}: libFuzzer exited with status {run['rc']} "
                                        f"and no crash file; see {run['log']}")
                 break
-            record = _keep_crash(name, ext, crash, crash_dir, saved, seed)
+            record = _keep_crash(name, ext, crash, crash_dir, saved, seed,
+                                 folder=(read_path, case_path) if read_path != case_path
+                                 else None)
             if summary.add_crash(record):
                 log(f"{name}: CRASH case {record['case']}: {record['kind']}: "
                     f"{record['msg']}" + (f" -> {record['file']}" if "file" in record else ""))
@@ -135,12 +145,12 @@ def fuzz(name: str, cases: int | None, *, seed: int = 0, timeout: float = DEFAUL
                 summary.stopped_early = True
                 break
     finally:
-        shutil.rmtree(case_path.parent, ignore_errors=True)
+        shutil.rmtree(read_path.parent, ignore_errors=True)
     summary.seconds = time.monotonic() - t_start
     return summary
 
 
-def _run_once(name: str, work: Path, corpus: Path, case_path: Path, seeds, instrument,
+def _run_once(name: str, work: Path, corpus: Path, case: tuple[Path, Path], seeds, instrument,
               first_case: int, *, seed: int, timeout: float, memory_mb: int,
               runs: int | None, seconds: float | None, max_len: int, log, progress_every,
               total) -> dict:
@@ -150,8 +160,8 @@ def _run_once(name: str, work: Path, corpus: Path, case_path: Path, seeds, instr
         config_path.with_suffix(suffix).unlink(missing_ok=True)
     config_path.write_text(json.dumps({
         "format": name, "first_case": first_case, "memory_mb": memory_mb,
-        "instrument": list(instrument), "case_path": str(case_path),
-        "seeds": [str(s.path) for s in seeds]}))
+        "instrument": list(instrument), "case_path": str(case[0]), "read_path": str(case[1]),
+        "seeds": [str(s.target) for s in seeds]}))
     rss_mb = max(256, peak_rss_kb() // 1024)  # a fresh Python with numpy is about as big
     args = [f"-timeout={max(1, math.ceil(timeout))}",
             f"-rss_limit_mb={rss_mb + memory_mb}", f"-max_len={max_len}", "-len_control=0",
@@ -240,9 +250,11 @@ def _merge(summary: Summary, run: dict) -> None:
 
 
 def _keep_crash(name: str, ext: str, crash: dict, crash_dir: Path, saved: dict,
-                seed: int) -> dict:
+                seed: int, folder: tuple[Path, Path] | None = None) -> dict:
     """Rename libFuzzer's crash file to ``FORMAT-atheris-KIND-SHA{ext}`` with a note beside
-    it (at most MAX_SAVED_PER_SIGNATURE per signature; the others are removed)."""
+    it (at most MAX_SAVED_PER_SIGNATURE per signature; the others are removed).  A directory
+    format's ``folder`` (the case folder, the file each input replaces) is copied with the
+    crash input in place of that file."""
     sig = signature(crash)
     record = {"case": crash["case"], "seed_file": "(libFuzzer corpus)", "recipe": [],
               "kind": crash["kind"], "msg": crash["msg"], "signature": sig}
@@ -258,7 +270,11 @@ def _keep_crash(name: str, ext: str, crash: dict, crash_dir: Path, saved: dict,
     digest = hashlib.sha1(src.read_bytes()).hexdigest()[:16]
     stem = f"{name}-atheris-{crash['kind']}-{digest}"
     target = crash_dir / f"{stem}{ext}"
-    src.replace(target)
+    if folder is not None:
+        shutil.copytree(folder[0], target, dirs_exist_ok=True)
+        src.replace(target / folder[1].relative_to(folder[0]))
+    else:
+        src.replace(target)
     (crash_dir / f"{stem}.txt").write_text(
         f"format: {name}\nengine: atheris (libFuzzer -seed {seed}), case {crash['case']}\n"
         f"outcome: {crash['kind']}: {crash['msg']}\n"

@@ -67,6 +67,7 @@ def main() -> None:
     extra = {"classes": {}, "warnings": {}, "rss_base_kb": peak_rss_kb()}
     state = {"written": 0.0}
     scratch = Path(config["case_path"])
+    target = Path(config.get("read_path") or scratch)  # a directory format: the folder
 
     def save(force: bool = False) -> None:
         now = time.monotonic()
@@ -85,7 +86,7 @@ def main() -> None:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                formats.read(scratch, name)
+                formats.read(target, name)
             if caught:
                 key = message_class(f"{caught[0].category.__name__}: {caught[0].message}")
                 extra["warnings"][key] = extra["warnings"].get(key, 0) + 1

@@ -6,6 +6,7 @@ hostile files and ``predict`` on bad arrays, and writes every message as produce
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import re
@@ -96,6 +97,30 @@ def _hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
             z.writestr("archive/version", "3\n")
         put("a .pth whose data.pkl calls open() (would run code)", buf.getvalue())
         put("a legacy raw-pickle .pth", pickle.dumps({"a": 1}, protocol=2))
+    if name == "orbax":  # a checkpoint is a folder: broken and hostile folders
+        import os
+        import shutil
+
+        def folder(label: str, change) -> None:
+            d = directory / f"case{len(out)}{ext}"
+            shutil.copytree(seeds[0].root, d)
+            change(d)
+            out.append((label, d))
+
+        chunk = "conv1.kernel.value/0.0.0.0"
+        folder("_METADATA nested 100000 deep",
+               lambda d: (d / "_METADATA").write_bytes(b"[" * 100000 + b"]" * 100000))
+        folder("a tree key '../../etc' (a path out of the folder)", lambda d: (
+            d / "_METADATA").write_text((d / "_METADATA").read_text().replace(
+                '"key": "conv1"', '"key": "../../etc"', 1)))
+        folder("a chunk truncated by one byte",
+               lambda d: (d / chunk).write_bytes((d / chunk).read_bytes()[:-1]))
+        folder("a chunk that is a FIFO", lambda d: (os.remove(d / chunk), os.mkfifo(d / chunk)))
+        folder("a chunk that is a link to /dev/zero",
+               lambda d: (os.remove(d / chunk), os.symlink("/dev/zero", d / chunk)))
+        folder("an OCDBT database (Orbax's default layout) where Orbax is not installed"
+               if importlib.util.find_spec("orbax") is None else "a broken OCDBT manifest",
+               lambda d: (d / "manifest.ocdbt").write_bytes(b"\x0c\xdb:*"))
     if name == "safetensors":
         def st(header: bytes, data: bytes = b"") -> bytes:
             return struct.pack("<Q", len(header)) + header + data

@@ -187,22 +187,29 @@ def _worker_main() -> None:
         proto.flush()
     seeds = [Seed(Path(s["path"]), [Path(c) for c in s["companions"]],
                   np.asarray(s["hot"], np.int64) if s["hot"] is not None
-                  else np.load(s["hot_file"]), s["label"]) for s in config["seeds"]]
+                  else np.load(s["hot_file"]), s["label"],
+                  Path(s["root"]) if s.get("root") else None) for s in config["seeds"]]
     mutator = Mutator(seeds, name, config["seed"])
     scratch = Path(config["scratch"])
-    case_paths = []
+    case_paths = []  # (the file a case writes, what it reads)
     for k, s in enumerate(seeds):
         d = scratch / f"s{k}"
         d.mkdir(parents=True, exist_ok=True)
+        if s.root is not None:  # a copy of the folder; each case rewrites one file in it
+            copy = d / s.root.name
+            if not copy.exists():
+                shutil.copytree(s.root, copy)
+            case_paths.append((copy / s.path.relative_to(s.root), copy))
+            continue
         for c in s.companions:
             link = d / c.name
             if not link.exists():
                 os.symlink(c, link)
-        case_paths.append(d / s.path.name)
+        case_paths.append((d / s.path.name, d / s.path.name))
     # Warm up (imports, caches) on the seeds themselves, then limit memory.
     formats.codec(name)
     for s in seeds:
-        r = run_one(str(s.path), name, config["timeout"] * 3)
+        r = run_one(str(s.target), name, config["timeout"] * 3)
         answer({"seed": s.label, **{k: v for k, v in r.items() if k != "tb"}})
     limit = vm_bytes() + config["memory_mb"] * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -216,9 +223,9 @@ def _worker_main() -> None:
         else:
             i = int(line)
             k, blob, _ = mutator.case(i)
-            path = str(case_paths[k])
-            with open(path, "wb") as f:
+            with open(case_paths[k][0], "wb") as f:
                 f.write(blob)
+            path = str(case_paths[k][1])
         r = run_one(path, name, config["timeout"])
         r["rss_kb"] = peak_rss_kb()
         answer(r)
@@ -310,7 +317,8 @@ def _worker_config(name: str, seed: int, timeout: float, memory_mb: int, seeds: 
             "scratch": str(scratch),
             "seeds": [{"path": str(s.path), "companions": [str(c) for c in s.companions],
                        "hot": None, "hot_file": str(seed_dir / name / f"hot{k}.npy"),
-                       "label": s.label} for k, s in enumerate(seeds)]}
+                       "label": s.label, "root": str(s.root) if s.root else None}
+                      for k, s in enumerate(seeds)]}
 
 
 def fuzz(name: str, cases: int, *, seed: int = 0, timeout: float = DEFAULT_TIMEOUT,
@@ -372,8 +380,13 @@ def fuzz(name: str, cases: int, *, seed: int = 0, timeout: float = DEFAULT_TIMEO
                     saved[sig] = saved.get(sig, 0) + 1
                     crash_dir.mkdir(parents=True, exist_ok=True)
                     stem = f"{name}-s{seed}-c{i}-{r.get('kind', 'crash').replace('/', '-')}"
-                    target = crash_dir / f"{stem}{seeds[k].path.name[len('seed0'):]}"
-                    target.write_bytes(blob)
+                    root = seeds[k].root
+                    target = crash_dir / f"{stem}{(root or seeds[k].path).name[len('seed0'):]}"
+                    if root is not None:  # the folder, with the mutated file in it
+                        shutil.copytree(root, target, dirs_exist_ok=True)
+                        (target / seeds[k].path.relative_to(root)).write_bytes(blob)
+                    else:
+                        target.write_bytes(blob)
                     (crash_dir / f"{stem}.txt").write_text(
                         f"format: {name}\ncase: {i} (--seed {seed})\nseed file: "
                         f"{seeds[k].path}\nmutations: {' '.join(recipe)}\n"

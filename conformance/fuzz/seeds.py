@@ -36,6 +36,12 @@ SHARED_SEEDS = {
               "weights/caffe-real/squeezenet_v1.1_seeded.caffemodel"),
     "deepcompression": ("weights/deep-compression/compressed_SqueezeNet.net",),
 }
+# Directory formats (a checkpoint is a folder): the files inside a written seed that are
+# mutated, one seed each (the rest of the folder stays as written).
+MEMBERS = {
+    "orbax": ("_METADATA", "_CHECKPOINT_METADATA", "conv1.kernel.value/.zarray",
+              "conv1.kernel.value/0.0.0.0"),
+}
 
 
 def _print(message: str) -> None:
@@ -64,6 +70,12 @@ class Seed:
     companions: list[Path]     # other files the codec wrote beside it
     hot: np.ndarray            # int64 offsets of structural bytes (may be empty)
     label: str
+    root: Path | None = None   # a directory format's folder (read); ``path`` is inside it
+
+    @property
+    def target(self) -> Path:
+        """What a case reads: the mutated file, or the folder holding it."""
+        return self.path if self.root is None else self.root
 
 
 def _equal_runs(a: bytes, b: bytes, min_run: int = 4) -> np.ndarray:
@@ -126,9 +138,10 @@ def build_seeds(name: str, directory: Path, log: Callable[[str], None] = _print)
     mod = formats.codec(name)
     ext = formats.FORMATS[name][1][0]
     seeds: list[Seed] = []
+    variants = 0
     if hasattr(mod, "write"):
         for k, variant in enumerate(CANDIDATES):
-            if len(seeds) == 2:
+            if variants == 2:
                 break
             paths = []
             for twin in (0, 1):
@@ -147,7 +160,14 @@ def build_seeds(name: str, directory: Path, log: Callable[[str], None] = _print)
                 paths.append(dest)
             if not paths:
                 continue
+            variants += 1
             main = paths[0]
+            if main.is_dir():
+                for rel in MEMBERS[name]:
+                    hot = _equal_runs((main / rel).read_bytes(), (paths[1] / rel).read_bytes())
+                    seeds.append(Seed(main / rel, [], hot, f"written {variant.id} {rel}",
+                                      root=main))
+                continue
             hot = _equal_runs(main.read_bytes(), paths[1].read_bytes())
             companions = [p for p in main.parent.iterdir() if p != main]
             seeds.append(Seed(main, companions, hot, f"written {variant.id}"))

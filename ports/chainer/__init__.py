@@ -34,7 +34,8 @@ from ..canonical import Weights, check
 from ..errors import WeightsError
 from ..formats.chainer import key_table
 
-__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights"]
+__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights", "activations",
+           "loss_and_grads", "train_steps", "dropout"]
 
 
 def _conv(c: S.Conv, dtype) -> L.Convolution2D:
@@ -139,3 +140,7 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         return np.concatenate([model(np.ascontiguousarray(b, model.dtype)).array
                                for b in _api.batches(x, batch_size)])
+
+
+from .trace import activations  # noqa: E402  (the uniform API, re-exported)
+from .train import dropout, loss_and_grads, train_steps  # noqa: E402

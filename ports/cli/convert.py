@@ -143,6 +143,9 @@ def main(argv: list[str]) -> int:
     written = formats.write(weights, args.dst, dst_format, overwrite=args.force)
     for path in written:
         print(f"wrote {path} ({dst_format}, {os.path.getsize(path):,} bytes)")
+    notes = getattr(formats.codec(dst_format), "notes", None)  # what its users must know
+    for line in notes(weights) if notes else ():
+        print(f"note  {line}")
     return 0
 
 

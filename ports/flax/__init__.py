@@ -29,7 +29,8 @@ from ..errors import WeightsError
 from ..formats.flax import from_state, to_state
 from ..layouts import nchw_to_nhwc
 
-__all__ = ["SqueezeNet", "Fire", "max_pool", "load", "predict", "to_weights", "jitted"]
+__all__ = ["SqueezeNet", "Fire", "max_pool", "load", "predict", "to_weights", "jitted",
+           "activations", "loss_and_grads", "train_steps", "dropout"]
 
 PRECISION = jax.lax.Precision.HIGHEST  # no reduced-precision (TF32/bf16) passes on GPU/TPU
 
@@ -86,6 +87,8 @@ class SqueezeNet(nnx.Module):
                 setattr(self, layer.name, spec_conv(layer))
             elif isinstance(layer, S.Fire):
                 setattr(self, layer.name, Fire(layer, spec_conv))
+            elif isinstance(layer, S.Dropout):  # no state; the identity unless asked (train.py)
+                setattr(self, layer.name, nnx.Dropout(layer.rate, deterministic=True))
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [N,H,W,3] -> [N, classes]
         return self.run(self.variant.layers(), x.astype(self.dtype))
@@ -93,7 +96,7 @@ class SqueezeNet(nnx.Module):
     def run(self, layers: list[S.Layer], h: jax.Array) -> jax.Array:
         """Apply ``layers`` (consecutive ones of ``Variant.layers()``) to NHWC ``h``."""
         for layer in layers:
-            if isinstance(layer, (S.Conv, S.Fire)):
+            if isinstance(layer, (S.Conv, S.Fire, S.Dropout)):
                 h = getattr(self, layer.name)(h)
             elif isinstance(layer, S.ReLU):
                 h = nnx.relu(h)
@@ -101,7 +104,6 @@ class SqueezeNet(nnx.Module):
                 h = self.pool(h, layer)
             elif isinstance(layer, S.GlobalAvgPool):
                 h = jnp.mean(h, axis=(1, 2))  # [N,H,W,C] -> [N,C]
-            # S.Dropout: the identity at inference
         return h
 
     def load_weights(self, weights: Weights) -> SqueezeNet:
@@ -148,3 +150,7 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
     x = nchw_to_nhwc(as_input(x, model.variant).astype(model.dtype, copy=False))
     run = jitted(model)
     return np.concatenate([np.asarray(run(jnp.asarray(b))) for b in _api.batches(x, batch_size)])
+
+
+from .trace import activations  # noqa: E402  (the uniform API, re-exported)
+from .train import dropout, loss_and_grads, train_steps  # noqa: E402

@@ -50,10 +50,20 @@ class Format(NamedTuple):
     extensions: tuple[str, ...]           # file-name endings that select it (lower case)
     companions: tuple[str, ...] = ()      # endings of the files a write puts beside it
     read_options: tuple[ReadOption, ...] = ()
+    directory: bool = False   # a write creates a directory, a read takes one (a checkpoint)
+    prefix: bool = False      # named by a prefix: a path without the format's endings gets them
 
     def outputs(self, path: os.PathLike | str) -> list[Path]:
-        """Every file a write to ``path`` creates: ``path``, then its companions."""
-        return [Path(path)] + [companion(path, ending) for ending in self.companions]
+        """Every file (or directory) a write to ``path`` creates: ``path``, then its
+        companions.  A prefix format's are ``PREFIX + ending`` for its first ending and each
+        companion, ``PREFIX`` being ``path`` less any of those endings (``m``,
+        ``m-symbol.json`` and ``m-0000.params`` all give ``m-symbol.json``, ``m-0000.params``)."""
+        if not self.prefix:
+            return [Path(path)] + [companion(path, ending) for ending in self.companions]
+        text = os.fspath(path)
+        endings = sorted(self.extensions + self.companions, key=len, reverse=True)
+        stem = next((text[:-len(e)] for e in endings if text.lower().endswith(e)), text)
+        return [Path(stem + ending) for ending in (self.extensions[0], *self.companions)]
 
 
 # name -> Format; on detection the longest matching ending wins.
@@ -66,7 +76,9 @@ FORMATS: dict[str, Format] = {
         ReadOption("bits", "codebook bits of a Deep Compression .net (default 8)",
                    metavar="N", type=int, choices=(4, 8)),)),
     "torch": Format("torch", (".pth", ".pt")),
-    "keras": Format("keras", (".weights.h5", ".h5")),
+    "keras": Format("keras", (".weights.h5",)),
+    "keras-h5": Format("keras_legacy", (".h5", ".hdf5")),
+    "keras-file": Format("keras_file", (".keras",)),
     "flax": Format("flax", (".msgpack",)),
     "mxnet": Format("mxnet", (".params",), read_options=(
         ReadOption("preprocessing", "input mode of a .params file, which does not record it: "
@@ -74,6 +86,11 @@ FORMATS: dict[str, Format] = {
                    metavar="MODE"),)),
     "chainer": Format("chainer", (".npz",)),
     "onnx": Format("onnx", (".onnx",)),
+    "orbax": Format("orbax", (".orbax",), directory=True),
+    "mxnet-export": Format("mxnet_export", ("-symbol.json",), companions=("-0000.params",),
+                           prefix=True, read_options=(
+        ReadOption("epoch", "epoch N of an MXNet export pair: reads PREFIX-000N.params "
+                   "(default 0)", metavar="N", type=int),)),
 }
 
 
@@ -114,13 +131,17 @@ def codec(name: str) -> ModuleType:
 
 
 def detect(path: os.PathLike | str) -> str:
-    """Format name from the file name's ending."""
-    lower = os.fspath(path).lower()
+    """Format name from the file name's ending; an existing directory without a known ending
+    is the one directory format's (an Orbax checkpoint)."""
+    lower = os.fspath(path).rstrip("/" + os.sep).lower()
     best, best_len = None, 0
     for name, fmt in FORMATS.items():
         for ext in fmt.extensions:
             if lower.endswith(ext) and len(ext) > best_len:
                 best, best_len = name, len(ext)
+    directories = [name for name, fmt in FORMATS.items() if fmt.directory]
+    if best is None and len(directories) == 1 and os.path.isdir(path):
+        best = directories[0]
     if best is None:
         known = ", ".join(e for fmt in FORMATS.values() for e in fmt.extensions)
         raise WeightsError(f"cannot tell the format from the file name (known endings: {known});"
@@ -157,11 +178,15 @@ def read(path: os.PathLike | str, format: str | None = None, *,
                          + (f" (it takes {', '.join(sorted(accepted))})" if accepted else ""))
     from ..canonical import check
 
-    p = Path(path)
+    p = fmt.outputs(path)[0] if fmt.prefix else Path(path)
     if not p.exists():
-        raise WeightsError("no such file", path=path, format=name)
-    if not p.is_file():
-        raise WeightsError("not a regular file", path=path, format=name)
+        raise WeightsError("no such " + ("directory" if fmt.directory else "file"), path=p,
+                           format=name)
+    if fmt.directory and not p.is_dir():
+        raise WeightsError("not a directory (an Orbax checkpoint is one)", path=path,
+                           format=name)
+    if not fmt.directory and not p.is_file():
+        raise WeightsError("not a regular file", path=p, format=name)
     try:
         weights = codec(name).read(path, variant=variant, **options)
     except WeightsError as e:

@@ -3,7 +3,9 @@
 A functional ``keras.Model``, NHWC, HWIO kernels, float32 or float64 (JAX: set
 ``JAX_ENABLE_X64=1``).  Layer names: the canonical ones with ``.`` -> ``_``, plus
 ``fireN_concat``, ``fireN_add`` and ``conv10_pad`` (:mod:`ports.formats.keras` lists them).
-``load`` builds it with the tuned layers of :mod:`ports.keras.fast` unless ``fast=False``.
+``load`` builds it with the tuned layers of :mod:`ports.keras.fast` unless ``fast=False``;
+the two layers Keras lacks are in :mod:`ports.keras.layers`, the layer trace and training in
+:mod:`ports.keras.trace` and :mod:`ports.keras.train`.
 
     >>> from ports.keras import load, predict
     >>> logits = predict(load("w.safetensors"), x)      # NCHW [N,3,H,W] -> [N, classes]
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import layers, ops
 
 from .. import _api
 from .. import spec as S
@@ -21,54 +22,11 @@ from .._predict import as_input
 from ..canonical import Weights, check
 from ..formats.keras import conv_layer_names, layer_name, model_name
 from ..layouts import hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
+from .layers import CeilMaxPooling2D, ExactGlobalAveragePooling2D
 
 __all__ = ["SqueezeNet", "CeilMaxPooling2D", "ExactGlobalAveragePooling2D", "load", "predict",
-           "to_weights"]
+           "to_weights", "activations", "loss_and_grads", "train_steps", "dropout"]
 serializable = keras.saving.register_keras_serializable(package="squeezenet_ports")
-
-
-@serializable
-class CeilMaxPooling2D(layers.Layer):
-    """Max pooling whose output size rounds up (Caffe, torch's ``ceil_mode=True``), NHWC: pads
-    the bottom/right with the ``-inf`` a last, partial window needs (``stride - 1`` for an
-    unknown size: same windows), then pools ``valid``.  With ``kernel >= stride`` no padded
-    cell wins, even over the negative inputs complex-bypass pools see (unlike zeros)."""
-
-    def __init__(self, pool_size: int = 3, strides: int = 2, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not 1 <= strides <= pool_size:
-            raise ValueError(f"need 1 <= strides <= pool_size, got {strides}, {pool_size}")
-        self.pool = S.MaxPool(self.name, int(pool_size), int(strides))
-
-    def call(self, x):  # [N,H,W,C] -> [N,H',W',C]
-        return ops.max_pool(self.pad(x), self.pool.kernel, self.pool.stride, padding="valid")
-
-    def pad(self, x):  # [N,H,W,C] -> [N,H+eh,W+ew,C], -inf where a last window overhangs
-        eh, ew = (self.pool.stride - 1 if d is None else self.pool.ceil_extra(d)
-                  for d in x.shape[1:3])
-        if eh or ew:
-            x = ops.pad(x, [[0, 0], [0, eh], [0, ew], [0, 0]], constant_values=float("-inf"))
-        return x
-
-    def compute_output_shape(self, shape):  # the spec's ceil-mode size
-        n, h, w, c = shape
-        return n, *(None if d is None else self.pool.out_size(d) for d in (h, w)), c
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "pool_size": self.pool.kernel, "strides": self.pool.stride}
-
-
-@serializable
-class ExactGlobalAveragePooling2D(layers.Layer):
-    """Mean over H and W in the input's dtype (Keras 3.15's ``GlobalAveragePooling2D``
-    computes float64 means in float32 on JAX and PyTorch; a sum over the count does not)."""
-
-    def call(self, x):  # [N,H,W,C] -> [N,C]
-        shape = ops.shape(x)
-        return ops.sum(x, axis=[1, 2]) / ops.cast(shape[1] * shape[2], x.dtype)
-
-    def compute_output_shape(self, shape):
-        return shape[0], shape[3]
 
 
 @serializable
@@ -76,7 +34,7 @@ class SqueezeNet(keras.Model):
     """The functional model for a :class:`~ports.spec.Variant`, built by interpreting
     ``Variant.layers()``: NHWC ``[N,H,W,3]`` -> ``[N, classes]``; ``model.variant``."""
 
-    conv = layers.Conv2D            # the layer classes; ports.keras.fast swaps in its own
+    conv = keras.layers.Conv2D      # the layer classes; ports.keras.fast swaps in its own
     ceil_max_pool = CeilMaxPooling2D
 
     def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
@@ -92,17 +50,17 @@ class SqueezeNet(keras.Model):
             if c.padding and c.stride == 1 and 2 * c.padding == c.kernel - 1:
                 padding = "same"
             elif c.padding:
-                x = layer(layers.ZeroPadding2D, f"{name}_pad", c.padding)(x)
+                x = layer(keras.layers.ZeroPadding2D, f"{name}_pad", c.padding)(x)
             return layer(self.conv, name, c.out_channels, c.kernel, strides=c.stride,
                          padding=padding, activation=activation)(x)
 
         def fire(f: S.Fire, x):  # squeeze -> [expand1x1, expand3x3] concatenated -> + bypass
             s = conv(f.squeeze, x, "relu")
-            out = layer(layers.Concatenate, f"{f.name}_concat", axis=-1)(
+            out = layer(keras.layers.Concatenate, f"{f.name}_concat", axis=-1)(
                 [conv(f.expand1x1, s, "relu"), conv(f.expand3x3, s, "relu")])
             if f.bypass is not None:
                 bypass = x if f.bypass == "identity" else conv(f.bypass_conv, x)
-                out = layer(layers.Add, f"{f.name}_add")([out, bypass])
+                out = layer(keras.layers.Add, f"{f.name}_add")([out, bypass])
             return out
 
         x = inputs = keras.Input(shape=(None, None, 3), dtype=dtype, name="input")
@@ -110,14 +68,14 @@ class SqueezeNet(keras.Model):
             if isinstance(op, S.Conv):
                 x = conv(op, x)
             elif isinstance(op, S.ReLU):
-                x = layer(layers.ReLU, op.name)(x)
+                x = layer(keras.layers.ReLU, op.name)(x)
             elif isinstance(op, S.MaxPool):
-                pool = self.ceil_max_pool if op.ceil_mode else layers.MaxPooling2D
+                pool = self.ceil_max_pool if op.ceil_mode else keras.layers.MaxPooling2D
                 x = layer(pool, op.name, op.kernel, op.stride)(x)
             elif isinstance(op, S.Fire):
                 x = fire(op, x)
             elif isinstance(op, S.Dropout):
-                x = layer(layers.Dropout, op.name, op.rate)(x)
+                x = layer(keras.layers.Dropout, op.name, op.rate)(x)
             elif isinstance(op, S.GlobalAvgPool):
                 x = layer(ExactGlobalAveragePooling2D, op.name)(x)
             else:  # pragma: no cover - the spec has no other layer kinds
@@ -166,3 +124,5 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
 
 
 from . import fast as _fast  # noqa: E402  (imports this module; registers its layers too)
+from .trace import activations  # noqa: E402  (the uniform API, re-exported)
+from .train import dropout, loss_and_grads, train_steps  # noqa: E402

@@ -20,8 +20,8 @@ import keras
 from keras import layers, ops
 
 from .. import spec as S
-from . import CeilMaxPooling2D as _CeilMaxPooling2D
 from . import SqueezeNet as _SqueezeNet
+from .layers import CeilMaxPooling2D as _CeilMaxPooling2D
 
 __all__ = ["SqueezeNet", "Conv2D", "CeilMaxPooling2D", "per_image_head"]
 serializable = keras.saving.register_keras_serializable(package="squeezenet_ports.fast")

@@ -32,7 +32,8 @@ from .._predict import as_input
 from ..canonical import Weights, check
 from ..formats.mxnet import gluon_groups, key_table
 
-__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights"]
+__all__ = ["SqueezeNet", "Fire", "load", "predict", "to_weights", "activations",
+           "loss_and_grads", "train_steps", "dropout"]
 
 
 def _conv(c: S.Conv) -> nn.Conv2D:
@@ -148,3 +149,7 @@ def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarr
     x = as_input(x, model.variant)
     return np.concatenate([model(mx.nd.array(b, dtype=model.dtype)).asnumpy()
                            for b in _api.batches(x, batch_size)])
+
+
+from .trace import activations  # noqa: E402  (the uniform API, re-exported)
+from .train import dropout, loss_and_grads, train_steps  # noqa: E402

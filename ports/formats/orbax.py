@@ -1,0 +1,513 @@
+"""Orbax checkpoints of a Flax NNX state (``ocp.StandardCheckpointer``), a directory.
+
+What it holds: the state of a :class:`ports.flax.SqueezeNet` exactly as the Flax NNX guides
+save it, ``ocp.StandardCheckpointer().save(path, nnx.state(model))``, so that Orbax restores
+it into the model's abstract state::
+
+    abstract = nnx.state(nnx.eval_shape(lambda: ports.flax.SqueezeNet(...)))  # no memory
+    state = ocp.StandardCheckpointer().restore(path, abstract)
+    nnx.update(model, state)
+
+The tree is the NNX state's: for every convolution ``C`` of the spec (``.`` -> ``/`` as in
+:mod:`ports.formats.flax`, the same key table)::
+
+    C.weight  ->  ('C', 'kernel', 'value')   HWIO [kh, kw, in, out]
+    C.bias    ->  ('C', 'bias', 'value')     [out]
+
+(``value`` is the NNX ``Variable``'s field; a checkpoint of ``nnx.to_pure_dict(state)``,
+without it, is read too).  Orbax stores each leaf under its *parameter name*, the keys
+joined by ``.``: ``fire2.squeeze.kernel.value``.
+
+Directory layout this codec writes (framework-free), that of ``ocp.Checkpointer(
+ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_compression=False))``, Orbax 0.12::
+
+    PATH/_CHECKPOINT_METADATA     JSON: item_handlers, timestamps, custom_metadata
+    PATH/_METADATA                JSON: the tree (key path -> key_metadata, value_metadata
+                                  {value_type "jax.Array", write_shape}), use_ocdbt false,
+                                  use_zarr3 false
+    PATH/<param name>/.zarray     zarr v2 array metadata: shape = chunks, dtype "<f4",
+                                  compressor null, order "C"
+    PATH/<param name>/0.0.0.0     the C-order little-endian float32 bytes (one chunk;
+                                  ``0`` for a bias)
+
+No ``_sharding`` file is written (the arrays are restored wherever the target's shardings
+say; without any, as NumPy arrays), and no OCDBT database.
+
+Metadata: an Orbax checkpoint of an NNX state holds only arrays.  The canonical metadata
+(see :mod:`ports.canonical`) goes into Orbax's own place for it, the ``custom_metadata`` of
+``_CHECKPOINT_METADATA`` (``StandardCheckpointer.save(..., custom_metadata=...)``), under the
+key ``"squeezenet"``; Orbax keeps it and ignores it on restore.  A checkpoint without it
+(e.g. saved by Orbax itself) gets its architecture from ``read(..., variant=...)`` when
+given, otherwise from the shapes (:func:`ports.canonical.infer_variant`): the version from
+conv1's kernel, ``num_classes`` from conv10's, ``bypass="complex"`` when fire bypass
+kernels are present; ``final_conv_padding`` (0) and a simple bypass ("none") cannot be seen
+in shapes.  ``preprocessing`` is then ``"none"`` (unknown).
+
+Reading
+-------
+Framework-free for the layout above (zarr v2, uncompressed, no OCDBT; float32, float64,
+float16 or bfloat16, little- or big-endian, any regular chunk grid, C or F order), which is
+what this codec writes and what Orbax writes with ``use_ocdbt=False,
+use_compression=False``.  Orbax's default layout (an OCDBT database, zstd-compressed chunks)
+and zarr v3 arrays are read through Orbax itself (``orbax-checkpoint``, installed with the
+``flax`` extra), restored as NumPy arrays; without it they are a :class:`WeightsError`
+saying ``pip install "squeezenet-ports[flax]"``.
+
+Every judgement is made before any array is read: the metadata files are bounded JSON, each
+tree key must be a plain name (letters, digits, ``_``: no path can leave the directory), the
+key paths and every shape must be the spec's, and every file read must be a regular file of
+exactly the size its metadata implies.  Nothing is unpickled.
+
+Writing is atomic: the checkpoint is made in a temporary directory beside ``PATH``
+(``.NAME.PID.RANDOM.part``) and renamed onto it; an existing ``PATH`` is replaced (with
+``overwrite``) only when it is an Orbax checkpoint or an empty directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import canonical
+from .._io import STALE_AFTER, _fsync_dir, _pid_alive, read_regular, temp_prefix
+from ..canonical import Weights, failing, key_problems
+from ..errors import WeightsError
+from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
+from ..spec import Variant
+from . import FORMATS
+from .flax import key_table as flax_key_table
+
+NAME = "orbax"
+EXTENSIONS = FORMATS[NAME].extensions
+
+CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
+TREE_METADATA = "_METADATA"
+OCDBT_MANIFEST = "manifest.ocdbt"
+ZARRAY = ".zarray"
+METADATA_KEY = "squeezenet"          # in _CHECKPOINT_METADATA's custom_metadata
+VALUE = "value"                      # the NNX Variable's field, last key of every path
+HANDLER = "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCheckpointHandler"
+INSTALL = 'pip install "squeezenet-ports[flax]"'
+
+MAX_JSON = 8 << 20        # bytes of _METADATA / _CHECKPOINT_METADATA (SqueezeNet's: 20 kB)
+MAX_ZARRAY = 64 << 10     # bytes of one .zarray
+MAX_LEAVES = 4096         # leaves of the tree (SqueezeNet's: at most 60)
+MAX_DEPTH = 16            # keys in one path
+MAX_NDIM = 8
+MAX_CHUNKS = 4096         # chunks of one array
+_PLAIN = re.compile(r"^[A-Za-z0-9_]{1,128}$")
+_DTYPES = {"<f4": "<f4", ">f4": ">f4", "<f8": "<f8", ">f8": ">f8", "<f2": "<f2",
+           ">f2": ">f2", "bfloat16": "<u2"}  # zarr v2 dtype -> NumPy dtype of the bytes
+
+__all__ = ["NAME", "EXTENSIONS", "key_table", "encode", "read", "write"]
+
+
+# --- the key table --------------------------------------------------------------------------
+def key_table(variant: Variant) -> dict[str, tuple[str, ...]]:
+    """Canonical name -> key path of the NNX state (``('conv1', 'kernel', 'value')``)."""
+    return {name: (*path.split("/"), VALUE) for name, path in flax_key_table(variant).items()}
+
+
+def param_name(keys: tuple[str, ...]) -> str:
+    """Orbax's name of a leaf, its directory in the checkpoint: the keys joined by ``.``."""
+    return ".".join(keys)
+
+
+# --- writing --------------------------------------------------------------------------------
+def _json(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _zarray(shape: tuple[int, ...]) -> bytes:
+    """A zarr v2 ``.zarray`` as TensorStore writes it for Orbax (keys sorted, compact)."""
+    return json.dumps({"chunks": list(shape), "compressor": None, "dimension_separator": ".",
+                       "dtype": "<f4", "fill_value": None, "filters": None, "order": "C",
+                       "shape": list(shape), "zarr_format": 2},
+                      separators=(",", ":"), sort_keys=True).encode()
+
+
+def encode(weights: Weights) -> dict[str, bytes]:
+    """The files of a checkpoint of ``weights``: relative path -> bytes (see the module
+    docstring), in the NNX state's order."""
+    leaves = {}
+    for name, keys in key_table(weights.variant).items():
+        arr = weights.tensors[name]
+        arr = oihw_to_hwio(arr) if name.endswith(".weight") else arr
+        leaves[keys] = np.ascontiguousarray(arr, dtype="<f4")
+    leaves = dict(sorted(leaves.items()))  # NNX sorts its state's keys at every level
+    tree = {str(keys): {"key_metadata": [{"key": k, "key_type": 2} for k in keys],
+                        "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False,
+                                           "write_shape": list(arr.shape)}}
+            for keys, arr in leaves.items()}
+    now = time.time_ns()
+    files = {CHECKPOINT_METADATA: _json({
+        "item_handlers": HANDLER, "metrics": {}, "performance_metrics": {},
+        "init_timestamp_nsecs": now, "commit_timestamp_nsecs": now,
+        "custom_metadata": {METADATA_KEY: dict(weights.meta)}}),
+        TREE_METADATA: _json({"tree_metadata": tree, "use_ocdbt": False, "use_zarr3": False,
+                              "store_array_data_equal_to_fill_value": True,
+                              "custom_metadata": None})}
+    for keys, arr in leaves.items():
+        base = param_name(keys)
+        files[f"{base}/{ZARRAY}"] = _zarray(arr.shape)
+        files[f"{base}/{'.'.join('0' * arr.ndim) or '0'}"] = arr.tobytes()
+    return files
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` may be replaced: an Orbax checkpoint, or an empty directory."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    names = set(os.listdir(path))
+    return not names or bool(names & {CHECKPOINT_METADATA, TREE_METADATA})
+
+
+def _remove_stale(path: Path) -> None:
+    """Temporary directories of ``path`` left by writers that are gone (as ``ports._io``
+    does for files)."""
+    parent, prefix, now = path.parent, temp_prefix(path), time.time()
+    for name in os.listdir(parent):
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not (name.startswith(prefix) and name.endswith(".part") and pid.isdigit()):
+            continue
+        candidate = parent / name
+        try:
+            st = candidate.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and now - st.st_mtime >= STALE_AFTER \
+                and not _pid_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    for d in {(root / rel).parent for rel in files}:
+        _fsync_dir(d)
+
+
+def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
+    """Write the checkpoint directory ``path`` atomically; returns ``[path]``."""
+    path = Path(os.fspath(path).rstrip("/" + os.sep) or ".")
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"directory {parent} does not exist", str(path))
+    exists = os.path.lexists(path)
+    if exists and not overwrite:
+        raise FileExistsError(errno.EEXIST, "already exists; not overwritten", str(path))
+    if exists and not _is_checkpoint(path):
+        raise FileExistsError(errno.EEXIST, "exists and is not an Orbax checkpoint directory "
+                              "(nor an empty one); not replaced", str(path))
+    files = encode(weights)
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f"{temp_prefix(path)}{os.getpid()}.",
+                                suffix=".part"))
+    old = None
+    try:
+        _write_tree(tmp, files)
+        os.chmod(tmp, 0o755)
+        if os.path.lexists(path):  # again: it may have appeared meanwhile
+            if not overwrite or not _is_checkpoint(path):
+                raise FileExistsError(errno.EEXIST, "appeared meanwhile; not overwritten",
+                                      str(path))
+            # Aside, then in: a reader sees the old checkpoint, none, or the new one.
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f"{temp_prefix(path)}"
+                                        f"{os.getpid()}.", suffix=".part"))
+            os.rename(path, old / "old")
+        try:
+            os.rename(tmp, path)  # onto nothing (or an empty directory)
+        except OSError as e:
+            if old is not None:
+                os.rename(old / "old", path)
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise FileExistsError(errno.EEXIST, "appeared meanwhile; not overwritten",
+                                      str(path)) from None
+            raise
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return [path]
+
+
+# --- reading: files and metadata --------------------------------------------------------------
+def _load_json(path: Path, limit: int, what: str, fail) -> Any:
+    data = read_regular(path, what, fail, limit=limit)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise fail(f"{what} is not JSON: {type(e).__name__}: {e}"[:300]) from None
+
+
+def _int_list(value, what: str, fail, *, positive: bool = False) -> tuple[int, ...]:
+    low = 1 if positive else 0
+    if (not isinstance(value, list) or len(value) > MAX_NDIM
+            or not all(type(d) is int and low <= d < 2 ** 40 for d in value)):
+        raise fail(f"{what} must be a list of at most {MAX_NDIM} integers >= {low}, "
+                   f"got {str(value)[:80]}")
+    return tuple(value)
+
+
+def _tree(directory: Path, fail) -> tuple[dict[tuple[str, ...], dict], dict]:
+    """``_METADATA``: key path -> its value metadata, and the top-level fields."""
+    meta = _load_json(directory / TREE_METADATA, MAX_JSON, TREE_METADATA, fail)
+    if not isinstance(meta, dict) or not isinstance(meta.get("tree_metadata"), dict):
+        raise fail(f"{TREE_METADATA} has no 'tree_metadata' map: not an Orbax PyTree "
+                   "checkpoint")
+    entries = meta["tree_metadata"]
+    if len(entries) > MAX_LEAVES:
+        raise fail(f"{TREE_METADATA} lists {len(entries)} leaves, more than {MAX_LEAVES}")
+    tree: dict[tuple[str, ...], dict] = {}
+    for label, entry in entries.items():
+        where = f"{TREE_METADATA} entry {label[:80]!r}"
+        keys = entry.get("key_metadata") if isinstance(entry, dict) else None
+        if not isinstance(keys, list) or not 0 < len(keys) <= MAX_DEPTH:
+            raise fail(f"{where}: key_metadata must be a list of 1 to {MAX_DEPTH} keys")
+        path = []
+        for k in keys:
+            key = k.get("key") if isinstance(k, dict) else None
+            if not isinstance(key, str) or not _PLAIN.match(key):
+                raise fail(f"{where}: key {str(key)[:40]!r} is not a plain name (letters, "
+                           "digits, '_'): not an NNX state")
+            path.append(key)
+        value = entry.get("value_metadata", {})
+        if tuple(path) in tree:
+            raise fail(f"{where}: key path listed twice")
+        tree[tuple(path)] = value if isinstance(value, dict) else {}
+    if not tree:
+        raise fail(f"{TREE_METADATA} lists no arrays")
+    return tree, meta
+
+
+def _our_meta(directory: Path, fail) -> dict[str, str] | None:
+    """The canonical metadata in ``_CHECKPOINT_METADATA``'s ``custom_metadata``, if any."""
+    path = directory / CHECKPOINT_METADATA
+    if not os.path.lexists(path):
+        return None
+    meta = _load_json(path, MAX_JSON, CHECKPOINT_METADATA, fail)
+    if not isinstance(meta, dict):
+        raise fail(f"{CHECKPOINT_METADATA} is not a JSON object")
+    custom = meta.get("custom_metadata") or {}
+    if not isinstance(custom, dict) or METADATA_KEY not in custom:
+        return None
+    return canonical.string_meta(custom[METADATA_KEY], f"{CHECKPOINT_METADATA} "
+                                 f"custom_metadata[{METADATA_KEY!r}]", fail=fail)
+
+
+def _canonical_paths(tree: dict[tuple[str, ...], Any], fail) -> dict[str, tuple[str, ...]]:
+    """Flax state path (``conv1/kernel``) -> the checkpoint's key path."""
+    values = [keys[-1] == VALUE and len(keys) > 1 for keys in tree]
+    if any(values) and not all(values):
+        raise fail(f"some key paths end in {VALUE!r} (an NNX state) and some do not")
+    cut = -1 if all(values) else None
+    return {"/".join(keys[:cut]): keys for keys in tree}
+
+
+# --- reading: the arrays ----------------------------------------------------------------------
+def _zarr_header(directory: Path, keys: tuple[str, ...], fail) -> dict:
+    """The checked ``.zarray`` of the leaf at ``keys``."""
+    base = param_name(keys)
+    what = f"{base}/{ZARRAY}"
+    z = _load_json(directory / base / ZARRAY, MAX_ZARRAY, what, fail)
+    if not isinstance(z, dict) or z.get("zarr_format") != 2:
+        raise fail(f"{what}: not zarr v2 metadata (zarr_format 2)")
+    shape = _int_list(z.get("shape"), f"{what}: shape", fail)
+    chunks = _int_list(z.get("chunks"), f"{what}: chunks", fail, positive=True)
+    if len(chunks) != len(shape):
+        raise fail(f"{what}: chunks {list(chunks)} and shape {list(shape)} differ in rank")
+    if z.get("dtype") not in _DTYPES:
+        raise fail(f"{what}: dtype {str(z.get('dtype'))[:40]!r}, expected one of "
+                   f"{', '.join(_DTYPES)}")
+    if z.get("filters") not in (None, []):
+        raise fail(f"{what}: zarr filters are not supported")
+    if z.get("order", "C") not in ("C", "F"):
+        raise fail(f"{what}: order {str(z.get('order'))[:20]!r}, expected 'C' or 'F'")
+    if z.get("dimension_separator", ".") not in (".", "/"):
+        raise fail(f"{what}: dimension_separator must be '.' or '/'")
+    return {**z, "shape": shape, "chunks": chunks}
+
+
+def _zarr_array(directory: Path, keys: tuple[str, ...], z: dict, fail) -> np.ndarray:
+    """The array of a checked, uncompressed ``.zarray`` ``z``, as float32."""
+    base = param_name(keys)
+    shape, chunks = z["shape"], z["chunks"]
+    dtype = np.dtype(_DTYPES[z["dtype"]])
+    grid = [math.ceil(s / c) for s, c in zip(shape, chunks)]
+    if math.prod(grid) > MAX_CHUNKS:
+        raise fail(f"{base}: {math.prod(grid)} chunks, more than {MAX_CHUNKS}")
+    out = np.empty(shape, dtype)
+    nbytes = math.prod(chunks) * dtype.itemsize
+    order = z.get("order", "C")
+    for index in np.ndindex(*grid):
+        name = z.get("dimension_separator", ".").join(map(str, index)) or "0"
+        raw = read_regular(directory / base / name, f"{base}/{name}", fail, exact=nbytes)
+        chunk = np.frombuffer(raw, dtype).reshape(chunks, order=order)
+        region = tuple(slice(i * c, min((i + 1) * c, s))
+                       for i, c, s in zip(index, chunks, shape))
+        out[region] = chunk[tuple(slice(0, r.stop - r.start) for r in region)]
+    if z["dtype"] == "bfloat16":
+        return canonical.widen_bfloat16(out)
+    return out.astype(np.float32)
+
+
+def _orbax(fail):
+    """``orbax.checkpoint``, or a WeightsError saying what to install."""
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as e:
+        raise fail(f"this checkpoint (an OCDBT database, compressed or zarr v3 arrays: "
+                   f"Orbax's default layout) is read through Orbax, which cannot be imported "
+                   f"({e}); {INSTALL} installs it") from None
+    return ocp
+
+
+def _orbax_shapes(directory: Path, fail) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Key path -> shape, from Orbax's own metadata of the checkpoint."""
+    ocp = _orbax(fail)
+    try:
+        meta = ocp.PyTreeCheckpointer().metadata(directory)
+        meta = getattr(meta, "item_metadata", meta)
+        meta = getattr(meta, "tree", meta)
+        flat = _flatten(meta)
+        return {keys: tuple(int(d) for d in m.shape) for keys, m in flat.items()}
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever Orbax/TensorStore raise on a bad file
+        raise fail(f"Orbax cannot read its metadata: {type(e).__name__}: {e}"[:400]) from None
+
+
+def _flatten(tree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, (*prefix, str(k))))
+        return out
+    return {prefix: tree}
+
+
+def _orbax_arrays(directory: Path, fail) -> dict[tuple[str, ...], np.ndarray]:
+    """Every leaf restored by Orbax as a NumPy array."""
+    ocp = _orbax(fail)
+    try:
+        import jax
+
+        meta = ocp.PyTreeCheckpointer().metadata(directory)
+        meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+        args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+        restored = ocp.PyTreeCheckpointer().restore(
+            directory, args=ocp.args.PyTreeRestore(restore_args=args))
+        return {keys: np.asarray(a) for keys, a in _flatten(restored).items()}
+    except Exception as e:  # noqa: BLE001 - whatever Orbax/TensorStore raise on a bad file
+        raise fail(f"Orbax cannot restore it: {type(e).__name__}: {e}"[:400]) from None
+
+
+def _variant_of(meta: dict | None, variant: Variant | None,
+                shapes: dict[str, tuple[int, ...]], fail) -> tuple[Variant, dict[str, str]]:
+    """The variant and the full canonical metadata (see the module docstring)."""
+    meta = dict(meta or {})
+    if canonical.has_architecture(meta):
+        return canonical.meta_variant(meta, fail=fail), meta
+    if variant is not None:
+        found, how = variant, f"architecture {variant.id} given by the caller"
+    else:
+        complex_ = any(p.startswith("fire") and p.endswith("/bypass/kernel") for p in shapes)
+        found = canonical.infer_variant(
+            shapes.get("conv1/kernel"), shapes.get("conv10/kernel"),
+            names=("conv1/kernel", "conv10/kernel"), layout="HWIO",
+            bypass="complex" if complex_ else "none", fail=fail)
+        how = "architecture inferred from shapes (final_conv_padding and simple bypass " \
+              "cannot be)"
+    meta = {**found.to_meta(), **meta}
+    meta.setdefault("preprocessing", "none")
+    meta.setdefault("source", f"orbax checkpoint without {METADATA_KEY} metadata; {how}")
+    return found, meta
+
+
+def read(path, *, variant: Variant | None = None) -> Weights:
+    """Canonical weights from the checkpoint directory ``path`` (checked against the spec
+    by :func:`ports.formats.read`)."""
+    directory = Path(path)
+    fail = failing(path, NAME)
+    if not directory.is_dir():
+        raise fail("not a directory (an Orbax checkpoint is one)")
+    if not os.path.lexists(directory / TREE_METADATA):
+        found = sorted(os.listdir(directory))[:8]
+        raise fail(f"no {TREE_METADATA} file: not an Orbax PyTree checkpoint (it holds "
+                   f"{', '.join(found) if found else 'nothing'})")
+    tree, top = _tree(directory, fail)
+    meta = _our_meta(directory, fail)
+    paths = _canonical_paths(tree, fail)
+    plain = not os.path.lexists(directory / OCDBT_MANIFEST) and not top.get("use_zarr3")
+    headers: dict[str, dict] = {}
+
+    def shape(p: str):  # the shape the checkpoint gives the leaf at state path p
+        if p not in paths:
+            return None
+        if p not in headers:
+            headers[p] = _zarr_header(directory, paths[p], fail)
+        return headers[p]["shape"]
+
+    if plain:
+        plain = all(shape(p) is None or headers[p].get("compressor") is None
+                    for p in ("conv1/kernel", "conv10/kernel"))
+    if plain:
+        shapes = {p: shape(p) for p in ("conv1/kernel", "conv10/kernel") if p in paths}
+        shapes.update(dict.fromkeys(set(paths) - set(shapes)))
+    else:
+        by_keys = _orbax_shapes(directory, fail)
+        shapes = {p: by_keys.get(keys) for p, keys in paths.items()}
+    v, meta = _variant_of(meta, variant, shapes, fail)
+    table = flax_key_table(v)
+    spec = v.params()
+    expected = {key: _hwio_shape(name, spec[name]) for name, key in table.items()}
+    noun = ("key path", "key paths")
+    problems = key_problems(list(paths), list(expected), noun=noun)  # names first: no reads
+    if plain and not problems:
+        shapes = {p: shape(p) for p in paths}
+        if any(z.get("compressor") is not None for z in headers.values()):
+            plain = False
+            by_keys = _orbax_shapes(directory, fail)
+            shapes = {p: by_keys.get(keys) for p, keys in paths.items()}
+    if not problems:
+        problems = key_problems(shapes, expected, noun=noun,
+                                note=lambda k: " (HWIO)" if k.endswith("/kernel") else "")
+    if problems:
+        raise fail(f"does not match SqueezeNet {v.id}: " + "; ".join(problems))
+    if plain:
+        arrays = {p: _zarr_array(directory, paths[p], headers[p], fail) for p in table.values()}
+    else:
+        restored = _orbax_arrays(directory, fail)
+        arrays = {p: restored.get(paths[p]) for p in table.values()}
+        for p, a in arrays.items():
+            if a is None or a.dtype.kind != "f" or a.shape != tuple(expected[p]):
+                got = "nothing" if a is None else f"{a.dtype} {list(a.shape)}"
+                raise fail(f"{param_name(paths[p])}: Orbax restored {got}, expected floats "
+                           f"of shape {list(expected[p])}")
+    tensors = {name: (hwio_to_oihw if key.endswith("/kernel") else np.asarray)(
+        np.asarray(arrays[key], dtype=np.float32)) for name, key in table.items()}
+    return Weights({k: np.ascontiguousarray(t) for k, t in tensors.items()}, meta)
+
+
+def _hwio_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape canonical tensor ``name`` has in the NNX state (kernels HWIO)."""
+    return oihw_shape_to_hwio(shape) if name.endswith(".weight") else shape

@@ -1,0 +1,191 @@
+"""Training with the Keras port: gradients by the backend's autodiff, steps by
+``keras.optimizers.SGD``.
+
+    >>> from ports.keras import load, train
+    >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
+    >>> losses, weights = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])
+
+The loss is Caffe's ``SoftmaxWithLoss`` on the logits:
+``keras.losses.SparseCategoricalCrossentropy(from_logits=True)``, mean over the batch,
+computed in the model's dtype (a Keras loss computes in ``floatx``, float32, unless told).
+Dropout is off (``training=False``).  Keras 3 has no backend-independent gradient, so
+:func:`gradients` asks each backend's own autodiff: ``jax.value_and_grad`` of
+``model.stateless_call``, ``tf.GradientTape``, ``torch.autograd.grad``.  The model's forward
+pass is its own ``call`` (the fast model's image-by-image head on JAX/CPU included).
+
+Caffe's solver rule is ``v <- m v + lr_t (g + wd w)``, ``w <- w - v``.  Keras' SGD keeps the
+rate inside its velocity (``v <- m v - lr_t g``, ``w <- w + v``), Caffe's convention even
+when the rate changes; the rate is set before each step (``optimizer.learning_rate``), in a
+variable of the model's dtype (Keras makes it ``floatx``, whose rounding of a rate would show
+in float64).  Keras' own ``weight_decay`` is decoupled (``w <- w - lr_t wd w``, outside the
+velocity), not Caffe's: instead the loss gets the L2 term ``wd / 2 * sum |w|^2`` over every
+kernel and bias, whose gradient ``wd * w`` joins ``g`` before the velocity, as in Caffe.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from .. import spec as S
+from .._predict import as_input
+from ..formats.keras import conv_layer_names
+from ..layouts import hwio_to_oihw, nchw_to_nhwc, nhwc_to_nchw
+from . import SqueezeNet
+
+BACKEND = keras.backend.backend()
+_JAX_COMPILED: dict = {}  # see gradients()
+
+
+def parameters(model: SqueezeNet) -> dict[str, keras.Variable]:
+    """Canonical name -> the model's variable (kernels HWIO), in spec order."""
+    out = {}
+    for canonical, name in conv_layer_names(model.variant).items():
+        layer = model.get_layer(name)
+        out[f"{canonical}.weight"], out[f"{canonical}.bias"] = layer.kernel, layer.bias
+    return out
+
+
+def _batch(model: SqueezeNet, x, labels) -> tuple[np.ndarray, np.ndarray]:
+    x = nchw_to_nhwc(as_input(x, model.variant)).astype(model.inputs[0].dtype)  # NHWC
+    labels, classes = np.asarray(labels), model.variant.num_classes
+    if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer) \
+            or labels.min() < 0 or labels.max() >= classes:  # the backends would not say
+        raise ValueError(f"labels: expected {len(x)} integer classes in 0..{classes - 1}, "
+                         f"got shape {labels.shape} dtype {labels.dtype}")
+    return x, labels.astype(np.int32)
+
+
+def gradients(model: SqueezeNet, x, labels, weight_decay: float = 0.0,
+              decayed=None) -> tuple[float, list]:
+    """The mean cross-entropy on ``x`` [N,3,H,W] (dropout off), and the gradient of it plus
+    ``weight_decay / 2 * sum |w|^2`` over the ``decayed`` canonical names (default: every
+    kernel and bias) for each of ``model.trainable_variables``, as the backend's tensors."""
+    x, y = _batch(model, x, labels)
+    named = parameters(model)
+    variables = model.trainable_variables
+    decay = {id(named[n]) for n in (named if decayed is None else decayed)}
+    index = [i for i, v in enumerate(variables) if id(v) in decay]
+    dtype = model.inputs[0].dtype
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
+    # A NumPy scalar of the model's dtype: TensorFlow turns a Python float into a float32
+    # tensor first, so ops.cast(1e-4, "float64") is 1e-4 rounded to float32.
+    half_decay = ops.convert_to_tensor(np.asarray(weight_decay / 2, dtype))
+
+    def objective(logits, values, y=y):  # (cross-entropy + L2 term, cross-entropy)
+        ce = loss(y, logits)
+        if not weight_decay:
+            return ce, ce
+        l2 = sum(ops.sum(ops.square(values[i])) for i in index)
+        return ce + half_decay * l2, ce
+
+    if BACKEND == "jax":
+        import jax
+
+        # Compiled once per architecture, shape and decay (op by op, a step of the fast model
+        # takes seconds on CPU): a model of the same class, variant and dtype has the same
+        # graph, so the function traced through the first one's ``stateless_call`` serves
+        # every other with its own values.
+        key = (type(model), model.variant, str(dtype), x.shape, weight_decay, tuple(index))
+        compiled = _JAX_COMPILED
+        if key not in compiled:
+            def total(values, fixed, x, y):
+                logits, _ = model.stateless_call(values, fixed, x, training=False)
+                return objective(logits, values, y)
+
+            compiled[key] = jax.jit(jax.value_and_grad(total, has_aux=True))
+        (_, ce), grads = compiled[key]([v.value for v in variables],
+                                       [v.value for v in model.non_trainable_variables], x, y)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            t, ce = objective(model(x, training=False), variables)
+        grads = tape.gradient(t, variables)
+    elif BACKEND == "torch":
+        import torch
+
+        values = [v.value for v in variables]
+        t, ce = objective(model(x, training=False), values)
+        grads = list(torch.autograd.grad(t, values))
+    else:  # pragma: no cover
+        raise NotImplementedError(f"no gradients for the Keras backend {BACKEND}")
+    return float(ops.convert_to_numpy(ce)), grads
+
+
+def _canonical(model: SqueezeNet, tensors: dict) -> dict[str, np.ndarray]:
+    """``{canonical name: tensor}`` (kernels HWIO) -> NumPy arrays, kernels OIHW."""
+    return {k: (hwio_to_oihw if k.endswith(".weight") else np.array)(
+        np.asarray(ops.convert_to_numpy(t))) for k, t in tensors.items()}
+
+
+def loss_and_grads(model: SqueezeNet, x, labels) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean softmax cross-entropy on ``x`` [N,3,H,W] with integer ``labels`` [N], and the
+    gradient of every parameter: ``{canonical name: array}``, OIHW, the model's dtype."""
+    loss, grads = gradients(model, x, labels)
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    return loss, _canonical(model, {k: grads[position[id(v)]]
+                                    for k, v in parameters(model).items()})
+
+
+def sgd(model: SqueezeNet, momentum: float = 0.9, **kwargs) -> keras.optimizers.SGD:
+    """``keras.optimizers.SGD(momentum=...)`` whose rate variable has the model's dtype."""
+    floatx = keras.config.floatx()
+    keras.config.set_floatx(model.inputs[0].dtype)  # the rate variable is made in floatx
+    try:
+        # np.float64, not float: Keras casts the momentum to the variables' dtype, and on
+        # TensorFlow a Python float goes through float32 on the way (0.9 -> 0.899999976).
+        return keras.optimizers.SGD(momentum=np.float64(momentum), **kwargs)
+    finally:
+        keras.config.set_floatx(floatx)
+
+
+def optimize(model: SqueezeNet, x, labels, lrs, optimizer: keras.optimizers.Optimizer,
+             weight_decay: float = 0.0, decayed=None) -> tuple[list[float], dict]:
+    """One step of ``optimizer`` per rate in ``lrs`` on the gradients of :func:`gradients`,
+    in place: the loss before each step and the weights after the last (canonical, OIHW)."""
+    losses = []
+    apply = _jax_apply(optimizer, model) if BACKEND == "jax" else optimizer.apply
+    for lr in lrs:
+        optimizer.learning_rate = lr  # Keras' SGD puts it inside the velocity
+        loss, grads = gradients(model, x, labels, weight_decay, decayed)
+        losses.append(loss)
+        apply(grads, model.trainable_variables)
+    return losses, _canonical(model, parameters(model))
+
+
+def _jax_apply(optimizer: keras.optimizers.Optimizer, model: SqueezeNet):
+    """``optimizer.apply`` as one compiled ``optimizer.stateless_apply`` (Keras' recipe for
+    JAX training loops; applied op by op, five steps take ~15 s on CPU)."""
+    import jax
+
+    optimizer.build(model.trainable_variables)
+    compiled = jax.jit(optimizer.stateless_apply)
+
+    def apply(grads, variables) -> None:
+        state = [v.value for v in optimizer.variables]
+        new_values, new_state = compiled(state, grads, [v.value for v in variables])
+        for v, value in zip(variables, new_values):
+            v.assign(value)
+        for v, value in zip(optimizer.variables, new_state):
+            v.assign(value)
+
+    return apply
+
+
+def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
+                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
+    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; the
+    loss before each step and the weights after the last (canonical names, OIHW)."""
+    # Coupled L2 decay on every kernel and bias through the loss, not SGD(weight_decay=...),
+    # which Keras applies decoupled from the gradient (not Caffe's rule).
+    return optimize(model, x, labels, lrs, sgd(model, momentum), weight_decay)
+
+
+def dropout(model: SqueezeNet, x, training: bool = True) -> np.ndarray:
+    """``x`` [N,C,H,W] through the model's own ``keras.layers.Dropout`` (the spec's rate), in
+    training mode or at inference (the identity)."""
+    (name,) = [layer.name for layer in model.variant.layers() if isinstance(layer, S.Dropout)]
+    y = model.get_layer(name)(nchw_to_nhwc(np.asarray(x)), training=training)
+    return nhwc_to_nchw(np.asarray(ops.convert_to_numpy(y)))
