@@ -237,7 +237,7 @@ class _File:
         names = [n for n in self.paths.values() if n is not None]
         self.named = bool(self.paths) and len(names) == len(self.paths)
         if self.named and len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
+            dup = sorted({str(n) for n in names if names.count(n) > 1})
             raise fail(f"layer name(s) recorded twice: {', '.join(dup)}")
         self.by_name = {n: p for p, n in self.paths.items()} if self.named else {}
 
@@ -260,7 +260,7 @@ class _File:
         ds = vars_.get(index)
         if not isinstance(ds, h5py.Dataset):
             return None, (f"layer {name}: no variable {index} "
-                          f"(has {sorted(vars_.keys()) or 'none'})")
+                          f"(has {sorted(map(str, vars_.keys())) or 'none'})")
         if tuple(ds.shape) != tuple(shape):
             what = "kernel" if index == "0" else "bias"
             return None, (f"layer {name}: {what} has shape {list(ds.shape)}, expected "
@@ -270,7 +270,8 @@ class _File:
             return None, (f"layer {name}: variable {index} has dtype {kind}, expected "
                           "float16, float32 or float64")
         if len(vars_) != 2:
-            return None, f"layer {name}: expected variables 0 and 1, found {sorted(vars_)}"
+            return None, (f"layer {name}: expected variables 0 and 1, found "
+                          f"{sorted(map(str, vars_))}")
         return ds, None
 
 
@@ -384,25 +385,32 @@ SANDBOX_MEMORY = 256 << 20   # bytes beyond the helper's address space, plus 16x
 SANDBOX_SECONDS = 3.0        # plus 1 s per 50 MB of file
 
 
-def _read_in_process(source: str | None, variant: str | None,
-                     data: bytes | None = None) -> tuple[dict, dict]:
-    """What the helper runs: the file ``source`` (or the bytes ``data``) -> (tensors, meta)."""
+def read_hdf5(source: str | None, data: bytes | None, parse, fmt: str = NAME):
+    """``parse(h5py.File)`` on the file ``source`` (or the bytes ``data``), libhdf5's reports
+    of a damaged file turned into :class:`WeightsError` (for every HDF5 codec)."""
     h5py = _h5py()
 
     try:
         f = h5py.File(io.BytesIO(data) if data is not None else source, "r")
     except OSError as e:
-        raise WeightsError(f"not an HDF5 file ({e})", format=NAME) from None
+        raise WeightsError(f"not an HDF5 file ({e})", format=fmt) from None
     with f:
         try:
-            weights = from_h5(f, variant=Variant.from_id(variant) if variant else None)
+            return parse(f)
         except (OSError, KeyError, RuntimeError) as e:
             # libhdf5's reports of a damaged file reach Python as OSError, RuntimeError, or
             # a KeyError "Unable to ..."; any other KeyError is a bug of ours, said as one
             if isinstance(e, KeyError) and "Unable to" not in str(e):
                 raise
             raise WeightsError(f"damaged HDF5 file ({type(e).__name__}: {e})",
-                               format=NAME) from None
+                               format=fmt) from None
+
+
+def _read_in_process(source: str | None, variant: str | None,
+                     data: bytes | None = None) -> tuple[dict, dict]:
+    """What the helper runs: the file ``source`` (or the bytes ``data``) -> (tensors, meta)."""
+    weights = read_hdf5(source, data, lambda f: from_h5(
+        f, variant=Variant.from_id(variant) if variant else None))
     return weights.tensors, weights.meta
 
 

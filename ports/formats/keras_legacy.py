@@ -168,7 +168,7 @@ def encode(weights: Weights, *, naming: str = "ports", model_config: dict | None
         root.attrs["backend"] = np.array(BACKEND.encode(), dtype=h5py.string_dtype("ascii"))
         root.attrs["keras_version"] = np.array(KERAS_VERSION.encode(),
                                                dtype=h5py.string_dtype("ascii"))
-        for layer in sorted(layers, key=lambda la: la.name):  # as Keras: sorted by name
+        for layer in sorted(layers, key=lambda la: str(la.name)):  # as Keras: sorted by name
             group = root.create_group(layer.name)
             if layer.canonical is None:
                 _weight_names(group, [])
@@ -438,14 +438,8 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
 # HDF5 in the helper process, as ports.formats.keras does (see there).
 def _read_in_process(source: str | None, variant: str | None,
                      data: bytes | None = None) -> tuple[dict, dict]:
-    h5py = _h5py()
-
-    try:
-        f = h5py.File(io.BytesIO(data) if data is not None else source, "r")
-    except OSError as e:
-        raise WeightsError(f"not an HDF5 file ({e})", format=NAME) from None
-    with f:
-        weights = from_h5(f, variant=Variant.from_id(variant) if variant else None)
+    weights = K3.read_hdf5(source, data, lambda f: from_h5(
+        f, variant=Variant.from_id(variant) if variant else None), NAME)
     return weights.tensors, weights.meta
 
 
