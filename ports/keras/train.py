@@ -6,8 +6,9 @@
     >>> losses, weights = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])
 
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits:
-``keras.ops.sparse_categorical_crossentropy(from_logits=True)``, mean over the batch, in
-the model's dtype.
+``keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=...)``, mean over the
+batch, in the model's dtype (on torch, ``torch.nn.functional.cross_entropy``: Keras' is 2e-8
+off in float64 there).
 Dropout is off (``training=False``).  Keras 3 has no backend-independent gradient, so
 :func:`gradients` asks each backend's own autodiff: ``jax.value_and_grad`` of
 ``model.stateless_call``, ``tf.GradientTape``, ``torch.autograd.grad``.  The model's forward
@@ -71,11 +72,14 @@ def gradients(model: SqueezeNet, x, labels, weight_decay: float = 0.0,
     # A NumPy scalar of the model's dtype: TensorFlow turns a Python float into a float32
     # tensor first, so ops.cast(1e-4, "float64") is 1e-4 rounded to float32.
     half_decay = ops.convert_to_tensor(np.asarray(weight_decay / 2, dtype))
+    # exact in float64 on JAX and TensorFlow; keras.ops.sparse_categorical_crossentropy is
+    # 2e-8 off there (and both are on torch, see below)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
     def objective(logits, values, y=y, half_decay=half_decay, decay=bool(weight_decay),
                   ce=None):  # (cross-entropy + L2 term, cross-entropy)
         if ce is None:
-            ce = ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+            ce = loss(y, logits)
         if not decay:
             return ce, ce
         l2 = sum(ops.sum(ops.square(values[i])) for i in index)
@@ -109,8 +113,8 @@ def gradients(model: SqueezeNet, x, labels, weight_decay: float = 0.0,
         import torch
 
         values = [v.value for v in variables]
-        # torch's own cross-entropy: Keras 3.15's on the torch backend is 2e-8 off in
-        # float64 (its gradient is exact; tests/conformance measure both)
+        # torch's own cross-entropy: Keras 3.15's (the Loss class and the op) on the torch
+        # backend is 2e-8 off in float64 (its gradient is exact)
         logits = model(x, training=False)
         t, ce = objective(logits, values, ce=torch.nn.functional.cross_entropy(
             logits, torch.as_tensor(y, dtype=torch.long)))
