@@ -57,7 +57,9 @@ def classify(e: BaseException) -> dict:
     if isinstance(e, WeightsError):
         mem = memory_cause(e)
         if mem is None:
-            return {"status": "rejected", "cls": message_class(e.reason), "msg": str(e)[:300]}
+            # the reason is cut, not the path: the same file says the same under any folder
+            short = WeightsError(e.reason[:300], path=e.path, format=e.format)
+            return {"status": "rejected", "cls": message_class(e.reason), "msg": str(short)}
         return {"status": "crash", "kind": "memory",
                 "msg": f"MemoryError turned into WeightsError: {e}"[:300], "tb": _tb(mem)}
     kind = "memory" if isinstance(e, MemoryError) else "exception"

@@ -387,8 +387,8 @@ SANDBOX_SECONDS = 3.0        # plus 1 s per 50 MB of file
 
 def read_hdf5(source: str | None, data: bytes | None, parse, fmt: str = NAME):
     """``parse(h5py.File)`` on the file ``source`` (or the bytes ``data``), libhdf5's reports
-    of a damaged file turned into :class:`WeightsError` (for every HDF5 codec)."""
-    h5py = _h5py()
+    of a damaged file turned into :class:`WeightsError` (for every HDF5 codec, ``fmt``)."""
+    h5py = dependency("h5py", fmt)
 
     try:
         f = h5py.File(io.BytesIO(data) if data is not None else source, "r")
