@@ -168,6 +168,8 @@ def python(env: str, log: Log = _print) -> str:
     ensure(env, log)
     code, lines = run(env, ["python", "-c", "import sys; print(sys.executable)"], log,
                       echo=False)
-    if code != 0 or not lines:
+    # tox may add its own report after the command's output ("congratulations :) ...")
+    found = [ln.strip() for ln in lines if os.path.isfile(ln.strip())]
+    if code != 0 or not found:
         raise EnvError(f"tox env {env}: cannot start its python: {first_error(lines)}")
-    return lines[-1].strip()
+    return found[-1]
