@@ -179,6 +179,8 @@ def bad_inputs_table(work: Path) -> str:
         for p in paths:
             text = text.replace(str(p), "FILE")
         text = re.sub(re.escape(str(work)) + r"[^\s:()']*", "FILE", text)
+        # pickle names open() by its __module__: _io before Python 3.13, io from 3.13
+        text = text.replace("global _io.open", "global io.open")
         return text.replace("|", "\\|")
 
     lines = [
