@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import spec as S
 from . import SqueezeNet
 from .train import _labels, _Tape, loss_and_grads, pool_windows, sgd_step, softmax_cross_entropy
 
@@ -49,32 +48,31 @@ class Decision(NamedTuple):
 
 
 def _sites(tape: _Tape):
-    """(site, kind, input) of every ReLU ("relu", its input z) and pool ("pool", its input)
-    of a recorded forward pass."""
+    """(site, pool, input) of every ReLU (pool None, its input z) and max pool (the
+    ``spec.MaxPool``, its input) of a recorded forward pass."""
     for kind, layer, saved in tape.steps:
         if kind == "relu":
-            yield layer.of, "relu", saved
+            yield layer.of, None, saved
         elif kind == "pool":
-            yield layer.name, "pool", saved
+            yield layer.name, layer, saved
         elif kind == "fire":
             _, zs, z1, z3 = saved
-            yield layer.squeeze.name, "relu", zs
-            yield layer.expand1x1.name, "relu", z1
-            yield layer.expand3x3.name, "relu", z3
+            yield layer.squeeze.name, None, zs
+            yield layer.expand1x1.name, None, z1
+            yield layer.expand3x3.name, None, z3
 
 
 def fragile(tape: _Tape, margin: float) -> list[Decision]:
     """The decisions of a recorded forward pass within ``margin`` (relative to the site's
     largest magnitude) of a kink."""
     out = []
-    for site, kind, a in _sites(tape):
+    for site, pool, a in _sites(tape):
         scale = float(np.abs(a).max())
-        if kind == "relu":
+        if pool is None:
             for idx in zip(*np.nonzero(np.abs(a) <= margin * scale)):
                 out.append(Decision(site, tuple(int(i) for i in idx)))
         else:
-            windows = pool_windows(a, next(x for x in tape.layers
-                                           if isinstance(x, S.MaxPool) and x.name == site))
+            windows = pool_windows(a, pool)
             order = np.argsort(-windows, axis=-1, kind="stable")
             top = np.take_along_axis(windows, order[..., :2], axis=-1)
             # Two zeros are outputs of dead ReLUs: the gradient stops there either way.
