@@ -43,7 +43,7 @@ multiplies in NumPy (:mod:`conformance.bench.peak`: measured without the
 ``OPENBLAS_CORETYPE`` override some machines set, and with the kernel that ran recorded).
 
 Writes ``build/bench/bench.json`` and ``build/bench/bench.png``.  ``--quick`` (CI) runs two
-short rounds only to prove that everything works; its numbers mean little.
+short rounds at batch 1 and 4 only to prove that everything works; its numbers mean little.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from .. import toxenv
 from ..harness import ROOT
 from ..registry import PORTS
 from . import peak
-from .config import BATCHES, DEFAULT_PORTS, OUT, REFERENCE, SIZE, VARIANT_ID
+from .config import BATCHES, DEFAULT_PORTS, OUT, QUICK_BATCHES, REFERENCE, SIZE, VARIANT_ID
 
 # glibc malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap
 # and unmaps it on free, so a framework without its own arena page-faults and zeroes every
@@ -354,9 +354,11 @@ def main(argv=None) -> int:
                              "MALLOC_MMAP_MAX_=0 and a large trim threshold")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help=argparse.SUPPRESS)
+    parser.add_argument("--batches", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    batches = [int(b) for b in args.batches.split(",") if b]
+    # --quick proves the tool end to end; a small second batch keeps it brief
+    default = QUICK_BATCHES if args.quick else BATCHES
+    batches = [int(b) for b in (args.batches or ",".join(map(str, default))).split(",") if b]
     if args.worker:
         from .worker import worker
 

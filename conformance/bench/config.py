@@ -14,4 +14,5 @@ REFERENCE = "onnxruntime"
 VARIANT_ID = "1_1-p0-none"
 SIZE = 224
 BATCHES = (1, 32)
+QUICK_BATCHES = (1, 4)  # --quick (CI): proves every port runs, batched and not; no timing
 DEFAULT_PORTS = [p for p in PORTS if p != "numpy"]  # the float64 oracle is not meant to be fast

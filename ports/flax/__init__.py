@@ -127,12 +127,14 @@ def to_weights(model: SqueezeNet, *, preprocessing: str = "none",
 
 
 def load(source, dtype="float32", *, variant=None, fast: bool = True) -> SqueezeNet:
-    """Model from any supported weights file or :class:`Weights`; ``fast``: :mod:`.fast`."""
+    """Model from any supported weights file or :class:`Weights`; ``fast``: :mod:`.fast`.
+    The module is built abstractly (``nnx.eval_shape``: shapes only, no random draws) and
+    then filled with the weights, as Flax restores checkpoints."""
     from . import fast as tuned
 
     build = tuned.SqueezeNet if fast else SqueezeNet
-    return _api.load(lambda v, dt: build(v, dtype=dt), SqueezeNet.load_weights, source,
-                     dtype, variant)
+    return _api.load(lambda v, dt: nnx.eval_shape(lambda: build(v, dtype=dt)),
+                     SqueezeNet.load_weights, source, dtype, variant)
 
 
 @partial(jax.jit, static_argnums=0)  # cached per (graphdef: the architecture, avals)
