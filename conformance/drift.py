@@ -130,7 +130,10 @@ def compare_port(port: str, run_a: tuple[dict, dict], run_b: tuple[dict, dict]) 
             "same_code": da.get("key", {}).get("code") == db.get("key", {}).get("code"),
             "same_shared": da.get("key", {}).get("shared") == db.get("key", {}).get("shared"),
             "cases": cases, "only_a": sorted(set(ca) - set(cb)),
-            "only_b": sorted(set(cb) - set(ca)), "summary": summarize(cases)}
+            "only_b": sorted(set(cb) - set(ca)), "summary": summarize(cases),
+            "first_error": {side: next((r["error"].splitlines()[0] for r in run.values()
+                                        if r.get("error")), None)
+                            for side, run in (("A", ca), ("B", cb))}}
 
 
 def summarize(cases: list[dict]) -> dict:
@@ -223,7 +226,11 @@ def text(report: dict) -> str:
                      "precision (what counts in float64)")
         lines.append(f"  {'case':<28}{'dtype':>8}{'|A - B|':>10}{'bound':>10}{'err A':>10}"
                      f"{'err B':>10}{'top-1':>7}")
-        for c in p["cases"]:
+        every = [side for side in ("A", "B")
+                 if p["cases"] and all(side in c["failed"] for c in p["cases"])]
+        for side in every:
+            lines.append(f"  every case failed in {side}: {p['first_error'][side]}")
+        for c in p["cases"] if not every else []:
             if "max_abs" not in c and c["kind"] in ("golden", "fixture"):
                 lines.append(f"  {c['name'] + (' @' + str(c['size']) if c['size'] else ''):<28}"
                              f"{c['dtype']:>8}  failed in {' and '.join(c['failed']) or '?'}")
@@ -236,7 +243,7 @@ def text(report: dict) -> str:
                          f"{_num(c['error_b'], 10)}{c['top1_same']:>4}/{c['images']}")
         training = [c for c in p["cases"] if "max_abs" not in c and c["kind"] not in
                     ("golden", "fixture")]
-        if training:
+        if training and not every:
             lines.append("  training (max relative error against the float64 reference, A | B):")
             for c in training:
                 lines.append(f"  {c['id']:<38}{_num(c['error_a'], 10)}{_num(c['error_b'], 10)}")
@@ -255,7 +262,12 @@ def text(report: dict) -> str:
                          f"{t['max_error_a']:.1e}, B {t['max_error_b']:.1e}, largest change "
                          f"{t['max_error_change']:.1e}")
         if "failed" in s:
-            lines.append(f"  failed in a run: {', '.join(s['failed'])}")
+            ids = s["failed"]
+            lines.append(f"  failed in a run: {len(ids)} cases ({', '.join(ids[:4])}"
+                         f"{', ...' if len(ids) > 4 else ''})")
+            for side, error in p["first_error"].items():
+                if error and side not in every:
+                    lines.append(f"  first error in {side}: {error}")
         for side, ids in (("A", p["only_a"]), ("B", p["only_b"])):
             if ids:
                 lines.append(f"  only in {side}: {len(ids)} cases ({', '.join(ids[:4])}"
