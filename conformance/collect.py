@@ -18,7 +18,7 @@ import numpy as np
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 
-from . import golden, results, training
+from . import golden, releases, results, training
 from .fixtures import FIXTURES, SharedDataMissing, require_shared
 from .harness import Agreement, compare, tolerance
 from .inputs import SIZES, inputs
@@ -240,6 +240,11 @@ def main(argv=None) -> int:
     if args.port not in PORTS:
         parser.error(f"unknown port {args.port!r}: not one of {', '.join(PORTS)}, and not an "
                      f"importable module with load() and predict()")
+    try:
+        releases.check()
+    except RuntimeError as e:
+        print(f"{args.port}: {e}", file=sys.stderr)
+        return 2
     records = run(args.port, only=args.case)
     failed = bad(records)
     print(f"{args.port}: {len(records) - len(failed)} / {len(records)} cases agree")

@@ -3,8 +3,19 @@ subclass over its port's dtypes and paths."""
 
 from __future__ import annotations
 
-from conformance import collect, suite
+import pytest
+
+from conformance import collect, releases, suite
 from conformance.registry import PORTS
+
+
+def pytest_sessionstart(session):
+    # SQUEEZENET_FLAX_VERSION=0.12.0 with flax 0.12.8 installed: `tox -e flax` was run where
+    # `tox -e flax-release` was meant; its results would be taken for that release's
+    try:
+        releases.check()
+    except RuntimeError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_generate_tests(metafunc):

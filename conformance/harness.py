@@ -22,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .releases import results_folder
+
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCES = Path(__file__).with_name("tolerances.toml")
 # In a checkout, results go to its build/; installed (pip install squeezenet-ports
-# [conformance]), to build/ under the current directory.
+# [conformance]), to build/ under the current directory; a run against other framework
+# releases (SQUEEZENET_JAX_VERSION=...) to build/conformance/release/jax-...: see releases.py.
 IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "ports").is_dir()
 RESULTS = Path(os.environ.get("SQUEEZENET_RESULTS")
-               or (ROOT if IN_CHECKOUT else Path.cwd()) / "build" / "conformance")
+               or results_folder((ROOT if IN_CHECKOUT else Path.cwd()) / "build" / "conformance"))
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import releases
 from .harness import RESULTS
 
 SCHEMA = 1
@@ -177,6 +178,7 @@ def _write(port: str, records: dict[str, dict], logits: dict[str, np.ndarray]) -
     doc = {"schema": SCHEMA, "port": port, "key": key(),
            "python": env["python"], "platform": env["platform"],
            "versions": env["distributions"], "variables": env["variables"],
+           "releases": releases.requested(),
            "cases": sorted(records.values(), key=lambda r: r["id"])}
     tmp = npath.with_name(f".{port}.{os.getpid()}.part.npz")
     np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in logits.items()})

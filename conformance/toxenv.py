@@ -10,6 +10,10 @@ is the one place that talks to tox for them:
   extras, so a first run would find no framework.
 * :func:`run` runs a command there (``tox exec -e ENV -- ...``).
 
+Both take the port's pinned environment (``flax``) and use its twin ``flax-release`` when a
+variable names another release of its framework (``SQUEEZENET_JAX_VERSION``;
+:mod:`conformance.releases`).
+
 Both stream tox's output with a prefix and print a heartbeat (environment, elapsed time)
 whenever tox is silent for a while, so a first run that installs several GB never looks
 hung.  A missing interpreter (an environment pinned to an older Python) ends in
@@ -27,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from . import releases
 
 ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_S = 20.0
@@ -144,6 +150,11 @@ def ensure(env: str, log: Log = _print) -> float:
 
 def _ensure(env: str, log: Log) -> float:
     start = time.monotonic()
+    pinned, env = env, releases.tox_env(env)
+    if env != pinned:
+        names = releases.VARIABLES[pinned].values()
+        log(f"   {', '.join(f'{k}={v}' for k, v in releases.requested().items() if k in names)}"
+            f": tox env {env} instead of {pinned}")
     log(f"   tox run -e {env} --notest (creates the environment on first use)")
     code, lines = stream(_tox("run", "-e", env, "--notest"), f"building tox env {env!r}", log)
     if code != 0:
@@ -159,6 +170,7 @@ def _ensure(env: str, log: Log) -> float:
 def run(env: str, argv: list[str], log: Log = _print, *, echo: bool = True,
         extra_env: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """``argv`` in tox environment ``env`` (which :func:`ensure` has created)."""
+    env = releases.tox_env(env)
     return stream(_tox("exec", "-q", "-e", env, "--", *argv), f"{env}: {argv[-1]}", log,
                   env=clean_environ(extra_env), echo=echo)
 
