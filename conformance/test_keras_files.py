@@ -16,9 +16,10 @@ and legacy ``.h5`` weights (:mod:`ports.formats.keras_legacy`), written without 
   ``ports.spec`` with Keras' own layers (below, independent of ``keras_config``), the
   complex form as ``ports.keras.SqueezeNet`` -- holding the seeded weights, saved by
   ``model.save("k.keras")``, has the same members in the same order and compression, the
-  same ``config.json``, and the same ``model.weights.h5`` tree (datasets, attributes, bytes)
-  but for the codec's metadata attribute; of ``metadata.json`` only ``date_saved`` may differ
-  (the time of saving).  Our reader reads Keras' file back bit-exact;
+  same ``config.json`` (every field: none is ignored), and the same ``model.weights.h5``
+  tree (datasets, attributes, bytes) but for the codec's metadata attribute, which Keras
+  does not write; of ``metadata.json`` only ``date_saved`` differs (the time of saving:
+  only its form is checked).  Our reader reads Keras' file back bit-exact;
 * **legacy .h5**: the ``.h5`` file ``ports.formats.write`` writes loads with Keras 3's
   ``model.load_weights("w.h5")`` into ``ports.keras.SqueezeNet`` and into the tuned model of
   ``ports.keras.fast`` (``ports.keras.load``'s class), which then hold the seeded weights
@@ -28,16 +29,17 @@ and legacy ``.h5`` weights (:mod:`ports.formats.keras_legacy`), written without 
   loader fills layers by order and the bit-exact weights already prove every variant.
   Keras 3's ``save_weights`` refuses to write a legacy ``.h5`` (it wants ``.weights.h5``), so
   the other direction uses the legacy writer Keras 3 keeps for ``model.save("m.h5")``
-  (``keras.src.legacy.saving.legacy_h5_format``; skipped if a Keras release drops it): its
-  weights-only files read back bit-exact for every variant, and so do its whole-model files
-  of the built-in form.  Those of a ``ports.keras.SqueezeNet`` (complex bypass) are refused
-  by our reader today: an expected failure (strict), see :data:`WHOLE_MODEL_CUSTOM`.
+  (``keras.src.legacy.saving.legacy_h5_format``): its weights-only files and its whole-model
+  files read back bit-exact for every variant, a ``ports.keras.SqueezeNet``'s (complex
+  bypass: its config names the class and its arguments, no layer graph) included.
 
 Logits come from ``model(x, training=False)`` on one NHWC float32 batch of the 8 inputs.
 """
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -74,8 +76,8 @@ from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant  # noqa: E402
 
 VARIANTS = golden.VARIANTS
-BUILTIN = [vid for vid in VARIANTS if not kc.needs_ports(Variant.from_id(vid))]
-COMPLEX = [vid for vid in VARIANTS if kc.needs_ports(Variant.from_id(vid))]
+COMPLEX = [vid for vid in VARIANTS if Variant.from_id(vid).bypass == "complex"]
+BUILTIN = [vid for vid in VARIANTS if vid not in COMPLEX]  # the form without ports.keras
 # none / simple / complex x 1_0 / 1_1, conv10's padding 0 and 1 both present
 LEGACY_LOGITS = ["1_0-p0-none", "1_1-p1-none", "1_0-p1-simple", "1_1-p0-simple",
                  "1_0-p1-complex", "1_1-p0-complex"]
@@ -161,9 +163,9 @@ def fresh(tmp_path_factory, keras_files):
         job["inputs"][str(size)] = str(d / f"x{size}.npy")
         np.save(job["inputs"][str(size)], nchw_to_nhwc(inputs(size)))
     (d / "job.json").write_text(json.dumps(job))
-    run = subprocess.run([sys.executable, "-c", FRESH, str(d / "job.json")], cwd=d,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
+    proc = subprocess.run([sys.executable, "-c", FRESH, str(d / "job.json")], cwd=d,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((d / "report.json").read_text())
     for vid in VARIANTS:
         if "error" not in report[vid]:
@@ -202,7 +204,8 @@ def test_notes_say_which_form_was_written(fresh, keras_files, tmp_path, capsys, 
     assert len(notes) == 1
     assert notes[0].startswith(BUILTIN_NOTE) == opened
     assert (kc.IMPORT_NOTE in notes[0]) == (not opened)
-    config = json.loads(zipfile.ZipFile(keras_files[vid]).read("config.json"))
+    with zipfile.ZipFile(keras_files[vid]) as z:
+        config = json.loads(z.read("config.json"))
     assert (config.get("registered_name") == kc.PORTS_CLASS) == (not opened)
     src = tmp_path / "w.safetensors"
     formats.write(seeded(vid), src)
@@ -217,7 +220,10 @@ def test_notes_say_which_form_was_written(fresh, keras_files, tmp_path, capsys, 
 def builtin_model(v: Variant) -> keras.Model:
     """The built-in form in real Keras, from ``ports.spec``: ``ports.keras``'s layer names,
     Keras' own layers only; a ceil-mode pool is ``ZeroPadding2D(((0, s-1), (0, s-1)))``
-    then a ``valid`` ``MaxPooling2D`` (exact: every pool reads values >= 0)."""
+    then a ``valid`` ``MaxPooling2D`` (exact: every pool reads values >= 0).  Each layer
+    gets ``dtype="float32"``, as in ``ports.keras``: layers left to the default share one
+    policy object, which Keras then saves with a ``shared_object_id`` (that object's id(),
+    a memory address) in every layer's config -- the same model, another config."""
     def layer(cls, *args, **kwargs):  # each its own float32 policy, as ports.keras builds
         return getattr(keras.layers, cls)(*args, dtype="float32", **kwargs)
 
@@ -260,7 +266,7 @@ def builtin_model(v: Variant) -> keras.Model:
 def keras_model(vid: str) -> keras.Model:
     """The model our ``.keras`` file holds for ``vid``, built by Keras, seeded weights."""
     v = Variant.from_id(vid)
-    if kc.needs_ports(v):
+    if vid in COMPLEX:
         return kport.load(seeded(vid), fast=False)
     model = builtin_model(v)
     w = seeded(vid)
@@ -273,8 +279,6 @@ def keras_model(vid: str) -> keras.Model:
 def h5_tree(data: bytes) -> dict:
     """Every group and dataset of an HDF5 file: path -> attributes (but the codec's metadata),
     and a dataset's shape, dtype and bytes."""
-    import io
-
     out = {}
     with h5py.File(io.BytesIO(data), "r") as f:
         def visit(name, obj):
@@ -325,6 +329,8 @@ def test_keras_file_is_what_keras_writes(keras_files, tmp_path, vid):
     meta_k, meta_o = json.loads(k["metadata.json"]), json.loads(o["metadata.json"])
     assert meta_k.keys() == meta_o.keys() == {"keras_version", "date_saved"}
     assert meta_o["keras_version"] == meta_k["keras_version"] == keras.__version__
+    for meta in (meta_k, meta_o):  # the time of saving: the one field that differs
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d@\d\d:\d\d:\d\d", meta["date_saved"])
     assert h5_tree(o["model.weights.h5"]) == h5_tree(k["model.weights.h5"])
     back = formats.read(theirs)  # Keras' own file: no metadata attribute
     assert "without metadata" in back.meta["source"]
@@ -356,11 +362,15 @@ def test_keras3_save_weights_will_not_write_legacy_h5(tmp_path):
     model = kport.SqueezeNet("1_1")
     with pytest.raises(ValueError, match=r"must end in `\.weights\.h5`"):
         model.save_weights(tmp_path / "w.h5")
+    assert not (tmp_path / "w.h5").exists()
 
 
 @pytest.fixture(scope="module")
 def legacy_h5():
-    return pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    """Keras 3's own legacy HDF5 writer (what ``model.save("m.h5")`` calls)."""
+    from keras.src.legacy.saving import legacy_h5_format
+
+    return legacy_h5_format
 
 
 @pytest.mark.parametrize("vid", VARIANTS)
@@ -371,16 +381,11 @@ def test_keras_written_legacy_h5_reads_back_bit_exact(tmp_path, legacy_h5, vid):
     same_tensors(formats.read(path), vid)
 
 
-WHOLE_MODEL_CUSTOM = pytest.mark.xfail(strict=True, reason=(
-    "keras_legacy reads a whole-model file's model_config as a functional graph only; Keras "
-    "3's model.save('m.h5') of a ports.keras.SqueezeNet stores its class config (no layers)"))
-
-
-@pytest.mark.parametrize("vid", [pytest.param(vid, marks=WHOLE_MODEL_CUSTOM)
-                                 if vid in COMPLEX else vid for vid in VARIANTS])
+@pytest.mark.parametrize("vid", VARIANTS)
 def test_keras_whole_model_h5_reads_back_bit_exact(tmp_path, legacy_h5, vid):
-    """``model.save("m.h5")``: Keras 3's legacy whole-model file (``save_model_to_hdf5``)."""
+    """``model.save("m.h5")``: Keras 3's legacy whole-model file (``save_model_to_hdf5``); a
+    complex-bypass variant's config is a ``ports.keras.SqueezeNet`` (its arguments, no graph)."""
     keras_model(vid).save(tmp_path / "m.h5")
     back = formats.read(tmp_path / "m.h5")
     same_tensors(back, vid)
-    assert "different network" not in back.meta["source"]  # ceil mode: zero padding first
+    assert "max pools in ceil mode" in back.meta["source"]  # zero padding, then valid

@@ -374,13 +374,24 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def is_ports_form(config: dict) -> bool:
+    """Whether a serialized model is a ``ports.keras.SqueezeNet`` (its arguments, no graph):
+    named by ``registered_name`` (``.keras``), or, in a legacy ``.h5`` whole-model file
+    (which keeps only ``class_name``), the class name with those arguments."""
+    args = config.get("config")
+    return config.get("registered_name") == PORTS_CLASS or (
+        config.get("class_name") in ("SqueezeNet", PORTS_CLASS) and isinstance(args, dict)
+        and (config.get("module") == "ports.keras" or ("version" in args
+                                                       and "layers" not in args)))
+
+
 def read_config(config: Any, fail, what: str = "config.json") -> ModelConfig:
     """Interpret a ``.keras`` file's config: the ``ports.keras`` form, or a functional model
     with ``ports.keras``'s layer names (built-in or custom layers)."""
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise fail(f"{what} is not a serialized Keras model (no class_name)")
-    cls, registered = config["class_name"], config.get("registered_name")
-    if registered == PORTS_CLASS or (cls == "SqueezeNet" and config.get("module") == "ports.keras"):
+    cls = config["class_name"]
+    if is_ports_form(config):
         args = config.get("config")
         if not isinstance(args, dict):
             raise fail(f"{what}: {PORTS_CLASS} without its arguments (config)")

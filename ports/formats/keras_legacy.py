@@ -233,13 +233,17 @@ def _strings(group, name: str, what: str, fail, *, limit: int) -> list[str] | No
     return out
 
 
-def _graph(f, fail) -> list[KC.ConfigLayer] | None:
-    """The layers of a whole-model file's ``model_config``, or None."""
+def _graph(f, fail) -> list[KC.ConfigLayer] | KC.ModelConfig | None:
+    """A whole-model file's ``model_config``: its layers (a functional model, any naming),
+    or what a ``ports.keras.SqueezeNet``'s config says (its variant; no graph); None
+    without one."""
     if "model_config" not in f.attrs:
         return None
-    text = _text(f.attrs["model_config"], "attribute model_config", fail)
-    config = KC.parse_json(text, "attribute model_config", fail)
-    return KC.graph_layers(config, "attribute model_config", fail)
+    what = "attribute model_config"
+    config = KC.parse_json(_text(f.attrs["model_config"], what, fail), what, fail)
+    if isinstance(config, dict) and KC.is_ports_form(config):
+        return KC.read_config(config, fail, what)
+    return KC.graph_layers(config, what, fail)
 
 
 class _Layer:
@@ -296,7 +300,10 @@ def _infer(layers: dict[str, _Layer], listed: set[str], graph, fail) -> tuple[Va
     ours = any(re.fullmatch(r"fire\d+_concat", n) for n in listed)
     conv10_pad = "conv10_pad" in listed
     simple = any(re.fullmatch(r"fire\d+_add", n) for n in listed)
-    if graph is not None:
+    if isinstance(graph, KC.ModelConfig):  # ports.keras.SqueezeNet: the config names it
+        conv10_pad = graph.variant.final_conv_padding == 1
+        simple = graph.variant.bypass == "simple"
+    elif graph is not None:
         by_name = {la.name: la for la in graph}
         conv10 = next((la for la in graph if canonical_conv(la.name) == "conv10"), None)
         before = by_name.get(conv10.inbound[0]) if conv10 and len(conv10.inbound) == 1 else None
@@ -419,7 +426,7 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
         notes = [f"keras .h5 {kind} ({saved or 'no version recorded'}; "
                  f"{_naming(layers)}) without metadata", how]
         if graph is not None:
-            pools = KC.pooling(graph)
+            pools = graph.pools if isinstance(graph, KC.ModelConfig) else KC.pooling(graph)
             note = KC.floor_note(chosen, pools)
             notes.append(note if note else "max pools in ceil mode")
         else:
