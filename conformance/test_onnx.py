@@ -67,13 +67,16 @@ def test_bench_runs_the_reference_worker(tmp_path, monkeypatch):
     import sys
 
     from conformance import bench
+    from conformance.bench.config import QUICK_BATCHES
 
     monkeypatch.setattr(bench, "OUT", tmp_path)
     assert bench.main(["--quick", "--ports", "onnxruntime", "--threads", "1", "--no-plot",
                        "--rounds", "1", "--python", f"onnx={sys.executable}"]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     ort = result["ports"]["onnxruntime"]
-    assert set(ort["batches"]) == {"1", "32"} and not result["not_run"]
+    # --quick measures batch 1 and a small batch (the full bench 1 and 32)
+    assert set(ort["batches"]) == set(map(str, QUICK_BATCHES)) == {"1", "4"}
+    assert not result["not_run"]
     for rec in ort["batches"].values():
         assert rec["images_per_s"] > 0 and rec["ratio_to_onnxruntime"] == 1.0
         assert rec["gflops"] == pytest.approx(rec["images_per_s"] * 2 * 349_151_936 / 1e9)
