@@ -304,7 +304,6 @@ def tox_config(env: str, **variables) -> dict[str, list[str] | str]:
 
 
 def test_tox_config_pinned_unchanged_and_the_release_in_its_own_directory():
-    pytest.importorskip("tox")
     for variables in ({}, {"SQUEEZENET_JAX_VERSION": "0.9.0", "SQUEEZENET_FLAX_VERSION": ""}):
         pinned = tox_config("flax", **variables)  # an empty or unrelated variable: as today
         assert Path(pinned["env_dir"]) == ROOT / ".tox" / "flax"
