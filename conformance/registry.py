@@ -117,3 +117,15 @@ _BUILT_IN: list[Port] = [
 ]
 
 PORTS: Registry = Registry({p.name: p for p in _BUILT_IN}).discover()
+
+
+def keras_port() -> str:
+    """The Keras port of the backend ``KERAS_BACKEND`` names (the keras-* tox envs set it),
+    for the Keras test modules; a clear error without it."""
+    backend = os.environ.get("KERAS_BACKEND")
+    by_backend = {p.setenv["KERAS_BACKEND"]: name for name, p in PORTS.items()
+                  if "KERAS_BACKEND" in p.setenv}
+    if backend not in by_backend:
+        raise RuntimeError(f"set KERAS_BACKEND to {', '.join(by_backend)} "
+                           f"(tox -e {', '.join(by_backend.values())})")
+    return by_backend[backend]

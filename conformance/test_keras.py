@@ -4,20 +4,13 @@ Keras (our files load with ``model.load_weights``; Keras' files convert back bit
 and the tuned model of ``ports.keras.fast`` against the reference model and Keras' layers.
 """
 
-import os
 
 import numpy as np
 import pytest
 
-BACKEND_PORTS = {"tensorflow": "keras-tf", "jax": "keras-jax", "torch": "keras-torch"}
-_backend = os.environ.get("KERAS_BACKEND")
-if _backend not in BACKEND_PORTS:
-    raise RuntimeError("set KERAS_BACKEND to tensorflow, jax or torch "
-                       "(tox -e keras-tf, keras-jax, keras-torch)")
+from conformance.registry import PORTS, keras_port
 
-from conformance.registry import PORTS  # noqa: E402
-
-PORT = BACKEND_PORTS[_backend]
+PORT = keras_port()
 kport = PORTS[PORT].import_module()  # sets JAX_ENABLE_X64 etc. before keras is imported
 
 import h5py  # noqa: E402
@@ -272,7 +265,7 @@ def test_graph_run_equals_functional_call(vid, monkeypatch):
     per_image = keras.ops.map
     monkeypatch.setattr(keras.ops, "map", lambda f, xs: maps.append(1) or per_image(f, xs))
     ours = keras.ops.convert_to_numpy(model(x, training=False))
-    assert len(maps) == (_backend == "jax" and
+    assert len(maps) == (PORT == "keras-jax" and
                          str(keras.distribution.list_devices()[0]).startswith("cpu"))
     graph = keras.ops.convert_to_numpy(super(fast.SqueezeNet, model).call(x))
     np.testing.assert_allclose(ours, graph, rtol=0, atol=1e-11)

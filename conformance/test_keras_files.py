@@ -38,7 +38,6 @@ Logits come from ``model(x, training=False)`` on one NHWC float32 batch of the 8
 
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -47,15 +46,9 @@ import zipfile
 import numpy as np
 import pytest
 
-BACKEND_PORTS = {"tensorflow": "keras-tf", "jax": "keras-jax", "torch": "keras-torch"}
-_backend = os.environ.get("KERAS_BACKEND")
-if _backend not in BACKEND_PORTS:
-    raise RuntimeError("set KERAS_BACKEND to tensorflow, jax or torch "
-                       "(tox -e keras-tf, keras-jax, keras-torch)")
+from conformance.registry import PORTS, keras_port
 
-from conformance.registry import PORTS  # noqa: E402
-
-PORT = BACKEND_PORTS[_backend]
+PORT = keras_port()
 kport = PORTS[PORT].import_module()  # sets JAX_ENABLE_X64 etc. before keras is imported
 
 import h5py  # noqa: E402
