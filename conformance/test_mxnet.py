@@ -62,10 +62,10 @@ def _write_extra_records():
         tmp.replace(RESULTS / "mxnet-extra.json")
 
 
-def _check(test: str, name: str, actual, expected, dtype: str, **extra) -> None:
+def _check(test: str, name: str, actual, expected, dtype: str) -> None:
     atol, rtol = tolerance(PORT, dtype)
     agreement = compare(actual, expected, atol, rtol)
-    _extra.append({"test": test, "name": name, "dtype": dtype, **extra, **agreement.as_dict()})
+    _extra.append({"test": test, "name": name, "dtype": dtype, **agreement.as_dict()})
     assert_agrees(actual, expected, atol, rtol, f"{test}: {name} {dtype}")
 
 
