@@ -19,6 +19,7 @@ from keras.src.utils.naming import to_snake_case  # noqa: E402
 
 from conformance import golden  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
+from conformance.hdf5_tree import tree  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
 from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
 from ports import formats  # noqa: E402
@@ -52,21 +53,6 @@ def keras_saved(tmp_path, v: Variant, dtype="float32", name="keras.weights.h5", 
     return path
 
 
-def h5_tree(path) -> dict:
-    """Every group and dataset: path -> (kind, attrs, shape, dtype, bytes)."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            attrs = {k: v for k, v in obj.attrs.items() if k != codec.META_ATTR}
-            if isinstance(obj, h5py.Dataset):
-                out[name] = ("dataset", attrs, obj.shape, obj.dtype.str, obj[()].tobytes())
-            else:
-                out[name] = ("group", attrs)
-        f.visititems(visit)
-        out["/"] = ("group", {k: v for k, v in f.attrs.items() if k != codec.META_ATTR})
-    return out
-
-
 # --- the model is what the codec's table says -------------------------------------------------
 @pytest.mark.parametrize("v", VARIANTS, ids=IDS)
 def test_layer_table_is_model_layers(v):
@@ -81,8 +67,8 @@ def test_layer_table_is_model_layers(v):
 
 def test_reference_and_fast_models_save_the_same_file(tmp_path):
     v = Variant("1_0", final_conv_padding=1, bypass="complex")
-    ref = h5_tree(keras_saved(tmp_path, v, name="ref.weights.h5", fast=False))
-    assert h5_tree(keras_saved(tmp_path, v, name="fast.weights.h5")) == ref
+    ref = tree(keras_saved(tmp_path, v, name="ref.weights.h5", fast=False))
+    assert tree(keras_saved(tmp_path, v, name="fast.weights.h5")) == ref
 
 
 @pytest.mark.parametrize("v", VARIANTS, ids=IDS)
@@ -91,8 +77,8 @@ def test_codec_writes_what_keras_writes(tmp_path, v):
     codec adds only its metadata attribute)."""
     ours = tmp_path / "ours.weights.h5"
     formats.write(seeded(v), ours)
-    theirs = h5_tree(keras_saved(tmp_path, v))
-    assert h5_tree(ours) == theirs
+    theirs = tree(keras_saved(tmp_path, v))
+    assert tree(ours) == theirs
 
 
 @pytest.mark.parametrize("v", VARIANTS, ids=IDS)

@@ -36,7 +36,6 @@ and legacy ``.h5`` weights (:mod:`ports.formats.keras_legacy`), written without 
 Logits come from ``model(x, training=False)`` on one NHWC float32 batch of the 8 inputs.
 """
 
-import io
 import json
 import re
 import subprocess
@@ -56,6 +55,7 @@ import keras  # noqa: E402
 
 from conformance import golden  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
+from conformance.hdf5_tree import tree  # noqa: E402
 from conformance.inputs import SIZES, inputs  # noqa: E402
 from ports import formats  # noqa: E402
 from ports import spec as S  # noqa: E402
@@ -269,20 +269,6 @@ def keras_model(vid: str) -> keras.Model:
     return model
 
 
-def h5_tree(data: bytes) -> dict:
-    """Every group and dataset of an HDF5 file: path -> attributes (but the codec's metadata),
-    and a dataset's shape, dtype and bytes."""
-    out = {}
-    with h5py.File(io.BytesIO(data), "r") as f:
-        def visit(name, obj):
-            attrs = {k: v for k, v in obj.attrs.items() if k != k3.META_ATTR}
-            out[name] = (attrs, obj.shape, obj.dtype.str, obj[()].tobytes()) \
-                if isinstance(obj, h5py.Dataset) else attrs
-        f.visititems(visit)
-        out["/"] = {k: v for k, v in f.attrs.items() if k != k3.META_ATTR}
-    return out
-
-
 def json_diff(a, b, path: str = ""):
     """Where two JSON values differ: ``(path, a's, b's)``."""
     if type(a) is not type(b):
@@ -324,7 +310,7 @@ def test_keras_file_is_what_keras_writes(keras_files, tmp_path, vid):
     assert meta_o["keras_version"] == meta_k["keras_version"] == keras.__version__
     for meta in (meta_k, meta_o):  # the time of saving: the one field that differs
         assert re.fullmatch(r"\d{4}-\d\d-\d\d@\d\d:\d\d:\d\d", meta["date_saved"])
-    assert h5_tree(o["model.weights.h5"]) == h5_tree(k["model.weights.h5"])
+    assert tree(o["model.weights.h5"]) == tree(k["model.weights.h5"])
     back = formats.read(theirs)  # Keras' own file: no metadata attribute
     assert "without metadata" in back.meta["source"]
     same_tensors(back, vid)

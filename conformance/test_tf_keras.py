@@ -37,6 +37,7 @@ import tf_keras  # the tf-keras environment runs this module
 
 import ports.numpy as ref
 from conformance.harness import ROOT, assert_agrees, compare, tolerance
+from conformance.hdf5_tree import tree
 from conformance.inputs import inputs
 from ports import formats
 from ports import spec as S
@@ -318,31 +319,6 @@ def ours(w: Weights, path: Path, naming: str) -> Path:
     return path
 
 
-def h5_tree(path) -> dict:
-    """Every group and dataset of an HDF5 file: path -> attributes (HDF5 type: string
-    encoding and length, dtype, shape; value) or (shape, dtype, bytes); our metadata
-    attribute left out."""
-    def attrs(obj):
-        out = {}
-        for k, v in obj.attrs.items():
-            if k == keras_legacy.META_ATTR:
-                continue
-            stored, v = obj.attrs.get_id(k), np.asarray(v)
-            kind = (h5py.check_string_dtype(stored.dtype), stored.dtype.str, stored.shape)
-            out[k] = (kind, [x.decode() if isinstance(x, bytes) else str(x)
-                             for x in v.reshape(-1)] if v.dtype.kind in "SOU" else v.tolist())
-        return out
-
-    with h5py.File(path, "r") as f:
-        out = {"/": attrs(f)}
-
-        def visit(name, obj):
-            out[name] = ((obj.shape, obj.dtype.str, obj[()].tobytes())
-                         if isinstance(obj, h5py.Dataset) else attrs(obj))
-        f.visititems(visit)
-    return out
-
-
 @pytest.mark.parametrize("naming", ["ports", "keras2"])
 def test_codec_writes_what_tf_keras_writes(seeded, tmp_path, naming):
     """Same groups, attributes (values), datasets (shape, dtype, bytes) as tf_keras's
@@ -351,7 +327,7 @@ def test_codec_writes_what_tf_keras_writes(seeded, tmp_path, naming):
     set_weights(model, seeded, naming)
     theirs = tmp_path / "theirs.h5"
     model.save_weights(theirs)
-    assert h5_tree(ours(seeded, tmp_path / "ours.h5", naming)) == h5_tree(theirs)
+    assert tree(ours(seeded, tmp_path / "ours.h5", naming)) == tree(theirs)
 
 
 @pytest.mark.parametrize("by_name", [False, True], ids=["by-order", "by-name"])
