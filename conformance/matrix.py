@@ -3,7 +3,9 @@
 For each port, its tox environment is created completely on first use (the package with the
 port's extras; :mod:`conformance.toxenv`) and ``python -m conformance.collect PORT`` runs
 there, reusing the results the port's tests recorded when they are current
-(:mod:`conformance.results`); then the results are gathered into
+(:mod:`conformance.results`).  One thread creates the environments, one at a time and longest
+port first, while ``--jobs`` ports already built compute, and the float64 training reference
+is computed beside them from the start.  Then the results are gathered into
 
 * a printed matrix: port x dtype rows, variant x input size columns, max abs diff;
 * ``build/conformance/matrix.json``: every case record plus port-vs-port differences;
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,26 +40,73 @@ def _log(line: str) -> None:
 
 
 def run_port(port: str, log=_log) -> str | None:
-    """Create the port's tox environment completely and run ``conformance.collect`` there
-    (current recorded results are reused, the rest computed).  Returns None, or why the
-    port did not run (one line).  Safe to call from several threads: environments are
-    created one at a time, the ports' computations run side by side."""
+    """Run ``conformance.collect`` in the port's tox environment, which :func:`build_ahead`
+    has created (current recorded results are reused, the rest computed).  Returns None, or
+    why the port did not run (one line)."""
     env = PORTS[port].env
     start = time.monotonic()
     if env is None:  # a port from outside this project: this interpreter, as it is
         code, lines = toxenv.stream([sys.executable, "-u", "-m", "conformance.collect", port],
                                     port, log, cwd=Path.cwd())
     else:
-        try:
-            toxenv.ensure(env, log)
-        except toxenv.EnvError as e:
-            return str(e)
-        start = time.monotonic()
         code, lines = toxenv.run(env, ["python", "-u", "-m", "conformance.collect", port], log)
     log(f"   ({time.monotonic() - start:.0f}s, exit {code})")
     if code != 0 and not results.paths(port)[0].exists():
         return f"conformance.collect {port} exited {code}: {toxenv.first_error(lines)}"
     return None
+
+
+def schedule(ports: list[str]) -> list[str]:
+    """The order to build and run ``ports`` in: longest first, by the seconds their last
+    recorded cases took (whatever code computed them: only an estimate), and without
+    records the training ports first (their gradient and step cases are the long ones)."""
+    def cost(port: str) -> tuple[float, int]:
+        doc, _ = results.read(port)
+        seconds = sum(r.get("seconds", 0.0) for r in (doc or {}).get("cases", []))
+        return (-seconds, 0 if PORTS[port].training else 1)
+    return sorted(ports, key=cost)
+
+
+def build_ahead(ports: list[str], log_for) -> tuple[dict, dict[str, str | None]]:
+    """Start one thread that creates the environments of ``ports`` in order, one at a
+    time, while the ports already built compute.  Returns ({port: Event set once its
+    environment is ready or has failed}, {port: None or why it could not be built})."""
+    ready = {p: threading.Event() for p in ports}
+    built: dict[str, str | None] = {}
+
+    def build() -> None:
+        for port in ports:
+            env = PORTS[port].env
+            try:
+                if env is not None:
+                    toxenv.ensure(env, log_for(port))
+                built[port] = None
+            except toxenv.EnvError as e:
+                built[port] = str(e)
+            except Exception as e:  # never leave a waiting port hung
+                built[port] = f"building tox env {env}: {type(e).__name__}: {e}"
+            ready[port].set()
+
+    threading.Thread(target=build, name="build-envs", daemon=True).start()
+    return ready, built
+
+
+def reference_ahead(ports: list[str], log) -> threading.Thread | None:
+    """Compute the float64 training reference (``python -m conformance.training``) in a
+    process of its own while the environments are created, when a training port is among
+    ``ports``; the ports then read it from its cache (a current cache is only read)."""
+    if not any(PORTS[p].training for p in ports):
+        return None
+
+    def work() -> None:
+        code, lines = toxenv.stream([sys.executable, "-u", "-m", "conformance.training"],
+                                    "training reference", log, cwd=Path.cwd())
+        if code != 0:  # the ports compute what is missing themselves
+            log(f"   training reference exited {code}: {toxenv.first_error(lines)}")
+
+    thread = threading.Thread(target=work, name="training-reference", daemon=True)
+    thread.start()
+    return thread
 
 
 def gather(ports: list[str], check: bool = False) -> tuple[list[dict], dict, dict[str, str]]:
@@ -250,24 +300,32 @@ def main(argv=None) -> int:
     failed: dict[str, str] = {}
     start = time.monotonic()
     if not args.no_run:
-        width = max(map(len, ports))
+        width = max(max(map(len, ports)), len("reference"))
+
+        def log_for(name: str):
+            return lambda line: _log(f"{name:>{width}} {line}")
+
+        order = schedule(ports)
+        reference = reference_ahead(ports, log_for("reference"))
+        ready, built = build_ahead(order, log_for)
 
         def one(i: int, port: str) -> None:
-            def log(line: str) -> None:
-                _log(f"{port:>{width}} {line}")
-
+            log = log_for(port)
+            ready[port].wait()
             where = PORTS[port].env
             log(f"[{i}/{len(ports)}] " + (f"tox env {where}" if where else "this interpreter")
                 + f", {time.monotonic() - start:.0f}s so far")
-            why = run_port(port, log)
+            why = built[port] or run_port(port, log)
             if why:
                 failed[port] = why
                 log(f"did not run: {why}")
             log(f"done, {time.monotonic() - start:.0f}s so far")
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for future in [pool.submit(one, i, p) for i, p in enumerate(ports, 1)]:
+            for future in [pool.submit(one, i, p) for i, p in enumerate(order, 1)]:
                 future.result()
+        if reference:
+            reference.join()
     records, logits, missing = gather([p for p in ports if p not in failed], args.no_run)
     failed.update(missing)
     failed.update(did_not_run(records, ports))

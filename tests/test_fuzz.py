@@ -78,6 +78,19 @@ def test_cases_that_once_crashed_a_reader_now_end_in_success_or_weights_error(tm
     assert not found, "\n".join(found)
 
 
+def test_a_relative_out_folder_keeps_the_companion_files_in_reach(tmp_path, monkeypatch):
+    """A case of a two-file format reads its mutated symbol file beside links to the
+    seed's params file; with ``--out`` relative to the caller's folder those links once
+    dangled, and every case that got past the JSON was rejected for a missing params file."""
+    monkeypatch.chdir(tmp_path)
+    s = fuzz.fuzz("mxnet-export", 0, indices=range(40), out=Path("relative"),
+                  log=lambda _: None, progress_every=0)
+    assert not s.crashes, fuzz.format_summary(s)
+    assert not [c for c in s.classes if "is missing" in c], fuzz.format_summary(s)
+    assert any("does not match the symbol file" in c for c in s.classes), \
+        fuzz.format_summary(s)
+
+
 def test_cases_are_deterministic_and_differ_between_seeds(tmp_path):
     seeds = fuzz.build_seeds("safetensors", tmp_path, log=lambda _: None)
     a = fuzz.Mutator(seeds, "safetensors", 7)

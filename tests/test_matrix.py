@@ -83,3 +83,44 @@ def test_a_missing_interpreter_is_named(tmp_path):
                                 "old", lambda line: None, cwd=tmp_path)
     assert code != 0
     assert toxenv.missing_interpreter(lines) == "python3.99", lines
+
+
+def test_environments_are_built_ahead_while_ports_compute(monkeypatch, tmp_path, capsys):
+    """One thread creates the environments in turn while the ports already built compute:
+    with one computing port, the next environments are ready before the first port is
+    done; an environment that cannot be created names its port, and the others still run."""
+    import threading
+    import time
+
+    from conformance import matrix
+
+    events, lock = [], threading.Lock()
+
+    def note(what):
+        with lock:
+            events.append(what)
+
+    def ensure(env, log):
+        time.sleep(0.1)
+        if env == "keras-tf":
+            raise toxenv.EnvError("tox env keras-tf needs python3.99")
+        note(f"built {env}")
+
+    def run(env, argv, log):
+        note(f"run {env}")
+        time.sleep(1.0)
+        note(f"ran {env}")
+        return 0, []
+
+    monkeypatch.setattr(matrix.toxenv, "ensure", ensure)
+    monkeypatch.setattr(matrix.toxenv, "run", run)
+    monkeypatch.setattr(matrix, "reference_ahead", lambda ports, log: None)
+    monkeypatch.setattr(matrix.results, "read", lambda port: ({}, {}))
+    monkeypatch.setattr(matrix, "gather", lambda ports, check=False: ([], {}, {}))
+    monkeypatch.setattr(matrix, "RESULTS", tmp_path)
+    code = matrix.main(["--ports", "torch,keras-tf,flax", "--jobs", "1"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ports failed to run: keras-tf" in out and "needs python3.99" in out, out
+    assert events.index("built flax") < events.index("ran torch"), events
+    assert events[-2:] == ["run flax", "ran flax"] and "run keras-tf" not in events, events

@@ -93,7 +93,7 @@ def fuzz(name: str, cases: int | None, *, seed: int = 0, timeout: float = DEFAUL
         summary.skipped = why
         log(f"{name}: skipped: {why}")
         return summary
-    out = Path(out) if out is not None else ROOT / "build" / "fuzz"
+    out = Path(out).resolve() if out is not None else ROOT / "build" / "fuzz"
     t_start = time.monotonic()
     seeds, corpus = seed_corpus(name, out, log)
     summary.seeds = [f"{s.label} ({s.path.stat().st_size} bytes)" for s in seeds]

@@ -204,7 +204,7 @@ def _worker_main() -> None:
         for c in s.companions:
             link = d / c.name
             if not link.exists():
-                os.symlink(c, link)
+                os.symlink(c.resolve(), link)  # the worker runs in ROOT, its links in scratch
         case_paths.append((d / s.path.name, d / s.path.name))
     # Warm up (imports, caches) on the seeds themselves, then limit memory.
     formats.codec(name)
@@ -335,7 +335,7 @@ def fuzz(name: str, cases: int, *, seed: int = 0, timeout: float = DEFAULT_TIMEO
         summary.skipped = why
         log(f"{name}: skipped: {why}")
         return summary
-    out = Path(out) if out is not None else ROOT / "build" / "fuzz"
+    out = Path(out).resolve() if out is not None else ROOT / "build" / "fuzz"
     crash_dir = out / "crashes"
     t_start = time.monotonic()
     seeds = build_seeds(name, out / "seeds", log)
@@ -422,7 +422,7 @@ def replay(name: str, path: Path, *, timeout: float = DEFAULT_TIMEOUT,
            memory_mb: int = DEFAULT_MEMORY_MB, out: Path | None = None) -> dict:
     """Read one file in a limited worker (as a fuzz case would be); the outcome.  Any
     engine's crash file replays here."""
-    out = Path(out) if out is not None else ROOT / "build" / "fuzz"
+    out = Path(out).resolve() if out is not None else ROOT / "build" / "fuzz"
     # The worker reads valid seeds before its memory is limited, as in a campaign, so that
     # lazy imports and caches are not charged to the replayed file.
     seeds = build_seeds(name, out / "seeds", lambda _: None)
