@@ -64,6 +64,7 @@ KNOWN_CRASHERS = {
     "mxnet": {1: [16656]},
     "keras": {0: [8, 11, 12, 66, 153, 181], 1: [22, 37, 42]},
     "chainer": {0: [6, 22, 116, 159]},
+    "keras-h5": {0: [5082]},  # an attribute whose string encoding does not exist (h5py: TypeError)
 }
 
 
@@ -89,6 +90,24 @@ def test_a_relative_out_folder_keeps_the_companion_files_in_reach(tmp_path, monk
     assert not [c for c in s.classes if "is missing" in c], fuzz.format_summary(s)
     assert any("does not match the symbol file" in c for c in s.classes), \
         fuzz.format_summary(s)
+
+
+def test_a_type_error_of_our_own_in_an_hdf5_reader_stays_a_bug(tmp_path):
+    """h5py's TypeError on a datatype it cannot map is the file's damage; a TypeError
+    raised by our own parsing code is not, and must not be reported as a bad file."""
+    import h5py
+
+    from ports.formats import keras as keras_codec
+
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["x"] = 1
+
+    def ours(f):
+        raise TypeError("a bug of ours")
+
+    with pytest.raises(TypeError, match="a bug of ours"):
+        keras_codec.read_hdf5(str(path), None, ours)
 
 
 def test_cases_are_deterministic_and_differ_between_seeds(tmp_path):

@@ -397,13 +397,25 @@ def read_hdf5(source: str | None, data: bytes | None, parse, fmt: str = NAME):
     with f:
         try:
             return parse(f)
-        except (OSError, KeyError, RuntimeError) as e:
+        except (OSError, KeyError, RuntimeError, TypeError) as e:
             # libhdf5's reports of a damaged file reach Python as OSError, RuntimeError, or
-            # a KeyError "Unable to ..."; any other KeyError is a bug of ours, said as one
+            # a KeyError "Unable to ..."; a datatype h5py cannot map to NumPy (a string
+            # encoding that does not exist) as a TypeError raised inside h5py.  Any other
+            # KeyError or TypeError is a bug of ours, said as one.
             if isinstance(e, KeyError) and "Unable to" not in str(e):
+                raise
+            if isinstance(e, TypeError) and not _raised_in_h5py(e):
                 raise
             raise WeightsError(f"damaged HDF5 file ({type(e).__name__}: {e})",
                                format=fmt) from None
+
+
+def _raised_in_h5py(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e``'s traceback is h5py's own code."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "h5py" in Path(tb.tb_frame.f_code.co_filename).parts
 
 
 def _read_in_process(source: str | None, variant: str | None,
