@@ -124,16 +124,12 @@ def _cached_reference(vid, weights, start, path, arrays) -> dict:
     from ports.numpy import kinks
 
     x, labels = batch()
-    model = ref.load(weights)
-    margin = tolerance("float32")["kink"]
-    n_grad, slack_grad = kinks.allowance(model, x.astype(np.float64), labels, margin)
-    n_end, slack_end, slack_losses = kinks.steps_allowance(
-        model, x.astype(np.float64), labels, poly_lrs(), MOMENTUM, WEIGHT_DECAY, margin)
-    loss, grads = ref.loss_and_grads(model, x, labels)
-    losses, end = ref.train_steps(model, x, labels, poly_lrs(), MOMENTUM, WEIGHT_DECAY)
-    out = {"loss": loss, "losses": losses, "start": start, "fragile": [n_grad, n_end],
+    r = kinks.reference(ref.load(weights), x.astype(np.float64), labels, poly_lrs(), MOMENTUM,
+                        WEIGHT_DECAY, tolerance("float32")["kink"])
+    loss, losses, slack_losses = r.loss, r.losses, r.slack_losses
+    out = {"loss": loss, "losses": losses, "start": start, "fragile": list(r.fragile),
            "slack-losses": [float(v) for v in slack_losses],
-           "grad": grads, "end": end, "slack-grad": slack_grad, "slack-end": slack_end}
+           "grad": r.grads, "end": r.end, "slack-grad": r.slack_grad, "slack-end": r.slack_end}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{vid}.{os.getpid()}.part.npz")
     np.savez(tmp, code=np.array(reference_digest()), loss=np.array(loss),

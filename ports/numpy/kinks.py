@@ -11,9 +11,11 @@ machine's BLAS, which rounds differently).
 
 This module finds them (:func:`fragile`: ``|z| <= margin * max |z|`` over the ReLU's input,
 or a window whose two largest values differ by ``<= margin * max |x|`` over the pool's input)
-and computes, for each, the reference gradient with that one decision flipped.
-:func:`allowance` sums ``|grad_flipped - grad|`` over them: the per-entry slack a float32
-comparison grants on top of its tolerance.  A wrong port is still caught: the slack is
+and computes, for each, the reference gradient with that one decision flipped (the backward
+pass resumed at the decision's layer: what lies above it is the same on both sides).
+:func:`reference` sums ``|grad_flipped - grad|`` over them: the per-entry slack a float32
+comparison grants on top of its tolerance, for the gradient and, through the steps that
+follow, for the weights after a few SGD steps.  A wrong port is still caught: the slack is
 exact, entry by entry, and covers only the entries these few elements reach.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 from . import SqueezeNet
 from .train import _labels, _Tape, loss_and_grads, pool_windows, sgd_step, softmax_cross_entropy
 
-__all__ = ["Decision", "fragile", "allowance", "steps_allowance"]
+__all__ = ["Decision", "Reference", "fragile", "reference"]
 
 
 class Decision(NamedTuple):
@@ -83,25 +85,15 @@ def fragile(tape: _Tape, margin: float) -> list[Decision]:
     return out
 
 
-def allowance(model: SqueezeNet, x: np.ndarray, labels,
-              margin: float) -> tuple[int, dict[str, np.ndarray]]:
-    """(number of fragile decisions, ``{name: sum over them of |grad_flipped - grad|}``) of
-    the loss of ``model`` on ``x`` [N,3,H,W] (float64, as the reference)."""
-    count, slack, _ = _flips(model, x, labels, margin)
-    return count, slack
-
-
-def _flips(model: SqueezeNet, x: np.ndarray, labels, margin: float):
-    """(count, slack, [(decision, flipped gradients, |flipped - base|)]) -- see
-    :func:`allowance`; only flips that change something are listed."""
-    tape = _Tape(model)
-    labels = _labels(labels, len(x), model.variant.num_classes)
-    _, dlogits = softmax_cross_entropy(tape.run(np.asarray(x, model.dtype)), labels)
-    base = tape.backward(dlogits)
-    slack = {k: np.zeros_like(v) for k, v in model.params.items()}
+def _flips(tape: _Tape, dlogits: np.ndarray, base: dict, entering: dict, margin: float):
+    """(count, slack, [(decision, flipped gradients, |flipped - base|)]) of a recorded
+    forward pass whose backward gave ``base`` (``entering``: what it kept); only flips
+    that change something are listed."""
+    slack = {k: np.zeros_like(v) for k, v in base.items()}
     decisions, moved = fragile(tape, margin), []
     for d in decisions:
-        grads = tape.backward(dlogits, d.flip)
+        i = tape.step_of(d.site)
+        grads = {**base, **tape.backward(entering[i], d.flip, start=i)}
         delta = {k: np.abs(grads[k] - base[k]) for k in slack}
         if any(v.any() for v in delta.values()):
             moved.append((d, grads, delta))
@@ -110,10 +102,29 @@ def _flips(model: SqueezeNet, x: np.ndarray, labels, margin: float):
     return len(decisions), slack, moved
 
 
-def steps_allowance(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: float,
-                    weight_decay: float, margin: float,
-                    follow: float = 1e-5) -> tuple[int, dict[str, np.ndarray], np.ndarray]:
-    """The same for the weights after ``train_steps(model, x, labels, lrs, ...)``.
+class Reference(NamedTuple):
+    """The float64 reference of a few SGD steps, with the slack of its fragile decisions.
+
+    ``loss``, ``grads``: the loss and gradient at the start (``loss_and_grads``);
+    ``losses``, ``end``: the loss before each step and the weights after the last
+    (``train_steps``); ``fragile``: (decisions at the start, over all the steps);
+    ``slack_grad``, ``slack_end``: per-entry slack of the gradient and of the final weights;
+    ``slack_losses``: per step, how far the followed trajectories' losses are."""
+
+    loss: float
+    grads: dict
+    losses: list
+    end: dict
+    fragile: tuple
+    slack_grad: dict
+    slack_end: dict
+    slack_losses: np.ndarray
+
+
+def reference(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: float,
+              weight_decay: float, margin: float, follow: float = 1e-5) -> Reference:
+    """``train_steps(model, x, labels, lrs, momentum, weight_decay)`` (float64, ``x``
+    [N,3,H,W]) and the slack of every decision within ``margin`` of a kink.
 
     A gradient that differs by ``delta`` at step ``t`` moves the final weights by
     ``lr_t * (1 + momentum + ... + momentum ** (T - 1 - t)) * delta`` to first order.  But
@@ -121,36 +132,43 @@ def steps_allowance(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: flo
     largest change also moves the next steps' activations past other decisions (one ReLU of
     fire8 tipped at step 1 of 1_0-p0-none tips ~800 more by step 5): for such a flip the
     whole other trajectory is computed (flipped at step ``t``, then onward as usual) and
-    its distance from the reference's final weights is the slack.  Returns (count, slack,
-    per-step loss slack: how far the followed trajectories' losses are from the
-    reference's).  ``model`` is left as it was."""
+    its distance from the reference's final weights is the slack; its losses' distance
+    from the reference's is the loss slack.  ``model`` is left as it was."""
     params = model.params
     start = {k: v.copy() for k, v in params.items()}
-    total = 0
+    onehot = _labels(labels, len(x), model.variant.num_classes)
     history = {k: np.zeros_like(v) for k, v in start.items()}
-    states, losses = [], []  # (weights, history) before each step, the loss there
+    runs, losses = [], []  # per step: the state before it, its forward and backward
     for lr in lrs:
-        states.append(({k: v.copy() for k, v in params.items()},
-                       {k: v.copy() for k, v in history.items()}))
-        loss, grads = loss_and_grads(model, x, labels)
+        weights = {k: v.copy() for k, v in params.items()}
+        hist = {k: v.copy() for k, v in history.items()}
+        tape = _Tape(model)
+        tape.p = weights  # the tape keeps this step's weights while params move on
+        loss, dlogits = softmax_cross_entropy(tape.run(np.asarray(x, model.dtype)), onehot)
+        entering: dict = {}
+        grads = tape.backward(dlogits, keep=entering)
+        runs.append((weights, hist, tape, dlogits, grads, entering))
         losses.append(loss)
         sgd_step(params, history, grads, lr, momentum, weight_decay)
-    loss_slack = np.zeros(len(lrs))
     final = {k: v.copy() for k, v in params.items()}
     scale = {k: float(np.abs(final[k] - start[k]).max()) or 1.0 for k in final}
     slack = {k: np.zeros_like(v) for k, v in start.items()}
+    loss_slack = np.zeros(len(lrs))
+    counts = []
     for t, lr in enumerate(lrs):
-        params.update({k: v.copy() for k, v in states[t][0].items()})
-        count, _, moved = _flips(model, x, labels, margin)
-        total += count
+        weights, hist0, tape, dlogits, base, entering = runs[t]
+        count, step_slack, moved = _flips(tape, dlogits, base, entering, margin)
+        counts.append(count)
+        if t == 0:
+            slack_grad = step_slack
         carry = lr * sum(momentum ** j for j in range(len(lrs) - t))
         for _, flipped, delta in moved:
             if max(float(carry * delta[k].max()) / scale[k] for k in delta) <= follow:
                 for k in slack:
                     slack[k] += carry * delta[k]
                 continue
-            params.update({k: v.copy() for k, v in states[t][0].items()})
-            hist = {k: v.copy() for k, v in states[t][1].items()}
+            params.update({k: v.copy() for k, v in weights.items()})
+            hist = {k: v.copy() for k, v in hist0.items()}
             sgd_step(params, hist, flipped, lr, momentum, weight_decay)
             for u in range(t + 1, len(lrs)):
                 loss, grads = loss_and_grads(model, x, labels)
@@ -159,4 +177,6 @@ def steps_allowance(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: flo
             for k in slack:
                 slack[k] += np.abs(params[k] - final[k])
     params.update(start)
-    return total, slack, loss_slack
+    names = model.variant.params()
+    return Reference(losses[0], {k: runs[0][4][k] for k in names}, losses, final,
+                     (counts[0], sum(counts)), slack_grad, slack, loss_slack)

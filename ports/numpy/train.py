@@ -159,7 +159,22 @@ class _Tape:
                 h = h.mean(axis=(2, 3))
         return h
 
-    def backward(self, dy: np.ndarray, decide=_same) -> dict[str, np.ndarray]:
+    def step_of(self, site: str) -> int:
+        """The index in ``steps`` of the step whose backward takes the decisions of
+        ``site`` (a ReLU's conv, a pool, or a conv inside a fire)."""
+        for i, (kind, layer, _) in enumerate(self.steps):
+            if ((kind == "relu" and layer.of == site) or (kind == "pool" and layer.name == site)
+                    or (kind == "fire" and site in (layer.squeeze.name, layer.expand1x1.name,
+                                                    layer.expand3x3.name))):
+                return i
+        raise KeyError(f"no step takes the decisions of {site!r}")
+
+    def backward(self, dy: np.ndarray, decide=_same, *, start: int | None = None,
+                 keep: dict | None = None) -> dict[str, np.ndarray]:
+        """The gradient of every parameter from ``dy``, the gradient of the logits [N, C].
+        ``keep``: a dict that receives each step's index -> the gradient entering it from
+        above; ``start``: begin at that step with ``dy`` the gradient entering it (as
+        ``keep`` recorded it), returning only the parameters of the steps up to it."""
         grads: dict[str, np.ndarray] = {}
         p = self.p
 
@@ -171,7 +186,10 @@ class _Tape:
                 a, p[f"{c.name}.weight"], c.stride, c.padding, d)
             return da
 
-        for kind, layer, saved in reversed(self.steps):
+        for i in range(len(self.steps) - 1 if start is None else start, -1, -1):
+            kind, layer, saved = self.steps[i]
+            if keep is not None:
+                keep[i] = dy
             if kind == "gap":
                 n, c, height, width = saved
                 dy = np.broadcast_to(dy[:, :, None, None] / (height * width), saved).copy()
