@@ -64,7 +64,7 @@ KNOWN_CRASHERS = {
     "mxnet": {1: [16656]},
     "keras": {0: [8, 11, 12, 66, 153, 181], 1: [22, 37, 42]},
     "chainer": {0: [6, 22, 116, 159]},
-    "keras-h5": {0: [5082]},  # an attribute whose string encoding does not exist (h5py: TypeError)
+    "keras-h5": {0: [5082, 13831]},  # a string encoding that does not exist (h5py: TypeError)
 }
 
 
