@@ -50,25 +50,26 @@ class Decision(NamedTuple):
 
 
 def _sites(tape: _Tape):
-    """(site, pool, input) of every ReLU (pool None, its input z) and max pool (the
-    ``spec.MaxPool``, its input) of a recorded forward pass."""
-    for kind, layer, saved in tape.steps:
+    """(step, site, pool, input) of every ReLU (pool None, its input z) and max pool (the
+    ``spec.MaxPool``, its input) of a recorded forward pass; ``step``: the index in
+    ``tape.steps`` whose backward takes the site's decisions."""
+    for i, (kind, layer, saved) in enumerate(tape.steps):
         if kind == "relu":
-            yield layer.of, None, saved
+            yield i, layer.of, None, saved
         elif kind == "pool":
-            yield layer.name, layer, saved
+            yield i, layer.name, layer, saved
         elif kind == "fire":
             _, zs, z1, z3 = saved
-            yield layer.squeeze.name, None, zs
-            yield layer.expand1x1.name, None, z1
-            yield layer.expand3x3.name, None, z3
+            yield i, layer.squeeze.name, None, zs
+            yield i, layer.expand1x1.name, None, z1
+            yield i, layer.expand3x3.name, None, z3
 
 
 def fragile(tape: _Tape, margin: float) -> list[Decision]:
     """The decisions of a recorded forward pass within ``margin`` (relative to the site's
     largest magnitude) of a kink."""
     out = []
-    for site, pool, a in _sites(tape):
+    for _, site, pool, a in _sites(tape):
         scale = float(np.abs(a).max())
         if pool is None:
             for idx in zip(*np.nonzero(np.abs(a) <= margin * scale)):
@@ -85,14 +86,15 @@ def fragile(tape: _Tape, margin: float) -> list[Decision]:
     return out
 
 
-def _flips(tape: _Tape, dlogits: np.ndarray, base: dict, entering: dict, margin: float):
+def _flips(tape: _Tape, base: dict, entering: dict, margin: float):
     """(count, slack, [(decision, flipped gradients, |flipped - base|)]) of a recorded
     forward pass whose backward gave ``base`` (``entering``: what it kept); only flips
     that change something are listed."""
     slack = {k: np.zeros_like(v) for k, v in base.items()}
     decisions, moved = fragile(tape, margin), []
+    step = {site: i for i, site, _, _ in _sites(tape)}
     for d in decisions:
-        i = tape.step_of(d.site)
+        i = step[d.site]
         grads = {**base, **tape.backward(entering[i], d.flip, start=i)}
         delta = {k: np.abs(grads[k] - base[k]) for k in slack}
         if any(v.any() for v in delta.values()):
@@ -142,12 +144,11 @@ def reference(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: float,
     for lr in lrs:
         weights = {k: v.copy() for k, v in params.items()}
         hist = {k: v.copy() for k, v in history.items()}
-        tape = _Tape(model)
-        tape.p = weights  # the tape keeps this step's weights while params move on
+        tape = _Tape(model, weights)  # this step's weights, while params move on
         loss, dlogits = softmax_cross_entropy(tape.run(np.asarray(x, model.dtype)), onehot)
         entering: dict = {}
         grads = tape.backward(dlogits, keep=entering)
-        runs.append((weights, hist, tape, dlogits, grads, entering))
+        runs.append((weights, hist, tape, grads, entering))
         losses.append(loss)
         sgd_step(params, history, grads, lr, momentum, weight_decay)
     final = {k: v.copy() for k, v in params.items()}
@@ -156,8 +157,8 @@ def reference(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: float,
     loss_slack = np.zeros(len(lrs))
     counts = []
     for t, lr in enumerate(lrs):
-        weights, hist0, tape, dlogits, base, entering = runs[t]
-        count, step_slack, moved = _flips(tape, dlogits, base, entering, margin)
+        weights, hist0, tape, base, entering = runs[t]
+        count, step_slack, moved = _flips(tape, base, entering, margin)
         counts.append(count)
         if t == 0:
             slack_grad = step_slack
@@ -177,6 +178,6 @@ def reference(model: SqueezeNet, x: np.ndarray, labels, lrs, momentum: float,
             for k in slack:
                 slack[k] += np.abs(params[k] - final[k])
     params.update(start)
-    names = model.variant.params()
-    return Reference(losses[0], {k: runs[0][4][k] for k in names}, losses, final,
-                     (counts[0], sum(counts)), slack_grad, slack, loss_slack)
+    first_grads = runs[0][3]
+    return Reference(losses[0], {k: first_grads[k] for k in model.variant.params()}, losses,
+                     final, (counts[0], sum(counts)), slack_grad, slack, loss_slack)

@@ -115,8 +115,10 @@ def _same(site: str, choice: np.ndarray) -> np.ndarray:
 class _Tape:
     """The forward pass of :func:`ports.numpy.forward`, keeping what backward needs."""
 
-    def __init__(self, model: SqueezeNet) -> None:
-        self.p, self.layers, self.steps = model.params, model.variant.layers(), []
+    def __init__(self, model: SqueezeNet, params: dict | None = None) -> None:
+        # ``params``: other weights for the same network (default the model's own)
+        self.p = model.params if params is None else params
+        self.layers, self.steps = model.variant.layers(), []
         # ReLUs keep their input z (pre-activation); pools keep their input.
 
     def conv(self, c: S.Conv, h: np.ndarray) -> np.ndarray:
@@ -158,16 +160,6 @@ class _Tape:
                 self.steps.append(("gap", layer, h.shape))
                 h = h.mean(axis=(2, 3))
         return h
-
-    def step_of(self, site: str) -> int:
-        """The index in ``steps`` of the step whose backward takes the decisions of
-        ``site`` (a ReLU's conv, a pool, or a conv inside a fire)."""
-        for i, (kind, layer, _) in enumerate(self.steps):
-            if ((kind == "relu" and layer.of == site) or (kind == "pool" and layer.name == site)
-                    or (kind == "fire" and site in (layer.squeeze.name, layer.expand1x1.name,
-                                                    layer.expand3x3.name))):
-                return i
-        raise KeyError(f"no step takes the decisions of {site!r}")
 
     def backward(self, dy: np.ndarray, decide=_same, *, start: int | None = None,
                  keep: dict | None = None) -> dict[str, np.ndarray]:
