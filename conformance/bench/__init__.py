@@ -88,14 +88,27 @@ def _thread_env(threads: int, tuned_malloc: bool = True) -> dict:
     return env
 
 
-def _cpu_name() -> str:
+# the vector extensions that decide which kernels oneDNN, MLAS, XLA and OpenBLAS pick
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def _cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """``{"cpu": model name, "cpu_id": "family/model", "simd": [...]}`` from /proc/cpuinfo:
+    the same model name ("AMD EPYC") covers generations with and without AVX-512, and the
+    ports' ratios to ONNX Runtime differ between them."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
+            "cpu_id": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+            "simd": [f for f in SIMD_FLAGS if f in flags]}
 
 
 class Worker:
@@ -162,6 +175,8 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
     roof = probe["gflops"]
     kernels = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}"
                         for b in probe["blas"]) or "unknown BLAS"
+    cpu = _cpu()
+    log(f"cpu: {cpu['cpu']} (family/model {cpu['cpu_id']}; {' '.join(cpu['simd']) or 'no AVX2'})")
     log(f"machine peak (NumPy float32 {peak_n}x{peak_n} matmul, {threads} threads, "
         f"{kernels}{', without ' + str(probe['unset']) if probe['unset'] else ''}): "
         f"{roof:.1f} GFLOP/s")
@@ -169,7 +184,7 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
               "macs_per_image": macs, "flops_per_image": 2 * macs, "threads": threads,
               "quick": quick, "rounds": rounds, "seconds_per_round": seconds,
               "worker_env": MALLOC_TUNED if tuned_malloc else {},
-              "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+              "machine": {**cpu, "cores": os.cpu_count(),
                           "peak_gflops": roof, "peak_method": "numpy float32 matmul",
                           "peak_blas": probe["blas"], "peak_unset_env": probe["unset"]},
               "reference": REFERENCE, "ports": {}, "not_run": {}}

@@ -1,0 +1,42 @@
+"""The bench records which CPU generation it ran on: the model name alone ("AMD EPYC") covers
+machines with and without AVX-512, whose ratios to ONNX Runtime differ."""
+
+import numpy as np
+
+from conformance import bench
+
+try:  # NumPy's own run-time dispatch table, an independent reading of the same CPU
+    from numpy._core._multiarray_umath import __cpu_features__ as NUMPY_FEATURES
+except ImportError:  # NumPy 1.x
+    from numpy.core._multiarray_umath import __cpu_features__ as NUMPY_FEATURES
+
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512_bf16 avx512_vnni
+processor\t: 1
+cpu family\t: 99
+flags\t\t: fpu amx_tile
+"""
+
+
+def test_this_machine_agrees_with_numpys_dispatch():
+    cpu = bench._cpu()
+    assert ("avx2" in cpu["simd"]) == NUMPY_FEATURES["AVX2"]
+    assert ("avx512f" in cpu["simd"]) == NUMPY_FEATURES["AVX512F"]
+    assert ("fma" in cpu["simd"]) == NUMPY_FEATURES["FMA3"]
+    assert np.all([part.isdigit() for part in cpu["cpu_id"].split("/")])
+
+
+def test_the_first_processor_is_read(tmp_path):
+    (tmp_path / "cpuinfo").write_text(ZEN4)
+    cpu = bench._cpu(tmp_path / "cpuinfo")
+    assert cpu == {"cpu": "AMD EPYC 9R14", "cpu_id": "25/17",
+                   "simd": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]}
+
+
+def test_without_cpuinfo_the_platform_names_the_cpu(tmp_path):
+    cpu = bench._cpu(tmp_path / "missing")
+    assert cpu["cpu_id"] == "?/?" and cpu["simd"] == [] and cpu["cpu"]
