@@ -99,9 +99,9 @@ def _cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     fields: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-            if key.strip() == "flags":
+            key, _, value = (part.strip() for part in line.partition(":"))
+            fields.setdefault(key, value)
+            if key == "flags":  # the first processor's fields end with its flags
                 break
     except OSError:
         pass
