@@ -68,13 +68,19 @@ def schedule(ports: list[str]) -> list[str]:
 
 
 def build_ahead(ports: list[str], log_for) -> tuple[dict, dict[str, str | None]]:
-    """Start one thread that creates the environments of ``ports`` in order, one at a
-    time, while the ports already built compute.  Returns ({port: Event set once its
-    environment is ready or has failed}, {port: None or why it could not be built})."""
+    """Start one thread that brings the environments of ``ports`` that exist up to date
+    together, then creates the others in order, one at a time, while the ports already
+    built compute.  Returns ({port: Event set once its environment is ready or has
+    failed}, {port: None or why it could not be built})."""
     ready = {p: threading.Event() for p in ports}
     built: dict[str, str | None] = {}
 
     def build() -> None:
+        try:
+            toxenv.ensure_existing([PORTS[p].env for p in ports if PORTS[p].env],
+                                   log_for("envs"))
+        except Exception as e:  # each is then built on its own, with its own error
+            log_for("envs")(f"   {type(e).__name__}: {e}")
         for port in ports:
             env = PORTS[port].env
             try:

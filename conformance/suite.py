@@ -68,6 +68,12 @@ class PortSuite:
 
 # --- the layer trace ------------------------------------------------------------------------
 TRACE_CASES = [("1_0-p1-complex", 227), ("1_1-p0-simple", 224), ("1_1-p1-none", 227)]
+# A port's second path (its plain reference beside the tuned one, Gluon not hybridized)
+# against the golden or the first path: both versions, both conv10 paddings, every bypass
+# kind, complex at 227 (every pool pads there).  The matrix runs every golden case on the
+# path ``load`` gives.
+PATH_CASES = [("1_1-p0-complex", 227), ("1_0-p1-complex", 227), ("1_1-p1-simple", 224),
+              ("1_0-p0-none", 224)]
 
 def _mistake(weights, bug: str):
     """(weights, input transform, expected first divergent layer) of a porting mistake that

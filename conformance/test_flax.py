@@ -12,7 +12,7 @@ from conformance import golden  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
 from conformance.registry import PORTS  # noqa: E402
-from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
+from conformance.suite import PATH_CASES, DropoutSuite, PortSuite, TraceSuite  # noqa: E402
 
 PORTS["flax"].import_module()  # checks JAX_ENABLE_X64=1 before JAX computes anything
 
@@ -204,12 +204,7 @@ def test_pointwise_conv_is_a_matmul_of_the_same_parameters():
                                rtol=0, atol=1e-12)
 
 
-# Both versions, both paddings, every bypass kind; complex at 227 (every pool pads there).
-FAST_CASES = [("1_1-p0-complex", 227), ("1_0-p1-complex", 227), ("1_1-p1-simple", 224),
-              ("1_0-p0-none", 224)]
-
-
-@pytest.mark.parametrize("vid,size", FAST_CASES)
+@pytest.mark.parametrize("vid,size", PATH_CASES)
 def test_fast_model_equals_reference_model(vid, size):
     """``load(..., fast=True)`` (the default: tuned layers, per-image head on CPU) computes
     the plain network of ``fast=False``: float64 logits agree to 1e-11 relative, and the

@@ -2,7 +2,8 @@
 
 * ``TestMXNet``: every golden case (hybridized, float32 and float64) and every real-weights
   fixture, recorded in ``build/conformance/mxnet.json``;
-* the goldens again with the net *not* hybridized (imperative Gluon), both dtypes;
+* the net *not* hybridized (imperative Gluon) against the goldens of ``PATH_CASES``, both
+  dtypes;
 * files written by :mod:`ports.formats.mxnet` load with MXNet's own ``load_parameters``
   (our net and the zoo's) and give the golden logits;
 * a real Gluon model zoo ``squeezenet1_0`` / ``squeezenet1_1``, initialised and saved by
@@ -26,7 +27,7 @@ import ports.mxnet as port
 from conformance import golden, training
 from conformance.harness import RESULTS, assert_agrees, compare, tolerance
 from conformance.inputs import SIZES, inputs
-from conformance.suite import DropoutSuite, PortSuite, TraceSuite
+from conformance.suite import PATH_CASES, DropoutSuite, PortSuite, TraceSuite
 from ports import numpy as ref
 from ports.canonical import Weights
 from ports.formats import mxnet as codec
@@ -103,18 +104,16 @@ def test_complex_bypass_names():
 
 # --- goldens, not hybridized -------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("vid", golden.VARIANTS)
-def test_golden_not_hybridized(vid, dtype):
-    weights = seeded_weights(Variant.from_id(vid))
+@pytest.mark.parametrize("vid,size", PATH_CASES)
+def test_golden_not_hybridized(vid, size, dtype):
     """The imperative path against the golden (the hybridized one, what ``load`` gives, is
-    the suite's golden case above)."""
+    the suite's golden case above, every variant at every size)."""
+    weights = seeded_weights(Variant.from_id(vid))
     imperative = port.SqueezeNet(weights.variant, dtype=dtype).load_weights(weights)
     assert port.load(weights, dtype)._active and not imperative._active
-    for size in SIZES:
-        x = inputs(size).astype(dtype)
-        out = port.predict(imperative, x)
-        assert out.dtype == np.dtype(dtype)
-        _check("golden-not-hybridized", f"{vid}-{size}", out, golden.load(vid, size), dtype)
+    out = port.predict(imperative, inputs(size).astype(dtype))
+    assert out.dtype == np.dtype(dtype)
+    _check("golden-not-hybridized", f"{vid}-{size}", out, golden.load(vid, size), dtype)
 
 
 # --- .params written by the codec, read by MXNet ------------------------------------------

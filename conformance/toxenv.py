@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -136,16 +137,78 @@ def missing_interpreter(lines: list[str]) -> str | None:
     return None
 
 
-_ENSURE = threading.Lock()  # one `tox run` at a time in this process: they share tox's
-                            # package build (.tox/.pkg)
+_ENSURE = threading.Lock()
+_ENSURED: set[str] = set()  # environments this process has brought up to date
+RUN_LOCK = ROOT / "build" / "tox-run.lock"
+
+
+@contextmanager
+def _tox_run_turn():
+    """One ``tox run`` at a time, among this process's threads and among processes of this
+    checkout (the matrix and the quick bench run side by side at the end of ``tox -p 2``):
+    they share tox's package build (``.tox/.pkg``), and two would reinstall the package
+    into one environment at once."""
+    from .results import file_lock
+
+    with _ENSURE, file_lock(RUN_LOCK):
+        yield
 
 
 def ensure(env: str, log: Log = _print) -> float:
     """Create tox environment ``env`` completely (deps, the package and its extras) or
-    bring it up to date; returns the seconds it took.  Raises :class:`EnvError`.  Callers in
-    several threads take turns."""
-    with _ENSURE:
+    bring it up to date; returns the seconds it took (0 when this process already has).
+    Raises :class:`EnvError`.  Callers in several threads take turns."""
+    if releases.tox_env(env) in _ENSURED:
+        return 0.0
+    with _tox_run_turn():
         return _ensure(env, log)
+
+
+def config(envs: list[str], keys: tuple[str, ...] = ("env_dir", "env_python"), *,
+           cwd: Path = ROOT) -> dict[str, dict[str, str]]:
+    """``{env: {key: value}}`` from one ``tox config`` call (tox's own paths, whatever
+    ``env_dir`` a release twin or ``--workdir`` gives them); a key tox cannot evaluate
+    (e.g. the interpreter of an environment pinned to a Python this machine lacks) is left
+    out."""
+    proc = subprocess.run(_tox("config", "-e", ",".join(envs), "-k", *keys), cwd=cwd,
+                          env=clean_environ(), capture_output=True, text=True)
+    out: dict[str, dict[str, str]] = {}
+    section = None
+    for line in proc.stdout.splitlines():
+        head = re.fullmatch(r"\[testenv:(.+)\]", line.strip())
+        if head:
+            section = out.setdefault(head.group(1), {})
+            continue
+        key, sep, value = line.partition(" = ")
+        if section is not None and sep and key in keys and not value.startswith("#"):
+            section[key] = value.strip()
+    return out
+
+
+def ensure_existing(envs: list[str], log: Log = _print, *, cwd: Path = ROOT) -> list[str]:
+    """Bring those of ``envs`` that exist already up to date in one ``tox run`` (one tox
+    start and package build for all of them, not one each) and return them; :func:`ensure`
+    then passes over them.  Environments not yet created are left to :func:`ensure`, one at
+    a time, so that a first run computes while the next one installs; if the joint run fails,
+    all of them are, and each then fails with its own error."""
+    names = list(dict.fromkeys(releases.tox_env(e) for e in envs))
+    dirs = config(names, ("env_dir",), cwd=cwd)
+    existing = [n for n in names if n not in _ENSURED
+                and Path(dirs.get(n, {}).get("env_dir", "")).is_absolute()
+                and Path(dirs[n]["env_dir"]).is_dir()]
+    if len(existing) < 2:
+        return []
+    log(f"   tox run -e {','.join(existing)} --notest (they exist: brought up to date "
+        f"together)")
+    with _tox_run_turn():
+        code, lines = stream(_tox("run", "-e", ",".join(existing), "--notest"),
+                             "bringing the environments up to date", log, echo=False,
+                             cwd=cwd)
+    if code != 0:
+        log(f"   (exit {code}: {first_error(lines)}; each environment on its own instead)")
+        return []
+    _ENSURED.update(existing)
+    return existing
 
 
 def _ensure(env: str, log: Log) -> float:
@@ -164,6 +227,7 @@ def _ensure(env: str, log: Log) -> float:
                            f"machine")
         raise EnvError(f"tox env {env} could not be created (exit {code}): "
                        f"{first_error(lines)}")
+    _ENSURED.add(env)
     return time.monotonic() - start
 
 
@@ -173,6 +237,25 @@ def run(env: str, argv: list[str], log: Log = _print, *, echo: bool = True,
     env = releases.tox_env(env)
     return stream(_tox("exec", "-q", "-e", env, "--", *argv), f"{env}: {argv[-1]}", log,
                   env=clean_environ(extra_env), echo=echo)
+
+
+def pythons(envs: list[str], log: Log = _print) -> dict[str, str]:
+    """``{env: its interpreter}`` for the tox environments ``envs``, each created
+    completely first (those that exist together: :func:`ensure_existing`); an environment
+    that cannot be created is left out (:func:`python` says why)."""
+    ensure_existing(envs, log)
+    for env in envs:
+        try:
+            ensure(env, log)
+        except EnvError as e:
+            log(f"   {e}")
+    found = config([releases.tox_env(e) for e in envs], ("env_python",))
+    out = {}
+    for env in envs:
+        exe = found.get(releases.tox_env(env), {}).get("env_python", "")
+        if releases.tox_env(env) in _ENSURED and os.path.isfile(exe):
+            out[env] = exe
+    return out
 
 
 def python(env: str, log: Log = _print) -> str:

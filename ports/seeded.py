@@ -14,6 +14,7 @@ against an absolute tolerance).  It is the default the main job runs on.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import numpy as np
 
@@ -34,25 +35,50 @@ def key(*parts: object) -> int:
 
 def uniform(stream: int, n: int) -> np.ndarray:
     """``n`` float64 values in [0, 1) with 53 random bits each, from stream ``stream``."""
+    return _uniform(stream, 1, n)
+
+
+def _uniform(stream: int, first: int, n: int) -> np.ndarray:
+    """The values of counters ``first .. first + n - 1`` of stream ``stream``."""
     with np.errstate(over="ignore"):
-        z = np.uint64(stream & 0xFFFFFFFFFFFFFFFF) + (np.arange(1, n + 1, dtype=np.uint64) * _GAMMA)
-        z = (z ^ (z >> np.uint64(30))) * _MUL1
-        z = (z ^ (z >> np.uint64(27))) * _MUL2
-        z = z ^ (z >> np.uint64(31))
+        z = np.uint64(stream & 0xFFFFFFFFFFFFFFFF) + (
+            np.arange(first, first + n, dtype=np.uint64) * _GAMMA)
+        z ^= z >> np.uint64(30)
+        z *= _MUL1
+        z ^= z >> np.uint64(27)
+        z *= _MUL2
+        z ^= z >> np.uint64(31)
     return (z >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
 
 
+_ROWS = 4096  # normals per block: the block's temporaries (~400 KB each) stay in cache
+
+
 def normal(stream: int, n: int) -> np.ndarray:
-    """``n`` approximately standard-normal float64 values (Irwin-Hall, 12 terms)."""
-    u = uniform(stream, 12 * n).reshape(n, 12)
-    total = u[:, 0].copy()
-    for j in range(1, 12):  # fixed summation order: bit-identical everywhere
-        total += u[:, j]
-    return total - 6.0
+    """``n`` approximately standard-normal float64 values (Irwin-Hall, 12 terms): value
+    ``i`` sums uniforms ``12 i + 1 .. 12 i + 12`` of the stream in that order.  Computed in
+    blocks of :data:`_ROWS` values (the same bits as all at once, ~5x faster)."""
+    out = np.empty(n)
+    for start in range(0, n, _ROWS):
+        rows = min(_ROWS, n - start)
+        u = _uniform(stream, 12 * start + 1, 12 * rows).reshape(rows, 12)
+        total = u[:, 0].copy()
+        for j in range(1, 12):  # fixed summation order: bit-identical everywhere
+            total += u[:, j]
+        out[start:start + rows] = total - 6.0
+    return out
 
 
 def seeded_weights(variant: Variant, seed: int = 0) -> Weights:
-    """Deterministic canonical weights for ``variant`` (float32)."""
+    """Deterministic canonical weights for ``variant`` (float32).  Generated once per
+    process and variant (~1 s: 15 million counters); every call returns its own copy."""
+    tensors = {name: t.copy() for name, t in _seeded_tensors(variant, seed).items()}
+    return make(tensors, variant, preprocessing="torchvision",
+                source=f"seeded He-normal, seed {seed} (ports.seeded)")
+
+
+@lru_cache(maxsize=32)
+def _seeded_tensors(variant: Variant, seed: int) -> dict[str, np.ndarray]:
     tensors = {}
     bypassed = {f.name for f in variant.fires() if f.bypass}
     for name, shape in variant.params().items():
@@ -66,5 +92,5 @@ def seeded_weights(variant: Variant, seed: int = 0) -> Weights:
         else:
             values = 0.01 + 0.04 * uniform(stream, count)
         tensors[name] = values.reshape(shape).astype(np.float32)
-    return make(tensors, variant, preprocessing="torchvision",
-                source=f"seeded He-normal, seed {seed} (ports.seeded)")
+        tensors[name].flags.writeable = False  # shared by every call: callers get copies
+    return tensors

@@ -39,6 +39,29 @@ def test_generator_is_pinned_to_known_bits():
     assert abs(z.mean()) < 0.02 and abs(z.var() - 1) < 0.02 and np.abs(z).max() <= 6
 
 
+def test_normals_in_blocks_are_the_sums_of_twelve_uniforms_in_order():
+    """``normal`` works through its stream in blocks (``_ROWS`` values) to stay in cache:
+    across block edges, value ``i`` is still uniforms ``12 i + 1 .. 12 i + 12`` of the stream,
+    summed in that order (computed here all at once)."""
+    from ports import seeded
+
+    n = 2 * seeded._ROWS + 5
+    u = uniform(77, 12 * n).reshape(n, 12)
+    expected = u[:, 0].copy()
+    for j in range(1, 12):
+        expected += u[:, j]
+    assert normal(77, n).tobytes() == (expected - 6.0).tobytes()
+
+
+def test_seeded_weights_are_generated_once_and_every_call_gets_its_own_copy(w11):
+    mine = seeded_weights(Variant("1_1"))
+    mine.tensors["conv1.weight"][:] = 0.0
+    again = seeded_weights(Variant("1_1"))
+    assert not np.array_equal(again["conv1.weight"], mine["conv1.weight"])
+    assert np.array_equal(again["conv1.weight"], w11["conv1.weight"])
+    assert all(again[k].flags.writeable for k in again.tensors)
+
+
 def test_safetensors_round_trip_is_bit_exact(tmp_path, w11):
     path = tmp_path / "w.safetensors"
     formats.write(w11, path)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conformance import toxenv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +115,7 @@ def test_environments_are_built_ahead_while_ports_compute(monkeypatch, tmp_path,
         return 0, []
 
     monkeypatch.setattr(matrix.toxenv, "ensure", ensure)
+    monkeypatch.setattr(matrix.toxenv, "ensure_existing", lambda envs, log: [])
     monkeypatch.setattr(matrix.toxenv, "run", run)
     monkeypatch.setattr(matrix, "reference_ahead", lambda ports, log: None)
     monkeypatch.setattr(matrix.results, "read", lambda port: ({}, {}))
@@ -124,3 +127,53 @@ def test_environments_are_built_ahead_while_ports_compute(monkeypatch, tmp_path,
     assert "ports failed to run: keras-tf" in out and "needs python3.99" in out, out
     assert events.index("built flax") < events.index("ran torch"), events
     assert events[-2:] == ["run flax", "ran flax"] and "run keras-tf" not in events, events
+
+
+TWO_ENVS = ("[tox]\nskip_missing_interpreters = false\n"
+            "[testenv:a]\nskip_install = true\ncommands = python -V\n"
+            "[testenv:b]\nskip_install = true\ncommands = python -V\n"
+            "[testenv:old]\nbase_python = python3.99\nskip_install = true\n"
+            "commands = python -V\n")
+
+
+def test_existing_environments_are_brought_up_to_date_in_one_tox_run(tmp_path, monkeypatch):
+    """Real tox: environments not yet created are left to ``ensure`` (one at a time, so a
+    first run computes while the next installs); once they exist, one ``tox run`` brings
+    them all up to date and ``ensure`` then passes over them; an interpreter this machine
+    lacks has no ``env_python``."""
+    (tmp_path / "tox.ini").write_text(TWO_ENVS)
+    monkeypatch.setattr(toxenv, "RUN_LOCK", tmp_path / "tox-run.lock")
+    monkeypatch.setattr(toxenv, "_ENSURED", set())
+    found = toxenv.config(["a", "old"], cwd=tmp_path)
+    assert found["a"]["env_dir"] == str(tmp_path / ".tox" / "a")
+    assert found["a"]["env_python"] == str(tmp_path / ".tox" / "a" / "bin" / "python")
+    assert "env_python" not in found["old"], found
+    logged = []
+    assert toxenv.ensure_existing(["a", "b"], logged.append, cwd=tmp_path) == []
+    assert not logged and toxenv._ENSURED == set()
+    created = toxenv.stream([sys.executable, "-m", "tox", "run", "-e", "a,b", "--notest"],
+                            "a,b", lambda line: None, cwd=tmp_path)
+    assert created[0] == 0, created[1]
+    assert toxenv.ensure_existing(["a", "b", "old"], logged.append, cwd=tmp_path) == ["a", "b"]
+    assert toxenv._ENSURED == {"a", "b"} and "tox run -e a,b --notest" in logged[0], logged
+    monkeypatch.setattr(toxenv, "_ensure", lambda env, log: pytest.fail(f"ran tox for {env}"))
+    assert toxenv.ensure("a") == 0.0
+
+
+def test_tox_runs_take_turns_across_processes(tmp_path, monkeypatch):
+    """The matrix and the quick bench run side by side at the end of ``tox -p 2``: a
+    ``tox run`` in one waits while the other holds the checkout's lock."""
+    import time
+
+    lock = tmp_path / "tox-run.lock"
+    monkeypatch.setattr(toxenv, "RUN_LOCK", lock)
+    hold = ("import sys, time\nfrom pathlib import Path\nfrom conformance.results import "
+            "file_lock\nwith file_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+            "    time.sleep(1.5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    with toxenv._tox_run_turn():
+        waited = time.monotonic() - start
+    assert holder.wait(timeout=60) == 0 and waited >= 1.0, waited

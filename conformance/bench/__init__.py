@@ -189,7 +189,11 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
                           "peak_blas": probe["blas"], "peak_unset_env": probe["unset"]},
               "reference": REFERENCE, "ports": {}, "not_run": {}}
 
-    def python_for(port: str) -> str:
+    needed = list(dict.fromkeys(PORTS[p].env for p in [REFERENCE, *ports] if PORTS[p].env
+                                and p not in pythons and PORTS[p].env not in pythons))
+    pythons = {**(toxenv.pythons(needed, log) if needed else {}), **pythons}
+
+    def python_for(port: str) -> str:  # an environment that could not be built says why
         p = PORTS[port]
         return pythons.get(port) or pythons.get(p.env) or toxenv.python(p.env, log)
 
