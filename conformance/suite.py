@@ -12,6 +12,8 @@ the session, for the matrix to gather.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,25 @@ MISTAKES = ("flipped 3x3 kernel", "kernel h and w swapped", "bias dropped",
 
 
 
+@lru_cache(maxsize=len(TRACE_CASES))
+def _trace_case(vid: str, size: int):
+    """(seeded weights, 2 inputs [2,3,size,size], the float64 reference's activations) of a
+    trace case, computed once per session (the tests read them; ports get copies of the
+    input, ``x.astype``, or read it)."""
+    from ports import numpy as ref
+    from ports.seeded import seeded_weights
+    from ports.spec import Variant
+
+    from .inputs import inputs
+
+    weights = seeded_weights(Variant.from_id(vid))
+    x = inputs(size, count=2)
+    acts = ref.activations(ref.load(weights), x)
+    for array in acts.values():  # what every port is compared with
+        array.flags.writeable = False
+    return weights, x, acts
+
+
 class TraceSuite:
     """``activations`` of a port (or engine): the spec's names in order, each agreeing with
     the float64 NumPy reference within the trace threshold of its dtype, on both paths, and
@@ -123,16 +144,8 @@ class TraceSuite:
 
     @pytest.fixture(params=[f"{v}@{s}" for v, s in TRACE_CASES])
     def case(self, request):
-        from ports import numpy as ref
-        from ports.seeded import seeded_weights
-        from ports.spec import Variant
-
-        from .inputs import inputs
-
         vid, size = request.param.split("@")
-        weights = seeded_weights(Variant.from_id(vid))
-        x = inputs(int(size), count=2)
-        return weights, x, ref.activations(ref.load(weights), x)
+        return _trace_case(vid, int(size))
 
     def test_activations_agree_with_the_reference(self, case, trace_path, trace_dtype):
         """(``trace_path`` and ``trace_dtype`` range over ``paths`` and the port's dtypes:
@@ -174,17 +187,10 @@ class TraceSuite:
     def test_porting_mistakes_are_named(self, bug):
         """A mistake made in the weights or the input, traced through this port: the first
         divergent layer is exactly the layer the mistake enters (1_0-p1-complex at 227)."""
-        from ports import numpy as ref
-        from ports.seeded import seeded_weights
-        from ports.spec import Variant
-
-        from .inputs import inputs
         from .registry import PORTS
         from .trace import compare
 
-        weights = seeded_weights(Variant.from_id("1_0-p1-complex"))
-        x = inputs(227, count=2)
-        reference = ref.activations(ref.load(weights), x)
+        weights, x, reference = _trace_case("1_0-p1-complex", 227)
         wrong, feed, where = _mistake(weights, bug)
         mod = PORTS[self.port].import_module()
         dtype = PORTS[self.port].dtypes[0]
