@@ -145,9 +145,8 @@ RUN_LOCK = ROOT / "build" / "tox-run.lock"
 @contextmanager
 def _tox_run_turn():
     """One ``tox run`` at a time, among this process's threads and among processes of this
-    checkout (the matrix and the quick bench run side by side at the end of ``tox -p 2``):
-    they share tox's package build (``.tox/.pkg``), and two would reinstall the package
-    into one environment at once."""
+    checkout (say the matrix and a bench started by hand): they share tox's package build
+    (``.tox/.pkg``), and two would reinstall the package into one environment at once."""
     from .results import file_lock
 
     with _ENSURE, file_lock(RUN_LOCK):

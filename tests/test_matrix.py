@@ -161,8 +161,8 @@ def test_existing_environments_are_brought_up_to_date_in_one_tox_run(tmp_path, m
 
 
 def test_tox_runs_take_turns_across_processes(tmp_path, monkeypatch):
-    """The matrix and the quick bench run side by side at the end of ``tox -p 2``: a
-    ``tox run`` in one waits while the other holds the checkout's lock."""
+    """Two processes that bring environments up to date (the matrix, a bench started by
+    hand): a ``tox run`` in one waits while the other holds the checkout's lock."""
     import time
 
     lock = tmp_path / "tox-run.lock"
