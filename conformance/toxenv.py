@@ -191,10 +191,9 @@ def ensure_existing(envs: list[str], log: Log = _print, *, cwd: Path = ROOT) -> 
     a time, so that a first run computes while the next one installs; if the joint run fails,
     all of them are, and each then fails with its own error."""
     names = list(dict.fromkeys(releases.tox_env(e) for e in envs))
-    dirs = config(names, ("env_dir",), cwd=cwd)
-    existing = [n for n in names if n not in _ENSURED
-                and Path(dirs.get(n, {}).get("env_dir", "")).is_absolute()
-                and Path(dirs[n]["env_dir"]).is_dir()]
+    dirs = {n: c.get("env_dir") for n, c in config(names, ("env_dir",), cwd=cwd).items()}
+    existing = [n for n in names if n not in _ENSURED and dirs.get(n)
+                and Path(dirs[n]).is_absolute() and Path(dirs[n]).is_dir()]
     if len(existing) < 2:
         return []
     log(f"   tox run -e {','.join(existing)} --notest (they exist: brought up to date "
