@@ -37,6 +37,7 @@ class Port:
     setenv: dict = field(default_factory=dict)
     training: bool = False  # has loss_and_grads / train_steps / dropout (the float64 NumPy
                             # reference is what the others are compared with: not itself)
+    compiles: bool = False  # compiles each case before running it (XLA): the longest ports
 
     def import_module(self) -> ModuleType:
         for k, v in self.setenv.items():
@@ -106,10 +107,11 @@ _BUILT_IN: list[Port] = [
     Port("keras-tf", "ports.keras", "keras-tf", setenv={"KERAS_BACKEND": "tensorflow"},
          training=True),
     Port("keras-jax", "ports.keras", "keras-jax",
-         setenv={"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}, training=True),
+         setenv={"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}, training=True, compiles=True),
     Port("keras-torch", "ports.keras", "keras-torch", setenv={"KERAS_BACKEND": "torch"},
          training=True),
-    Port("flax", "ports.flax", "flax", setenv={"JAX_ENABLE_X64": "1"}, training=True),
+    Port("flax", "ports.flax", "flax", setenv={"JAX_ENABLE_X64": "1"}, training=True,
+         compiles=True),
     Port("mxnet", "ports.mxnet", "mxnet", training=True),
     Port("chainer", "ports.chainer", "chainer", training=True),
     Port("opencv", "conformance.engines.opencv", "opencv", ("float32",)),

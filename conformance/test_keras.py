@@ -276,6 +276,41 @@ def test_graph_run_equals_functional_call(vid, monkeypatch):
         [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3) + 1)
 
 
+class _Traced(Exception):
+    pass
+
+
+def test_training_runs_every_layer_batched(monkeypatch):
+    """The fast model's image-by-image head (JAX/CPU) is for inference: ``train.gradients``
+    runs every layer batched on every backend (differentiated, the map was 2x slower:
+    train.py).  On JAX the gradient is traced, not compiled."""
+    from ports.keras import train
+
+    model = kport.load(seeded(Variant.from_id("1_1-p0-simple")), "float32")
+    assert isinstance(model, fast.SqueezeNet)
+
+    def no_map(f, xs):
+        raise AssertionError("training maps the head over the images")
+
+    monkeypatch.setattr(keras.ops, "map", no_map)
+    x = np.random.default_rng(0).normal(size=(2, 3, 40, 40)).astype("float32")
+    if PORT != "keras-jax":
+        train.gradients(model, x, np.array([1, 2]))
+        return
+    import jax
+
+    def trace_only(f, **kwargs):
+        def traced(*args):
+            jax.make_jaxpr(f)(*args)
+            raise _Traced
+        return traced
+
+    monkeypatch.setattr(train, "_JAX_COMPILED", {})
+    monkeypatch.setattr(jax, "jit", trace_only)
+    with pytest.raises(_Traced):
+        train.gradients(model, x, np.array([1, 2]))
+
+
 # --- layer trace, dropout, optimizer conventions (ports.keras.trace, ports.keras.train) -----
 class TestKerasTrace(TraceSuite):
     port = PORT  # paths: the fast model (load's default) and the reference network

@@ -211,8 +211,13 @@ def test_missing_directory_is_a_clear_error(tmp_path):
 
 
 # --- every codec's writer ------------------------------------------------------------------
+# No bytecode written under the file-size cap: with SIGXFSZ ignored a write past the cap is
+# cut short without an error, and Python would rename the cut .pyc of a module imported here
+# for the first time (environments are installed without compiling) into place for every
+# later process ("marshal data too short").
 WRITE_LIMITED = f"""
 import resource, signal, sys
+sys.dont_write_bytecode = True
 sys.path.insert(0, {str(ROOT)!r})
 from ports import formats
 from conformance.fuzz.seeds import quantized

@@ -177,3 +177,27 @@ def test_tox_runs_take_turns_across_processes(tmp_path, monkeypatch):
     with toxenv._tox_run_turn():
         waited = time.monotonic() - start
     assert holder.wait(timeout=60) == 0 and waited >= 1.0, waited
+
+
+def test_schedule_is_longest_first(monkeypatch):
+    """Ports run longest first: by their recorded seconds, and on a fresh clone (no records)
+    the JAX ports (they compile every case) first, then the other training ports."""
+    from conformance import matrix
+    from conformance.registry import PORTS
+
+    seconds: dict[str, float] = {}
+
+    def read(port):
+        cases = [{"seconds": seconds[port]}] if port in seconds else []
+        return ({"cases": cases} if cases else None), {}
+
+    monkeypatch.setattr(matrix.results, "read", read)
+    ports = list(PORTS)[:10]
+    order = matrix.schedule(ports)
+    jax_ports = [p for p in ports if PORTS[p].compiles]
+    assert sorted(order[:2]) == sorted(jax_ports) == ["flax", "keras-jax"]
+    training = [p for p in ports if PORTS[p].training and not PORTS[p].compiles]
+    assert order[2:2 + len(training)] == training  # registry order among equals
+    assert set(order[2 + len(training):]) == {"numpy", "opencv", "onnxruntime"}
+    seconds.update({"opencv": 900.0, "flax": 10.0})
+    assert matrix.schedule(ports)[:2] == ["opencv", "flax"]

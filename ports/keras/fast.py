@@ -86,10 +86,12 @@ class SqueezeNet(_SqueezeNet):
     conv = Conv2D
     ceil_max_pool = CeilMaxPooling2D
 
-    def call(self, inputs, training=None, mask=None, **kwargs):
+    def call(self, inputs, training=None, mask=None, per_image=True, **kwargs):
         """Keras' own graph run, except for inference on a batch with JAX on CPU: the layers
-        through :func:`per_image_head` image by image (``ops.map``), then the rest batched."""
-        if not (BACKEND == "jax" and not training and mask is None and not kwargs
+        through :func:`per_image_head` image by image (``ops.map``), then the rest batched.
+        ``per_image=False`` runs every layer batched (what training does: differentiated,
+        the map is slower, see :mod:`ports.keras.train`)."""
+        if not (per_image and BACKEND == "jax" and not training and mask is None and not kwargs
                 and len(getattr(inputs, "shape", ())) == 4 and (inputs.shape[0] or 1) > 1
                 and str(keras.distribution.list_devices()[0]).startswith("cpu")):
             return super().call(inputs, training=training, mask=mask, **kwargs)
