@@ -11,10 +11,12 @@ of ``NAME``: those whose writer process no longer exists on this machine and tha
 been modified for :data:`STALE_AFTER` seconds.  A live writer's file is never touched.
 
 Input: :func:`read_regular` reads a file another file names (a checkpoint's member, an export's
-params) only when it is a regular file of a bounded size.  :func:`read_zip_member` is the one
-zip guard (``.pth`` and ``.npz`` are zip
-archives): every size a member declares is checked against the archive's size and what
-deflate can produce before anything is read, and the read stops at the declared size.
+params) only when it is a regular file of a bounded size.  Zip archives (``.pth``, ``.npz``,
+``.keras``) go through two guards: :func:`zip_members` lists the members by name, refusing
+a name that could point out of the archive (absolute, a ``..`` component, a drive, a
+backslash path) or that appears twice; :func:`read_zip_member` checks every size a member
+declares against the archive's size and what deflate can produce before anything is read,
+and stops the read at the declared size.
 """
 
 from __future__ import annotations
@@ -216,6 +218,45 @@ def zip_error(e: BaseException) -> str:
     """A zipfile exception as one phrase."""
     text = str(e) or "unexpected end of data"
     return text if isinstance(e, zipfile.BadZipFile) else f"{type(e).__name__}: {text}"
+
+
+def unsafe_member_name(name: str) -> str | None:
+    """Why zip member ``name`` could point out of the archive when extracted (a phrase), or
+    ``None``: an absolute path, a drive letter, a ``..`` component, a backslash (a Windows
+    path separator) or a NUL byte.  Readers here never extract, but an archive holding such a
+    name was made to attack a tool that does; it is refused, not passed over."""
+    if "\0" in name:
+        return "holds a NUL byte"
+    if "\\" in name:
+        return "holds a backslash (a Windows path)"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
+        return "starts with a drive letter"
+    if ".." in name.split("/"):
+        return "has a '..' component"
+    return None
+
+
+def zip_members(infos: list[zipfile.ZipInfo], fail, *, what: str = "member",
+                limit: int | None = None) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by name, each name checked by :func:`unsafe_member_name` and
+    seen once (zipfile keeps both of two members of one name; which one a tool reads
+    differs between tools); at most ``limit`` of them.  Any problem is ``fail(...)`` naming
+    the member."""
+    if limit is not None and len(infos) > limit:
+        raise fail(f"archive has {len(infos)} {what}s, more than {limit}")
+    out: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        problem = unsafe_member_name(name)
+        if problem is not None:
+            raise fail(f"archive {what} {name[:200]!r} {problem}: refused (a name that "
+                       "points out of the archive)")
+        if name in out:
+            raise fail(f"archive {what} {name[:200]!r} appears twice")
+        out[name] = info
+    return out
 
 
 def zip_member_problem(info: zipfile.ZipInfo, size: int) -> str | None:

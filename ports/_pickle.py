@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ._io import ZIP_ERRORS, read_zip_member, zip_error
+from ._io import ZIP_ERRORS, read_zip_member, zip_error, zip_members
 from .canonical import failing, widen_bfloat16
 from .errors import WeightsError
 
@@ -314,8 +314,7 @@ def check_pickle(data: bytes) -> None:
 
 def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[str, bytes]]:
     infos = archive.infolist()
-    if len(infos) > MAX_RECORDS:
-        raise fail(f"archive has {len(infos)} records, more than {MAX_RECORDS}")
+    zip_members(infos, fail, what="record", limit=MAX_RECORDS)  # names safe, none twice
     pkls = [i for i in infos if i.filename.endswith("/data.pkl")
             and i.filename.count("/") == 1]
     if not pkls:

@@ -258,7 +258,7 @@ def _central_entries(data: bytearray):
     (b"[" * 100_000 + b"]" * 100_000, "config.json is not valid JSON: RecursionError"),
     (json.dumps({"class_name": "Sequential", "config": {"layers": [
         {"class_name": "Dense", "config": {"name": "fc"}}]}}).encode(),
-     "cannot infer the variant: no config.json layer conv1"),
+     "config.json: layer fc is a Dense: a SqueezeNet is made of"),
     (json.dumps({"class_name": "MyNet", "config": {}}).encode(), "holds a 'MyNet' model"),
     (json.dumps({"class_name": "Functional", "config": {"layers": 3}}).encode(),
      "no list of layers"),
@@ -279,7 +279,7 @@ def test_keras_file_config_and_weights_disagree(tmp_path, seeded):
     m = members(_written(tmp_path, seeded))
     config = json.loads(m["config.json"])
     layers = config["config"]["layers"]
-    layers.append({**layers[-1], "class_name": "Dense", "name": "fc",
+    layers.append({**layers[-1], "class_name": "Softmax", "name": "fc",
                    "config": {"name": "fc"}})
     layers.append({**layers[-1], "class_name": "Conv2D", "name": "fire2_expand1x1",
                    "config": {"name": "fire2_expand1x1"}})
@@ -288,7 +288,11 @@ def test_keras_file_config_and_weights_disagree(tmp_path, seeded):
     refuse(path, "layer name 'fire2_expand1x1' used twice")
     layers.pop()
     rezip(path, {**m, "config.json": json.dumps(config).encode()})
-    refuse(path, r"does not describe SqueezeNet 1_1-p0-none-c10: layer fc \(Dense\) is not part")
+    refuse(path, r"does not describe SqueezeNet 1_1-p0-none-c10: layer fc \(Softmax\) is not "
+           "part")
+    layers[-1]["class_name"] = "Dense"    # not a layer a SqueezeNet is made of: refused first
+    rezip(path, {**m, "config.json": json.dumps(config).encode()})
+    refuse(path, "config.json: layer fc is a Dense: a SqueezeNet is made of")
     layers.pop()
     layers[1]["config"]["filters"] = 32   # conv1 with 32 filters: no SqueezeNet
     rezip(path, {**m, "config.json": json.dumps(config).encode()})

@@ -73,14 +73,14 @@ def test_cases_that_once_crashed_a_reader_now_end_in_success_or_weights_error(tm
     found = []
     for seed, cases in KNOWN_CRASHERS[name].items():
         s = fuzz.fuzz(name, 0, seed=seed, indices=cases, timeout=5.0, out=tmp_path,
-                      log=lambda _: None, progress_every=0)
+                      log=lambda _: None, progress_every=0, hostile=False)
         assert s.skipped is None, s.skipped
         found += [f"--seed {seed} case {c['case']}: {c['kind']}: {c['msg']}" for c in s.crashes]
     assert not found, "\n".join(found)
 
 
 def test_a_relative_out_folder_keeps_the_companion_files_in_reach(tmp_path, monkeypatch):
-    """A case of a two-file format reads its mutated symbol file beside links to the
+    """A case of a two-file format reads its mutated symbol file beside copies of the
     seed's params file; with ``--out`` relative to the caller's folder those links once
     dangled, and every case that got past the JSON was rejected for a missing params file."""
     monkeypatch.chdir(tmp_path)
@@ -97,7 +97,7 @@ def test_a_type_error_of_our_own_in_an_hdf5_reader_stays_a_bug(tmp_path):
     raised by our own parsing code is not, and must not be reported as a bad file."""
     import h5py
 
-    from ports.formats import keras as keras_codec
+    from ports.formats import _hdf5
 
     path = tmp_path / "f.h5"
     with h5py.File(path, "w") as f:
@@ -107,7 +107,7 @@ def test_a_type_error_of_our_own_in_an_hdf5_reader_stays_a_bug(tmp_path):
         raise TypeError("a bug of ours")
 
     with pytest.raises(TypeError, match="a bug of ours"):
-        keras_codec.read_hdf5(str(path), None, ours)
+        _hdf5.opened(str(path), None, ours, "keras")
 
 
 def test_cases_are_deterministic_and_differ_between_seeds(tmp_path):

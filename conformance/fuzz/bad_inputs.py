@@ -17,6 +17,7 @@ import numpy as np
 from ports import formats
 from ports.spec import Variant
 
+from . import hostile, hostile_folders
 from .outcome import run_one
 from .seeds import availability, build_seeds
 
@@ -121,6 +122,11 @@ def _hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
         folder("an OCDBT database (Orbax's default layout) where Orbax is not installed"
                if importlib.util.find_spec("orbax") is None else "a broken OCDBT manifest",
                lambda d: (d / "manifest.ocdbt").write_bytes(b"\x0c\xdb:*"))
+    for case in hostile.build_all(name, directory / "hostile"):
+        out.append((case.label, case.path))
+    if name in hostile_folders.BUILDERS:
+        for case in hostile_folders.build_all(directory / "hostile-folders", name):
+            out.append((case.label, case.path))
     if name == "safetensors":
         def st(header: bytes, data: bytes = b"") -> bytes:
             return struct.pack("<Q", len(header)) + header + data

@@ -202,9 +202,10 @@ def _worker_main() -> None:
             case_paths.append((copy / s.path.relative_to(s.root), copy))
             continue
         for c in s.companions:
-            link = d / c.name
-            if not link.exists():
-                os.symlink(c.resolve(), link)  # the worker runs in ROOT, its links in scratch
+            # A copy, not a link: a reader refuses a companion that is a symbolic link.
+            copy = d / c.name
+            if not copy.exists():
+                shutil.copyfile(c, copy)
         case_paths.append((d / s.path.name, d / s.path.name))
     # Warm up (imports, caches) on the seeds themselves, then limit memory.
     formats.codec(name)
@@ -325,10 +326,12 @@ def fuzz(name: str, cases: int, *, seed: int = 0, timeout: float = DEFAULT_TIMEO
          memory_mb: int = DEFAULT_MEMORY_MB, out: Path | None = None, start: int = 0,
          log: Callable[[str], None] = _print, progress_every: float = 5.0,
          max_crashes: int = 1000, indices: Iterable[int] | None = None,
-         seconds: float | None = None) -> Summary:
+         seconds: float | None = None, hostile: bool = True) -> Summary:
     """Run cases ``start .. start+cases-1`` (or exactly ``indices``) of format ``name``;
     returns the summary.  Stops early after ``max_crashes`` crashes (each costs a fresh
-    worker) or, given ``seconds``, when that much time has passed since the first case."""
+    worker) or, given ``seconds``, when that much time has passed since the first case.
+    ``hostile=False`` leaves out the hostile seeds (:func:`build_seeds`): the cases are
+    then those of campaigns before they were added."""
     summary = Summary(name, engine="mutation")
     why = availability(name)
     if why is not None:
@@ -338,7 +341,7 @@ def fuzz(name: str, cases: int, *, seed: int = 0, timeout: float = DEFAULT_TIMEO
     out = Path(out).resolve() if out is not None else ROOT / "build" / "fuzz"
     crash_dir = out / "crashes"
     t_start = time.monotonic()
-    seeds = build_seeds(name, out / "seeds", log)
+    seeds = build_seeds(name, out / "seeds", log, hostile=hostile)
     summary.seeds = [f"{s.label} ({s.path.stat().st_size} bytes, {len(s.hot)} hot)"
                      for s in seeds]
     mutator = Mutator(seeds, name, seed)

@@ -132,9 +132,12 @@ def write_seeded(name: str, variant: Variant, dest: Path, twin: int = 0) -> None
         formats.write(quantized(weights), dest, name)
 
 
-def build_seeds(name: str, directory: Path, log: Callable[[str], None] = _print) -> list[Seed]:
-    """Write (or collect) the valid seed files of format ``name`` under ``directory``:
-    the first two :data:`CANDIDATES` the codec writes and reads back, and shared files."""
+def build_seeds(name: str, directory: Path, log: Callable[[str], None] = _print, *,
+                hostile: bool = True) -> list[Seed]:
+    """Write (or collect) the seed files of format ``name`` under ``directory``: the first
+    two :data:`CANDIDATES` the codec writes and reads back, shared files, and (``hostile``)
+    the files of :mod:`conformance.fuzz.hostile` that point out of themselves (last, so
+    that without them the seeds, and so every case, are those of earlier campaigns)."""
     mod = formats.codec(name)
     ext = formats.FORMATS[name][1][0]
     seeds: list[Seed] = []
@@ -179,4 +182,13 @@ def build_seeds(name: str, directory: Path, log: Callable[[str], None] = _print)
         seeds.append(Seed(p, [], _text_runs(p.read_bytes()), f"shared {p.name}"))
     if not seeds:
         raise RuntimeError(f"{name}: no seed file (cannot write and no shared file)")
+    if hostile:
+        from .hostile import build_all
+
+        d = directory / name / "hostile"
+        shutil.rmtree(d, ignore_errors=True)
+        for case in build_all(name, d):
+            if case.seed:   # their mutants must be refused as they are
+                seeds.append(Seed(case.path, [], _text_runs(case.path.read_bytes()),
+                                  f"hostile: {case.label}"))
     return seeds

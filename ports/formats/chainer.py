@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write, check_zip_member
+from .._io import atomic_write, check_zip_member, zip_members
 from ..canonical import Weights, failing, infer_variant, key_problems, meta_variant, string_meta
 from ..errors import WeightsError
 from ..spec import Variant
@@ -108,6 +108,7 @@ def _decode(f, size: int, *, path, variant: Variant | None) -> Weights:
         infos = archive.infolist()
         if len(infos) > MAX_MEMBERS:
             raise fail(f"{len(infos)} archive members, more than {MAX_MEMBERS}")
+        zip_members(infos, fail)  # no name that points out of the archive
         members: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             if not info.filename.endswith(".npy"):

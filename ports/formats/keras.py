@@ -62,7 +62,7 @@ from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
-from . import FORMATS, dependency
+from . import FORMATS, _hdf5, dependency
 
 NAME = "keras"
 EXTENSIONS = FORMATS[NAME].extensions
@@ -364,8 +364,8 @@ def from_h5(f, *, variant: Variant | None = None, path=None,
         raise fail(f"does not match SqueezeNet {chosen.id} ({how}): " + "; ".join(problems))
     tensors = {}
     for canonical, (kernel, bias) in datasets.items():
-        tensors[f"{canonical}.weight"] = hwio_to_oihw(np.asarray(kernel[()], np.float32))
-        tensors[f"{canonical}.bias"] = np.ascontiguousarray(bias[()], np.float32)
+        tensors[f"{canonical}.weight"] = hwio_to_oihw(_hdf5.array(kernel))
+        tensors[f"{canonical}.bias"] = _hdf5.array(bias)
     if not C.has_architecture(meta):
         meta = {**meta, **chosen.to_meta()}
         meta.setdefault("preprocessing", "none")
@@ -381,48 +381,15 @@ def decode(blob: bytes, *, variant: Variant | None = None, path=None) -> Weights
 # file, beyond what any ``except`` catches: untrusted files are read in a helper process
 # with a memory cap and a deadline (ports._sandbox; never a fork of this process, which may
 # be running TensorFlow or JAX thread pools).  A real file reads in well under a second.
-SANDBOX_MEMORY = 256 << 20   # bytes beyond the helper's address space, plus 16x the file
+SANDBOX_MEMORY = 128 << 20   # bytes beyond the helper's address space, plus 16x the file
 SANDBOX_SECONDS = 3.0        # plus 1 s per 50 MB of file
-
-
-def read_hdf5(source: str | None, data: bytes | None, parse, fmt: str = NAME):
-    """``parse(h5py.File)`` on the file ``source`` (or the bytes ``data``), libhdf5's reports
-    of a damaged file turned into :class:`WeightsError` (for every HDF5 codec, ``fmt``)."""
-    h5py = dependency("h5py", fmt)
-
-    try:
-        f = h5py.File(io.BytesIO(data) if data is not None else source, "r")
-    except OSError as e:
-        raise WeightsError(f"not an HDF5 file ({e})", format=fmt) from None
-    with f:
-        try:
-            return parse(f)
-        except (OSError, KeyError, RuntimeError, TypeError) as e:
-            # libhdf5's reports of a damaged file reach Python as OSError, RuntimeError, or
-            # a KeyError "Unable to ..."; a datatype h5py cannot map to NumPy (a string
-            # encoding that does not exist) as a TypeError raised inside h5py.  Any other
-            # KeyError or TypeError is a bug of ours, said as one.
-            if isinstance(e, KeyError) and "Unable to" not in str(e):
-                raise
-            if isinstance(e, TypeError) and not _raised_in_h5py(e):
-                raise
-            raise WeightsError(f"damaged HDF5 file ({type(e).__name__}: {e})",
-                               format=fmt) from None
-
-
-def _raised_in_h5py(e: BaseException) -> bool:
-    """Whether the innermost frame of ``e``'s traceback is h5py's own code."""
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and "h5py" in Path(tb.tb_frame.f_code.co_filename).parts
 
 
 def _read_in_process(source: str | None, variant: str | None,
                      data: bytes | None = None) -> tuple[dict, dict]:
     """What the helper runs: the file ``source`` (or the bytes ``data``) -> (tensors, meta)."""
-    weights = read_hdf5(source, data, lambda f: from_h5(
-        f, variant=Variant.from_id(variant) if variant else None))
+    weights = _hdf5.opened(source, data, lambda f: from_h5(
+        f, variant=Variant.from_id(variant) if variant else None), NAME)
     return weights.tensors, weights.meta
 
 

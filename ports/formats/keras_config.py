@@ -47,6 +47,17 @@ BUILTIN_KINDS = {"input_layer", "conv2d", "re_lu", "activation", "zero_padding2d
                  "max_pooling2d", "concatenate", "add", "dropout", "global_average_pooling2d"}
 PORTS_KINDS = {"ceil_max_pooling2d", "exact_global_average_pooling2d"}
 IMPORT_NOTE = "needs `import ports.keras` before keras.saving.load_model"
+# What a SqueezeNet is made of: the layer classes a config may name (Keras 3 and Keras 2
+# spellings; Softmax and Flatten for heads that end in them), and ports.keras's own.
+LAYER_CLASSES = {"InputLayer", "Conv2D", "Convolution2D", "ReLU", "Activation",
+                 "ZeroPadding2D", "MaxPooling2D", "MaxPool2D", "Concatenate", "Add", "Dropout",
+                 "GlobalAveragePooling2D", "GlobalAvgPool2D", "Softmax", "Flatten",
+                 "CeilMaxPooling2D", "ExactGlobalAveragePooling2D"}
+OUR_PACKAGE = "squeezenet_ports"   # registered names "squeezenet_ports>Class"
+CODE_CLASSES = {"Lambda", "__lambda__", "TFOpLambda", "SlicingOpLambda", "function"}
+MAX_NODES = 1_000_000            # JSON values walked by :func:`refuse_foreign`
+FOREIGN = ("a SqueezeNet is made of Keras's built-in layers and ports.keras's only; nothing "
+           "a model config names is imported or run")
 
 
 def needs_ports(variant: Variant) -> bool:
@@ -261,6 +272,60 @@ def parse_json(text: bytes | str, what: str, fail, *, limit: int = MAX_CONFIG) -
         raise fail(f"{what} is not valid JSON: {type(e).__name__}: {e}"[:300]) from None
 
 
+def _foreign(node: dict) -> str | None:
+    """What is foreign in one serialized object (a dict with ``class_name`` or ``module``):
+    code (a ``Lambda``, a marshalled function), a module outside Keras and ours, or a class
+    registered by another package; else None."""
+    cls, module, registered = (node.get(k) for k in ("class_name", "module", "registered_name"))
+    if isinstance(cls, str) and cls in CODE_CLASSES:
+        return f"a {cls[:60]} (code)"
+    if module is not None and not (isinstance(module, str) and (
+            module in ("keras", "tf_keras", "ports.keras")
+            or module.startswith(("keras.", "tf_keras.")))):
+        return f"an object of module {str(module)[:100]!r}"
+    if isinstance(registered, str) and ">" in registered \
+            and not registered.startswith(OUR_PACKAGE + ">"):
+        return f"a custom object {registered[:100]!r}"
+    return None
+
+
+def _label(node: dict) -> str | None:
+    """The ``name`` a serialized object gives itself (Keras 3 or Keras 2 style), if any."""
+    name = node.get("name")
+    if not isinstance(name, str) and isinstance(node.get("config"), dict):
+        name = node["config"].get("name")
+    return name[:100] if isinstance(name, str) else None
+
+
+def refuse_foreign(config: Any, what: str, fail) -> None:
+    """Refuse a model config that names anything a SqueezeNet is not made of: a layer class
+    outside :data:`LAYER_CLASSES`, a ``Lambda`` or any other code, a module outside Keras
+    and ``ports.keras``, a custom object of another package.  Both Keras readers (``.keras``
+    and the legacy ``.h5``'s ``model_config``) call it first, so they refuse alike, with the
+    same message; nothing named is ever imported or unmarshalled."""
+    inner = config.get("config") if isinstance(config, dict) else None
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    for k, entry in enumerate(layers[:MAX_CONFIG_LAYERS] if isinstance(layers, list) else []):
+        cls = entry.get("class_name") if isinstance(entry, dict) else None
+        if isinstance(cls, str) and cls.split(">")[-1] not in LAYER_CLASSES:
+            raise fail(f"{what}: layer {_label(entry) or '#' + str(k)} is a {cls[:100]}: "
+                       f"{FOREIGN}")
+    stack, seen = [config], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise fail(f"{what}: more than {MAX_NODES} JSON values")
+        if isinstance(node, dict):
+            problem = _foreign(node)
+            if problem is not None:
+                label = _label(node)
+                raise fail(f"{what}: {label + ' ' if label else ''}holds {problem}: {FOREIGN}")
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+
+
 def _names(node: Any, depth: int = 0) -> Iterator[str]:
     """Layer names an inbound node reads: Keras 3 (``keras_history: [name, 0, 0]``) and
     Keras 2 (``[[name, 0, 0, {}], ...]``) alike."""
@@ -390,6 +455,7 @@ def read_config(config: Any, fail, what: str = "config.json") -> ModelConfig:
     with ``ports.keras``'s layer names (built-in or custom layers)."""
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise fail(f"{what} is not a serialized Keras model (no class_name)")
+    refuse_foreign(config, what, fail)
     cls = config["class_name"]
     if is_ports_form(config):
         args = config.get("config")

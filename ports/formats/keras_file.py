@@ -39,18 +39,18 @@ import zipfile
 from pathlib import Path
 
 from .. import canonical as C
-from .._io import ZIP_ERRORS, atomic_write, read_zip_member, zip_error
+from .._io import ZIP_ERRORS, atomic_write, read_zip_member, zip_error, zip_members
 from ..canonical import Weights
 from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS, dependency
+from . import FORMATS, _hdf5, dependency
 from . import keras as K3
 from . import keras_config as KC
 
 NAME = "keras-file"
 EXTENSIONS = FORMATS[NAME].extensions
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
-MAX_MEMBERS = 1_000          # members of an archive (Keras writes 3, plus assets)
+MAX_MEMBERS = 1_000          # members of an archive (Keras writes 3 for a SqueezeNet)
 MAX_METADATA = 1 << 20       # bytes of metadata.json
 MAX_WEIGHTS = 1 << 31        # bytes of model.weights.h5
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -110,14 +110,7 @@ def _members(source, size: int, fail) -> dict[str, bytes]:
     except ZIP_ERRORS as e:
         raise fail(f"bad zip archive: {zip_error(e)}") from None
     with archive:
-        infos = archive.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise fail(f"archive has {len(infos)} members, more than {MAX_MEMBERS}")
-        by_name: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            if info.filename in by_name:
-                raise fail(f"member {info.filename[:100]!r} appears twice")
-            by_name[info.filename] = info
+        by_name = zip_members(archive.infolist(), fail, limit=MAX_MEMBERS)
         if CONFIG not in by_name:
             listed = ", ".join(sorted(by_name)[:10]) or "none"
             raise fail(f"no {CONFIG}: not a Keras 3 .keras file (members: {listed})"[:400])
@@ -125,6 +118,11 @@ def _members(source, size: int, fail) -> dict[str, bytes]:
             other = ("model.weights.npz" in by_name and
                      " (weights saved as .npz, weights_format='npz': not read here)")
             raise fail(f"no {WEIGHTS}{other or ''}")
+        unknown = sorted(set(by_name) - {CONFIG, METADATA, WEIGHTS})
+        if unknown:
+            raise fail(f"archive member(s) {', '.join(repr(n[:100]) for n in unknown[:5])} "
+                       f"that a .keras file of a SqueezeNet does not have (it holds {METADATA}, "
+                       f"{CONFIG} and {WEIGHTS}; SqueezeNet has no assets)")
         out = {CONFIG: read_zip_member(archive, by_name[CONFIG], size, f"member {CONFIG}",
                                        fail, limit=KC.MAX_CONFIG),
                WEIGHTS: read_zip_member(archive, by_name[WEIGHTS], size, f"member {WEIGHTS}",
@@ -148,16 +146,10 @@ def _keras_version(metadata: bytes | None) -> str | None:
 def _read_in_process(variant: str, layers: list | None, data: bytes | None = None
                      ) -> tuple[dict, dict]:
     """What the helper runs: the weights member's bytes -> (tensors, meta)."""
-    h5py = K3._h5py()
-
-    try:
-        f = h5py.File(io.BytesIO(data), "r")
-    except OSError as e:
-        raise WeightsError(f"{WEIGHTS}: not an HDF5 file ({e})", format=NAME) from None
-    with f:
-        weights = K3.from_h5(f, variant=Variant.from_id(variant),
-                             layers=None if layers is None else [tuple(x) for x in layers],
-                             what="keras .keras file")
+    weights = _hdf5.opened(None, data, lambda f: K3.from_h5(
+        f, variant=Variant.from_id(variant),
+        layers=None if layers is None else [tuple(x) for x in layers],
+        what="keras .keras file"), NAME, what=f"{WEIGHTS}: ")
     return weights.tensors, weights.meta
 
 

@@ -53,7 +53,7 @@ from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
-from . import FORMATS, dependency
+from . import FORMATS, _hdf5, dependency
 from . import keras as K3
 from . import keras_config as KC
 
@@ -241,6 +241,7 @@ def _graph(f, fail) -> list[KC.ConfigLayer] | KC.ModelConfig | None:
         return None
     what = "attribute model_config"
     config = KC.parse_json(_text(f.attrs["model_config"], what, fail), what, fail)
+    KC.refuse_foreign(config, what, fail)
     if isinstance(config, dict) and KC.is_ports_form(config):
         return KC.read_config(config, fail, what)
     return KC.graph_layers(config, what, fail)
@@ -415,10 +416,8 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
                    + "; ".join(problems))
     tensors = {}
     for canonical in expected:
-        tensors[f"{canonical}.weight"] = hwio_to_oihw(
-            np.asarray(datasets[(canonical, "kernel")][()], np.float32))
-        tensors[f"{canonical}.bias"] = np.ascontiguousarray(
-            datasets[(canonical, "bias")][()], np.float32)
+        tensors[f"{canonical}.weight"] = hwio_to_oihw(_hdf5.array(datasets[(canonical, "kernel")]))
+        tensors[f"{canonical}.bias"] = _hdf5.array(datasets[(canonical, "bias")])
     if not C.has_architecture(meta):
         kind = "whole-model file" if graph is not None else "weights file"
         saved = ", ".join(filter(None, [f"Keras {version}" if version else "",
@@ -445,7 +444,7 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
 # HDF5 in the helper process, as ports.formats.keras does (see there).
 def _read_in_process(source: str | None, variant: str | None,
                      data: bytes | None = None) -> tuple[dict, dict]:
-    weights = K3.read_hdf5(source, data, lambda f: from_h5(
+    weights = _hdf5.opened(source, data, lambda f: from_h5(
         f, variant=Variant.from_id(variant) if variant else None), NAME)
     return weights.tensors, weights.meta
 

@@ -46,7 +46,10 @@ more convolutions).  Other nodes are not judged (the Gluon zoo's SqueezeNet ends
 ``source`` come from ``squeezenet_metadata`` when present, otherwise ``torchvision`` (the
 Gluon zoo's) and ``mxnet export <symbol file>``.  Other epochs: ``read(..., epoch=N)``
 reads ``PREFIX-000N.params``.  Bounds: the symbol file at most 16 MiB and 100,000 nodes;
-every index, attribute and name is checked before use.
+every index, attribute and name is checked before use.  The pair is read only from its own
+two files, side by side: either one a symbolic link (or a FIFO, a device) is refused, and
+each is opened without following links and checked to be the file judged
+(:func:`ports._folder.read_file`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ import numpy as np
 
 from .. import canonical
 from .. import spec as S
-from .._io import atomic_write, read_regular
+from .._folder import read_file
+from .._io import atomic_write
 from ..canonical import Weights, failing, key_problems
 from ..spec import Variant
 from . import FORMATS
@@ -78,6 +82,7 @@ MAX_SYMBOL = 16 << 20
 MAX_NODES = 100_000
 MAX_INPUTS = 1024
 MAX_ATTR = 4096
+PAIR = "an MXNet export pair"   # read only from its own files
 ADD_OPS = ("elemwise_add", "_Plus", "_plus", "broadcast_add", "_add")
 _TUPLE = re.compile(r"^\(?\s*(\d{1,9}(?:\s*,\s*\d{1,9}){0,7})?\s*,?\s*\)?$")
 _EPOCH_PARAMS = re.compile(r"^-(\d{4,})\.params$")
@@ -375,7 +380,7 @@ def read(path, *, variant: Variant | None = None, epoch: int | None = None) -> W
     params file), checked against the spec by :func:`ports.formats.read`."""
     symbol_path, params_path = paths(path)
     fail = failing(symbol_path, NAME)
-    blob = read_regular(symbol_path, "symbol file", fail, limit=MAX_SYMBOL)
+    blob = read_file(symbol_path, "symbol file", fail, limit=MAX_SYMBOL, noun=PAIR)
     nodes, graph_attrs = parse_symbol(blob, fail)
     meta = None
     if META_ATTR in graph_attrs:
@@ -387,7 +392,7 @@ def read(path, *, variant: Variant | None = None, epoch: int | None = None) -> W
     adds = sum(n["op"] in ADD_OPS for n in nodes)
     params_path = _params_path(symbol_path, params_path, epoch, fail)
     pfail = failing(params_path, NAME)
-    blob = read_regular(params_path, f"params file {params_path.name}", pfail)
+    blob = read_file(params_path, f"params file {params_path.name}", pfail, noun=PAIR)
     arrays = decode_ndarrays(blob, path=params_path)
     args = {}
     for name, arr in arrays.items():

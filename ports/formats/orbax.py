@@ -58,6 +58,13 @@ tree key must be a plain name (letters, digits, ``_``: no path can leave the dir
 key paths and every shape must be the spec's, and every file read must be a regular file of
 exactly the size its metadata implies.  Nothing is unpickled.
 
+A checkpoint is read only from its own folder: the folder is walked once before anything is
+read (:class:`ports._folder.Folder`), and a symbolic link anywhere inside it (a chunk, a
+leaf's folder, ``_METADATA``), a FIFO or a device is refused; each file is then opened
+without following links and checked to be the file the walk saw.  Orbax, which opens files
+itself, is given a private copy of the checked files in a temporary directory, never the
+folder itself.
+
 Writing is atomic: the checkpoint is made in a temporary directory beside ``PATH``
 (``.NAME.PID.RANDOM.part``) and renamed onto it; an existing ``PATH`` is replaced (with
 ``overwrite``) only when it is an Orbax checkpoint or an empty directory.
@@ -65,6 +72,7 @@ Writing is atomic: the checkpoint is made in a temporary directory beside ``PATH
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -80,7 +88,8 @@ from typing import Any
 import numpy as np
 
 from .. import canonical
-from .._io import STALE_AFTER, _fsync_dir, _pid_alive, read_regular, temp_prefix
+from .._folder import Folder
+from .._io import STALE_AFTER, _fsync_dir, _pid_alive, temp_prefix
 from ..canonical import Weights, failing, key_problems
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
@@ -106,6 +115,7 @@ MAX_LEAVES = 4096         # leaves of the tree (SqueezeNet's: at most 60)
 MAX_DEPTH = 16            # keys in one path
 MAX_NDIM = 8
 MAX_CHUNKS = 4096         # chunks of one array
+MAX_COPY = 256 << 20      # bytes of a checkpoint copied for Orbax (SqueezeNet's: 5 MB)
 _PLAIN = re.compile(r"^[A-Za-z0-9_]{1,128}$")
 _DTYPES = {"<f4": "<f4", ">f4": ">f4", "<f8": "<f8", ">f8": ">f8", "<f2": "<f2",
            ">f2": ">f2", "bfloat16": "<u2"}  # zarr v2 dtype -> NumPy dtype of the bytes
@@ -251,8 +261,8 @@ def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
 
 
 # --- reading: files and metadata --------------------------------------------------------------
-def _load_json(path: Path, limit: int, what: str, fail) -> Any:
-    data = read_regular(path, what, fail, limit=limit)
+def _load_json(folder: Folder, rel: str, limit: int, what: str, fail) -> Any:
+    data = folder.read(rel, what, limit=limit)
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -268,9 +278,9 @@ def _int_list(value, what: str, fail, *, positive: bool = False) -> tuple[int, .
     return tuple(value)
 
 
-def _tree(directory: Path, fail) -> tuple[dict[tuple[str, ...], dict], dict]:
+def _tree(folder: Folder, fail) -> tuple[dict[tuple[str, ...], dict], dict]:
     """``_METADATA``: key path -> its value metadata, and the top-level fields."""
-    meta = _load_json(directory / TREE_METADATA, MAX_JSON, TREE_METADATA, fail)
+    meta = _load_json(folder, TREE_METADATA, MAX_JSON, TREE_METADATA, fail)
     if not isinstance(meta, dict) or not isinstance(meta.get("tree_metadata"), dict):
         raise fail(f"{TREE_METADATA} has no 'tree_metadata' map: not an Orbax PyTree "
                    "checkpoint")
@@ -299,12 +309,11 @@ def _tree(directory: Path, fail) -> tuple[dict[tuple[str, ...], dict], dict]:
     return tree, meta
 
 
-def _our_meta(directory: Path, fail) -> dict[str, str] | None:
+def _our_meta(folder: Folder, fail) -> dict[str, str] | None:
     """The canonical metadata in ``_CHECKPOINT_METADATA``'s ``custom_metadata``, if any."""
-    path = directory / CHECKPOINT_METADATA
-    if not os.path.lexists(path):
+    if not folder.exists(CHECKPOINT_METADATA):
         return None
-    meta = _load_json(path, MAX_JSON, CHECKPOINT_METADATA, fail)
+    meta = _load_json(folder, CHECKPOINT_METADATA, MAX_JSON, CHECKPOINT_METADATA, fail)
     if not isinstance(meta, dict):
         raise fail(f"{CHECKPOINT_METADATA} is not a JSON object")
     custom = meta.get("custom_metadata") or {}
@@ -324,11 +333,11 @@ def _canonical_paths(tree: dict[tuple[str, ...], Any], fail) -> dict[str, tuple[
 
 
 # --- reading: the arrays ----------------------------------------------------------------------
-def _zarr_header(directory: Path, keys: tuple[str, ...], fail) -> dict:
+def _zarr_header(folder: Folder, keys: tuple[str, ...], fail) -> dict:
     """The checked ``.zarray`` of the leaf at ``keys``."""
     base = param_name(keys)
     what = f"{base}/{ZARRAY}"
-    z = _load_json(directory / base / ZARRAY, MAX_ZARRAY, what, fail)
+    z = _load_json(folder, what, MAX_ZARRAY, what, fail)
     if not isinstance(z, dict) or z.get("zarr_format") != 2:
         raise fail(f"{what}: not zarr v2 metadata (zarr_format 2)")
     shape = _int_list(z.get("shape"), f"{what}: shape", fail)
@@ -347,7 +356,7 @@ def _zarr_header(directory: Path, keys: tuple[str, ...], fail) -> dict:
     return {**z, "shape": shape, "chunks": chunks}
 
 
-def _zarr_array(directory: Path, keys: tuple[str, ...], z: dict, fail) -> np.ndarray:
+def _zarr_array(folder: Folder, keys: tuple[str, ...], z: dict, fail) -> np.ndarray:
     """The array of a checked, uncompressed ``.zarray`` ``z``, as float32."""
     base = param_name(keys)
     shape, chunks = z["shape"], z["chunks"]
@@ -360,7 +369,7 @@ def _zarr_array(directory: Path, keys: tuple[str, ...], z: dict, fail) -> np.nda
     order = z.get("order", "C")
     for index in np.ndindex(*grid):
         name = z.get("dimension_separator", ".").join(map(str, index)) or "0"
-        raw = read_regular(directory / base / name, f"{base}/{name}", fail, exact=nbytes)
+        raw = folder.read(f"{base}/{name}", f"{base}/{name}", exact=nbytes)
         chunk = np.frombuffer(raw, dtype).reshape(chunks, order=order)
         region = tuple(slice(i * c, min((i + 1) * c, s))
                        for i, c, s in zip(index, chunks, shape))
@@ -382,7 +391,8 @@ def _orbax(fail):
 
 
 def _orbax_shapes(directory: Path, fail) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Key path -> shape, from Orbax's own metadata of the checkpoint."""
+    """Key path -> shape, from Orbax's own metadata of the checkpoint in ``directory`` (a
+    private copy of the checked folder: see :func:`_private_copy`)."""
     ocp = _orbax(fail)
     try:
         meta = ocp.PyTreeCheckpointer().metadata(directory)
@@ -406,7 +416,8 @@ def _flatten(tree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
 
 
 def _orbax_arrays(directory: Path, fail) -> dict[tuple[str, ...], np.ndarray]:
-    """Every leaf restored by Orbax as a NumPy array."""
+    """Every leaf restored by Orbax as a NumPy array, from ``directory`` (a private copy of
+    the checked folder: see :func:`_private_copy`)."""
     ocp = _orbax(fail)
     try:
         import jax
@@ -443,28 +454,52 @@ def _variant_of(meta: dict | None, variant: Variant | None,
     return found, meta
 
 
+def _private_copy(folder: Folder, stack: contextlib.ExitStack, fail) -> Path:
+    """A copy of the checked folder, made once per read in a temporary directory removed
+    when ``stack`` closes: what Orbax (whose TensorStore opens files itself, in C++) reads,
+    so that nothing changed in the user's folder after the check can reach it."""
+    _orbax(fail)  # first: without Orbax, nothing is copied
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="squeezenet-orbax."))
+    return folder.private_copy(Path(tmp) / "checkpoint", MAX_COPY)
+
+
 def read(path, *, variant: Variant | None = None) -> Weights:
     """Canonical weights from the checkpoint directory ``path`` (checked against the spec
-    by :func:`ports.formats.read`)."""
+    by :func:`ports.formats.read`).  Every file is read through a checked
+    :class:`ports._folder.Folder`: a symbolic link, FIFO or device anywhere inside is
+    refused."""
     directory = Path(path)
     fail = failing(path, NAME)
     if not directory.is_dir():
         raise fail("not a directory (an Orbax checkpoint is one)")
-    if not os.path.lexists(directory / TREE_METADATA):
-        found = sorted(os.listdir(directory))[:8]
+    folder = Folder.check(directory, fail)
+    if not folder.exists(TREE_METADATA):
+        found = folder.listdir()[:8]
         raise fail(f"no {TREE_METADATA} file: not an Orbax PyTree checkpoint (it holds "
                    f"{', '.join(found) if found else 'nothing'})")
-    tree, top = _tree(directory, fail)
-    meta = _our_meta(directory, fail)
+    with contextlib.ExitStack() as stack:
+        copies: list[Path] = []
+
+        def private() -> Path:  # the copy Orbax reads, made on first need
+            if not copies:
+                copies.append(_private_copy(folder, stack, fail))
+            return copies[0]
+
+        return _read(folder, variant, fail, private)
+
+
+def _read(folder: Folder, variant: Variant | None, fail, private) -> Weights:
+    tree, top = _tree(folder, fail)
+    meta = _our_meta(folder, fail)
     paths = _canonical_paths(tree, fail)
-    plain = not os.path.lexists(directory / OCDBT_MANIFEST) and not top.get("use_zarr3")
+    plain = not folder.exists(OCDBT_MANIFEST) and not top.get("use_zarr3")
     headers: dict[str, dict] = {}
 
     def shape(p: str):  # the shape the checkpoint gives the leaf at state path p
         if p not in paths:
             return None
         if p not in headers:
-            headers[p] = _zarr_header(directory, paths[p], fail)
+            headers[p] = _zarr_header(folder, paths[p], fail)
         return headers[p]["shape"]
 
     if plain:
@@ -474,7 +509,7 @@ def read(path, *, variant: Variant | None = None) -> Weights:
         shapes = {p: shape(p) for p in ("conv1/kernel", "conv10/kernel") if p in paths}
         shapes.update(dict.fromkeys(set(paths) - set(shapes)))
     else:
-        by_keys = _orbax_shapes(directory, fail)
+        by_keys = _orbax_shapes(private(), fail)
         shapes = {p: by_keys.get(keys) for p, keys in paths.items()}
     v, meta = _variant_of(meta, variant, shapes, fail)
     table = flax_key_table(v)
@@ -486,7 +521,7 @@ def read(path, *, variant: Variant | None = None) -> Weights:
         shapes = {p: shape(p) for p in paths}
         if any(z.get("compressor") is not None for z in headers.values()):
             plain = False
-            by_keys = _orbax_shapes(directory, fail)
+            by_keys = _orbax_shapes(private(), fail)
             shapes = {p: by_keys.get(keys) for p, keys in paths.items()}
     if not problems:
         problems = key_problems(shapes, expected, noun=noun,
@@ -494,9 +529,9 @@ def read(path, *, variant: Variant | None = None) -> Weights:
     if problems:
         raise fail(f"does not match SqueezeNet {v.id}: " + "; ".join(problems))
     if plain:
-        arrays = {p: _zarr_array(directory, paths[p], headers[p], fail) for p in table.values()}
+        arrays = {p: _zarr_array(folder, paths[p], headers[p], fail) for p in table.values()}
     else:
-        restored = _orbax_arrays(directory, fail)
+        restored = _orbax_arrays(private(), fail)
         arrays = {p: restored.get(paths[p]) for p in table.values()}
         for p, a in arrays.items():
             if a is None or a.dtype.kind != "f" or a.shape != tuple(expected[p]):
