@@ -18,7 +18,7 @@ to name).  Questions about the folder (:meth:`Folder.exists`, :meth:`Folder.is_d
 :meth:`Folder.read` opens a recorded regular file by its full path with ``O_NOFOLLOW |
 O_NONBLOCK`` and checks the descriptor (``fstat``): it must be the very file the walk
 recorded, so a file or an intermediate directory swapped for a link after the check is
-refused; then the read is bounded as in :func:`ports._io.read_regular` (an exact size or a
+refused; then the read is bounded (an exact size or a
 limit, checked before anything is read).  :func:`read_file` does the same for one file a
 caller names directly.  :meth:`Folder.private_copy` copies every checked file (each through
 :meth:`Folder.read`) into a fresh directory: what a library that opens files itself (Orbax,

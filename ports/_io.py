@@ -10,8 +10,8 @@ remove its own, so each :func:`atomic_write` to ``NAME`` first removes *stale* t
 of ``NAME``: those whose writer process no longer exists on this machine and that have not
 been modified for :data:`STALE_AFTER` seconds.  A live writer's file is never touched.
 
-Input: :func:`read_regular` reads a file another file names (a checkpoint's member, an export's
-params) only when it is a regular file of a bounded size.  Zip archives (``.pth``, ``.npz``,
+Input: a file another file names (a checkpoint's member, an export's params) is read by
+:mod:`ports._folder`, never through a link.  Zip archives (``.pth``, ``.npz``,
 ``.keras``) go through two guards: :func:`zip_members` lists the members by name, refusing
 a name that could point out of the archive (absolute, a ``..`` component, a drive, a
 backslash path) or that appears twice; :func:`read_zip_member` checks every size a member
@@ -182,35 +182,6 @@ def atomic_write(path: PathLike, content: Union[bytes, Callable[[BinaryIO], None
             pass
         raise
     return path
-
-
-# --- reading files named by other files -------------------------------------------------------
-def read_regular(path: PathLike, what: str, fail, *, limit: int | None = None,
-                 exact: int | None = None) -> bytes:
-    """The bytes of ``path`` when it is a regular file (after symbolic links) of at most
-    ``limit`` bytes, or of exactly ``exact``; any other case is ``fail(f"{what} ...")``,
-    decided before the file is opened (a FIFO would block, a device never end)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise fail(f"{what} is missing") from None
-    except OSError as e:
-        raise fail(f"{what}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise fail(f"{what} is not a regular file")
-    if exact is not None and st.st_size != exact:
-        raise fail(f"{what} has {st.st_size} bytes, its metadata needs {exact}")
-    if limit is not None and st.st_size > limit:
-        raise fail(f"{what} has {st.st_size} bytes, more than the {limit} allowed")
-    bound = exact if exact is not None else limit
-    try:
-        with open(path, "rb") as f:
-            data = f.read() if bound is None else f.read(bound + 1)
-    except OSError as e:
-        raise fail(f"{what}: {e.strerror}") from None
-    if bound is not None and (len(data) > bound or (exact is not None and len(data) != exact)):
-        raise fail(f"{what} changed size while it was read")
-    return data
 
 
 # --- reading zip members ----------------------------------------------------------------------

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import stat
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from opens import audited
+from test_hostile import deadline
 
 from conformance.fuzz import hostile_folders as hf
 from ports import formats
@@ -28,21 +27,6 @@ from ports.seeded import seeded_weights
 
 BUILDERS = [b for builders in hf.BUILDERS.values() for b in builders]
 fail = failing("test", "orbax")
-
-
-@contextmanager
-def deadline(seconds: float):
-    """Fail the block if it runs longer than ``seconds`` (opening a FIFO would block)."""
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"no result within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def same(a, b) -> bool:

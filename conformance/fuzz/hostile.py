@@ -67,7 +67,7 @@ def _conv10_group(fmt: str) -> str:
     return key_table(VARIANT)["conv10.weight"].rsplit("/", 2)[0]   # layers/conv2d_25
 
 
-def _conv10_kernel(fmt: str, f) -> str:
+def _conv10_kernel(fmt: str) -> str:
     group = _conv10_group(fmt)
     return f"{group}/conv10/kernel:0" if fmt == "keras-h5" else f"{group}/vars/0"
 
@@ -106,7 +106,7 @@ def soft_links(fmt: str, d: Path) -> Hostile:
     honest = _written(fmt, d / f"honest{ext}")
 
     def edit(f):
-        kernel = _conv10_kernel(fmt, f)
+        kernel = _conv10_kernel(fmt)
         f.copy(f[kernel], f, "stash")
         del f[kernel]
         f[kernel] = h5py.SoftLink("/stash")
@@ -123,22 +123,26 @@ def _replace_dataset(f, path: str, make: Callable) -> None:
     make(f, path, data)
 
 
+def _kernel_kept_in(outside: Path, fmt: str) -> Callable:
+    """An edit of an open file: conv10's kernel kept in the raw file ``outside`` (HDF5
+    external storage), which gets exactly the kernel's bytes."""
+    def make(f, path, data):
+        outside.parent.mkdir(exist_ok=True)
+        outside.write_bytes(np.ascontiguousarray(data, "<f4").tobytes())
+        f.create_dataset(path, shape=data.shape, dtype="<f4",
+                         external=[(str(outside), 0, data.nbytes)])
+    return lambda f: _replace_dataset(f, _conv10_kernel(fmt), make)
+
+
 def external_storage(fmt: str, d: Path) -> Hostile:
     """conv10's kernel a dataset whose bytes are kept in a raw file outside (HDF5 external
     storage), those bytes being exactly the kernel's."""
     ext = {"keras-h5": ".h5", "keras": ".weights.h5"}[fmt]
     honest = _written(fmt, d / f"honest{ext}")
     outside = d / "outside" / "kernel.raw"
-    outside.parent.mkdir(exist_ok=True)
-
-    def make(f, path, data):
-        outside.write_bytes(np.ascontiguousarray(data, "<f4").tobytes())
-        f.create_dataset(path, shape=data.shape, dtype="<f4",
-                         external=[(str(outside), 0, data.nbytes)])
     return Hostile(f"a {ext} whose conv10 kernel keeps its data in a raw file outside (HDF5 "
-                   "external storage)", fmt, _edit_h5(
-                       honest, d / f"external-storage{ext}",
-                       lambda f: _replace_dataset(f, _conv10_kernel(fmt, f), make)),
+                   "external storage)", fmt, _edit_h5(honest, d / f"external-storage{ext}",
+                                                      _kernel_kept_in(outside, fmt)),
                    honest, outside, "keeps its data in external files")
 
 
@@ -158,7 +162,7 @@ def virtual_dataset(fmt: str, d: Path) -> Hostile:
         f.create_virtual_dataset(path, layout)
     return Hostile(f"a {ext} whose conv10 kernel is a virtual dataset of a file outside", fmt,
                    _edit_h5(honest, d / f"virtual{ext}",
-                            lambda f: _replace_dataset(f, _conv10_kernel(fmt, f), make)),
+                            lambda f: _replace_dataset(f, _conv10_kernel(fmt), make)),
                    honest, outside, "is a virtual dataset")
 
 
@@ -181,7 +185,7 @@ def plugin_filter(fmt: str, d: Path) -> Hostile:
             space = h5py.h5s.create_simple(data.shape)
             ds = h5py.h5d.create(f.id, path.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=plist)
             ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(data, "<f4"))
-        return lambda f: _replace_dataset(f, _conv10_kernel(fmt, f), put)
+        return lambda f: _replace_dataset(f, _conv10_kernel(fmt), put)
     honest = _edit_h5(honest_plain, d / f"gzip{ext}", make(1))
     return Hostile(f"a {ext} whose conv10 kernel needs HDF5 filter 32001 (a plugin)", fmt,
                    _edit_h5(honest_plain, d / f"plugin-filter{ext}", make(32001)), honest,
@@ -194,20 +198,15 @@ def gzip_bomb_keras(d: Path, inflated: int = 1 << 30) -> Hostile:
     honest twin's chunk inflates to the kernel's own size.  The reader stops at its memory
     cap (libhdf5's filter fails) or, on a loaded machine, at its deadline: either way a
     clean refusal."""
-    h5py = _h5py()
     honest = _written("keras-file", d / "honest.keras")
 
     def with_chunk(dest: Path, raw: Callable[[np.ndarray], bytes]) -> Path:
-        def edit(h5: bytes) -> bytes:
-            buf = io.BytesIO(h5)
-            with h5py.File(buf, "r+") as f:
-                def put(f, path, data):
-                    ds = f.create_dataset(path, shape=data.shape, dtype="<f4",
-                                          chunks=data.shape, compression="gzip")
-                    ds.id.write_direct_chunk((0,) * data.ndim, raw(data))
-                _replace_dataset(f, _conv10_kernel("keras", f), put)
-            return buf.getvalue()
-        return rezip(honest, dest, edit={"model.weights.h5": edit})
+        def put(f, path, data):
+            ds = f.create_dataset(path, shape=data.shape, dtype="<f4", chunks=data.shape,
+                                  compression="gzip")
+            ds.id.write_direct_chunk((0,) * data.ndim, raw(data))
+        return _edit_keras_weights(honest, dest, lambda f: _replace_dataset(
+            f, _conv10_kernel("keras"), put))
     bomb = zlib.compressobj(9)
     blob = b"".join(bomb.compress(bytes(1 << 24)) for _ in range(inflated >> 24)) + bomb.flush()
     return Hostile("a .keras whose conv10 kernel is a gzip chunk inflating to 1 GiB (past the "
@@ -237,18 +236,25 @@ def rezip(src: Path, dest: Path, *, edit: dict[str, Callable[[bytes], bytes]] | 
     return dest
 
 
+def _edit_keras_weights(src: Path, dest: Path, edit: Callable) -> Path:
+    """``src`` (a ``.keras``) copied to ``dest`` with ``edit(h5py.File)`` applied to its
+    ``model.weights.h5``."""
+    def edited(h5: bytes) -> bytes:
+        buf = io.BytesIO(h5)
+        with _h5py().File(buf, "r+") as f:
+            edit(f)
+        return buf.getvalue()
+    return rezip(src, dest, edit={"model.weights.h5": edited})
+
+
 def keras_external_storage(d: Path) -> Hostile:
     """A ``.keras`` whose weights' conv10 kernel keeps its data in a raw file outside."""
-    (d / "inner").mkdir(exist_ok=True)
-    inner = external_storage("keras", d / "inner")
     honest = _written("keras-file", d / "honest.keras")
-
-    def put(name: Path):
-        return lambda _: name.read_bytes()
+    outside = d / "outside" / "kernel.raw"
+    hostile = _edit_keras_weights(honest, d / "external-storage.keras",
+                                  _kernel_kept_in(outside, "keras"))
     return Hostile("a .keras whose conv10 kernel keeps its data in a raw file outside (HDF5 "
-                   "external storage)", "keras-file",
-                   rezip(honest, d / "external-storage.keras",
-                         edit={"model.weights.h5": put(inner.path)}), honest, inner.outside,
+                   "external storage)", "keras-file", hostile, honest, outside,
                    "keeps its data in external files")
 
 
