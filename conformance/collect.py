@@ -1,13 +1,18 @@
 """Run one port over every conformance case and record how far it is from the expected
 logits.  ``python -m conformance.collect PORT`` records every case in
 ``build/conformance/PORT.json`` and ``PORT.npz`` (see :mod:`conformance.results`), reusing
-the results that are current, and exits 1 when any case errors or disagrees; the per-port
-test modules go through the same records case by case (:mod:`conformance.suite`).
+the results that are current, and exits 1 when any case errors, disagrees or holds a value
+that is not finite, or when the record it leaves cannot stand for a verdict
+(:func:`conformance.results.verdict`: every case of the port present, finished, finite);
+the per-port test modules go through the same records case by case
+(:mod:`conformance.suite`).  A case that needs the shared ground truth when it is absent
+is recorded as not run (``skipped``, with the reason), never left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -57,14 +62,15 @@ def cases(port: str) -> list[Case]:
 def train_case(port: str, case: Case) -> dict:
     """The record fields of a training case: the port's own autodiff and optimizer against
     the float64 reference (:mod:`conformance.training`)."""
-    mod = _module(port)
     start = time.perf_counter()
-    if case.size == 0:  # a real-weights gradient case
+    if case.size == 0:  # a real-weights gradient case (the shared data read first)
         r = training.fixture_reference(case.name)
+        mod = _module(port)
         loss, grads = mod.loss_and_grads(mod.load(r["weights"], case.dtype),
                                          r["x"].astype(case.dtype), r["labels"])
         out = training.compare_grad(loss, grads, case.name, case.dtype, port)
     else:
+        mod = _module(port)
         model = mod.load(_seeded(case.name), case.dtype)
         x, labels = training.batch()
         if case.kind == "grad":
@@ -169,8 +175,30 @@ def compute(port: str, case: Case) -> tuple[dict, np.ndarray | None]:
 
 
 def bad(records) -> list[dict]:
-    """Records that errored or disagree."""
-    return [r for r in records if r.get("error") or not r.get("ok")]
+    """Records that errored or disagree (a value that is not finite disagrees); not those
+    of cases that did not run (:func:`not_run`)."""
+    return [r for r in records if not r.get("skipped") and (r.get("error") or not r.get("ok"))]
+
+
+def not_run(records) -> list[dict]:
+    """Records of cases that did not run: the shared ground truth they need is absent."""
+    return [r for r in records if r.get("skipped")]
+
+
+PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] ")
+REUSED = re.compile(r"^\S+: (\d+) of (\d+) cases recorded by this code")
+
+
+def progress(lines: list[str]) -> int:
+    """How many cases a ``collect`` run whose output is ``lines`` got through: those it
+    reused and those it printed a result for."""
+    reused = done = 0
+    for line in lines:
+        if m := REUSED.match(line):
+            reused = int(m.group(1))
+        elif m := PROGRESS.match(line):
+            done = int(m.group(1))
+    return reused + done
 
 
 def report(r: dict) -> str:
@@ -179,8 +207,15 @@ def report(r: dict) -> str:
 
 
 def describe(r: dict) -> str:
+    """One line: how far the case is from its reference, or why it failed or did not run."""
+    if r.get("skipped"):
+        return f"NOT RUN ({r['skipped']})"
     if r.get("error"):
         return f"ERROR {r['error']}"
+    if r.get("nonfinite"):
+        what = (", ".join(r["nonfinite"]) if isinstance(r["nonfinite"], list)
+                else f"{r['nonfinite']} of {r['total']} logits")
+        return f"NOT FINITE: {what} MISMATCH"
     if r["kind"] in TRAINING_KINDS:
         kinks = (f" [{r['raw_rel']:.1e} counting {r['fragile']} flippable decisions]"
                  if r.get("raw_rel", r["max_rel"]) != r["max_rel"] else "")
@@ -195,7 +230,9 @@ def describe(r: dict) -> str:
 def run(port: str, log=print, only: list[str] | None = None) -> list[dict]:
     """Every case of ``port`` (or those whose id is in ``only``): current recorded results
     are reused (see :mod:`conformance.results`), the others computed; prints progress;
-    records them."""
+    records them, marked unfinished when it starts and every 16 cases (a run that is killed
+    keeps what it did, and leaves no record that passes for a finished one), and finished
+    at the end."""
     all_cases = cases(port)
     if only:
         unknown = sorted(set(only) - {c.id for c in all_cases})
@@ -203,28 +240,31 @@ def run(port: str, log=print, only: list[str] | None = None) -> list[dict]:
             raise ValueError(f"{port} has no cases {unknown}")
         all_cases = [c for c in all_cases if c.id in only]
     stored, stored_logits = results.current(port)
-    reuse = [c for c in all_cases if results.reusable(stored.get(c.id), c.id in stored_logits)]
+    reuse = [c for c in all_cases if results.reusable(stored.get(c.id), c.id in stored_logits)
+             and not (require_shared() and stored[c.id].get("skipped"))]
     if reuse:
         log(f"{port}: {len(reuse)} of {len(all_cases)} cases recorded by this code in this "
-            f"environment (key {results.key()['code'][:12]}); reusing them")
+            f"environment (key {results.key(port)['code'][:12]}); reusing them")
     records: dict[str, dict] = {c.id: stored[c.id] for c in reuse}
     logits = {c.id: stored_logits[c.id] for c in reuse if c.id in stored_logits}
     todo = [c for c in all_cases if c.id not in records]
+    if todo:
+        results.write(port, records, logits, finished=False)
     for i, case in enumerate(todo, 1):
         try:
             rec, out = compute(port, case)
         except SharedDataMissing as e:
             if require_shared():
                 raise
-            log(f"[{i}/{len(todo)}] {port} {case.id}: skipped ({e})")
-            continue
+            rec, out = record(port, case, None, {"skipped": str(e)}), None
         records[case.id] = rec
         if out is not None:
             logits[case.id] = out
         log(f"[{i}/{len(todo)}] {port} {case.id}: {describe(rec)}"
             + (f" ({rec['seconds']:.2f}s)" if "seconds" in rec else ""))
-        if i % 16 == 0 or i == len(todo):  # a long run that is killed keeps what it did
-            results.write(port, records, logits)
+        if i % 16 == 0 and i < len(todo):
+            results.write(port, records, logits, finished=False)
+    results.write(port, records, logits, finished=True)
     return [records[c.id] for c in all_cases if c.id in records]
 
 
@@ -246,11 +286,19 @@ def main(argv=None) -> int:
         print(f"{args.port}: {e}", file=sys.stderr)
         return 2
     records = run(args.port, only=args.case)
-    failed = bad(records)
-    print(f"{args.port}: {len(records) - len(failed)} / {len(records)} cases agree")
+    failed, skipped = bad(records), not_run(records)
+    ran = len(records) - len(skipped)
+    print(f"{args.port}: {ran - len(failed)} / {ran} cases agree"
+          + (f"; {len(skipped)} not run ({skipped[0]['skipped']})" if skipped else ""))
     for r in failed[:5]:
         print(f"  {r['id']}: {describe(r)}")
-    return 1 if failed or not records else 0
+    why = None
+    if not args.case:  # the record left behind must stand for a verdict on its own
+        doc, arrays = results.read(args.port)
+        why = results.verdict(args.port, doc, arrays, [c.id for c in cases(args.port)])
+        if why:
+            print(f"{args.port}: its record cannot be reported: {why}")
+    return 1 if failed or why or not ran else 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -52,14 +53,16 @@ class Agreement:
     images: int
     atol: float
     rtol: float
+    nonfinite: int = 0  # NaN or infinite values among the actual logits
 
     @property
     def ok(self) -> bool:
-        return self.mismatches == 0 and self.top5_agree == self.images
+        return self.mismatches == 0 and self.nonfinite == 0 and self.top5_agree == self.images
 
     def report(self) -> str:
         pct = 100.0 * self.mismatches / max(self.total, 1)
-        return "\n".join([
+        return "\n".join(([f"Non-finite values: {self.nonfinite} / {self.total} (NaN or inf)"]
+                          if self.nonfinite else []) + [
             f"Mismatched elements: {self.mismatches} / {self.total} ({pct:.4g}%)",
             f"Worst index: {self.worst_index}  actual {self.worst_actual:.9g}"
             f"  expected {self.worst_expected:.9g}",
@@ -81,6 +84,19 @@ class Agreement:
         d["worst_index"] = list(d["worst_index"])
         d["ok"] = self.ok
         return d
+
+
+def worst(errors: dict[str, float]) -> tuple[str, float]:
+    """The (name, error) of the largest error in ``errors`` (e.g. the relative error of
+    each tensor or layer), NaN counting as the worst of all (a NaN compares false, so
+    Python's ``max`` would pass over it unless it came first); ``("", 0.0)`` when empty."""
+    found = ("", 0.0)
+    for name, error in errors.items():
+        if math.isnan(error):
+            return name, error
+        if error > found[1] or not found[0]:
+            found = (name, error)
+    return found
 
 
 def tolerances_table() -> dict:
@@ -107,6 +123,9 @@ def top5_agrees(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray) -> 
 
 
 def compare(actual, expected, atol: float, rtol: float) -> Agreement:
+    """How far ``actual`` logits are from ``expected``: every non-finite actual value is a
+    mismatch (and counted in ``nonfinite``), as is every element beyond ``atol + rtol *
+    |expected|``."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
@@ -115,14 +134,16 @@ def compare(actual, expected, atol: float, rtol: float) -> Agreement:
     bound = atol + rtol * np.abs(expected)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(expected != 0, diff / np.abs(expected), np.where(diff == 0, 0.0, np.inf))
-    worst = np.unravel_index(int(np.argmax(diff - bound)), diff.shape)
+    nonfinite = int((~np.isfinite(actual)).sum())
+    # np.argmax takes the first NaN, so a non-finite logit is the worst index
+    where = np.unravel_index(int(np.argmax(diff - bound)), diff.shape)
     agree = sum(top5_agrees(a, e, b) for a, e, b in zip(actual, expected, bound))
     return Agreement(
         max_abs=float(diff.max()), max_rel=float(rel.max()),
-        mismatches=int((diff > bound).sum() + (~np.isfinite(actual)).sum()), total=diff.size,
-        worst_index=tuple(int(i) for i in worst), worst_actual=float(actual[worst]),
-        worst_expected=float(expected[worst]), top5_agree=int(agree), images=len(actual),
-        atol=atol, rtol=rtol)
+        mismatches=int((diff > bound).sum() + nonfinite), total=diff.size,
+        worst_index=tuple(int(i) for i in where), worst_actual=float(actual[where]),
+        worst_expected=float(expected[where]), top5_agree=int(agree), images=len(actual),
+        atol=atol, rtol=rtol, nonfinite=nonfinite)
 
 
 def assert_agrees(actual, expected, atol: float, rtol: float, what: str) -> Agreement:

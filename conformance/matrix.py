@@ -12,7 +12,17 @@ is computed beside them from the start.  Then the results are gathered into
 * ``build/conformance/matrix.png``: the same as two heatmaps.
 
 ``python -m conformance.matrix --no-run`` only gathers existing result files (e.g. the
-artifacts of one CI job per port; files computed from other code are refused).
+artifacts of one CI job per port).
+
+A verdict belongs to a run: a port is reported only when its ``collect`` process exited 0
+or 1 (1: a case disagrees) and left a record of this run (``$SQUEEZENET_RUN``) that
+:func:`conformance.results.verdict` accepts: this checkout's code (and an out-of-tree
+port's own) and shared data, finished, every case expected of the port in it, every value
+finite.  Gathering (``--no-run``) asks the same of each file but the run; the environment a
+file was computed in is shown, not compared.  Otherwise the port is listed under "ports
+failed to run" with the reason (``exit -9 after 17 of 102 cases; ...``).  Cases that need
+the shared ground truth when it is absent are listed as not run, on the report's first line
+(and fail the run under ``SQUEEZENET_REQUIRE_SHARED=1``).
 Exit status 1 if any case errors or disagrees or any port fails to run (named with its first
 error line: a missing framework, a missing interpreter, a port whose every case errors).
 """
@@ -25,12 +35,14 @@ import os
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from . import results, toxenv
+from .fixtures import require_shared
 from .harness import RESULTS
 from .registry import PORTS
 
@@ -39,10 +51,19 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-def run_port(port: str, log=_log) -> str | None:
+def expected(port: str) -> list[str]:
+    """The ids of every case expected of ``port`` (:func:`conformance.collect.cases`)."""
+    from .collect import cases
+
+    return [c.id for c in cases(port)]
+
+
+def run_port(port: str, log=_log, run: str | None = None) -> str | None:
     """Run ``conformance.collect`` in the port's tox environment, which :func:`build_ahead`
     has created (current recorded results are reused, the rest computed).  Returns None, or
-    why the port did not run (one line)."""
+    why the port did not run (one line): it exited other than 0 or 1 (1: a case
+    disagrees), or the record it left is not ``run``'s or cannot stand for a verdict
+    (:func:`conformance.results.verdict`)."""
     env = PORTS[port].env
     start = time.monotonic()
     if env is None:  # a port from outside this project: this interpreter, as it is
@@ -51,9 +72,25 @@ def run_port(port: str, log=_log) -> str | None:
     else:
         code, lines = toxenv.run(env, ["python", "-u", "-m", "conformance.collect", port], log)
     log(f"   ({time.monotonic() - start:.0f}s, exit {code})")
-    if code != 0 and not results.paths(port)[0].exists():
-        return f"conformance.collect {port} exited {code}: {toxenv.first_error(lines)}"
-    return None
+    doc, arrays = results.read(port)
+    try:
+        cases = expected(port)
+    except Exception as e:  # an out-of-tree port that no longer imports
+        return f"exit {code}; its cases cannot be listed: {type(e).__name__}: {e}"
+    why = results.verdict(port, doc, arrays, cases, run)
+    if code in (0, 1) and not why:
+        return None
+    said = f"exit {code} after {collect_progress(lines)} of {len(cases)} cases"
+    if code not in (0, 1):
+        said += f" ({toxenv.first_error(lines)})"
+    return f"{said}; {why or 'its record is complete, but this run did not finish'}"
+
+
+def collect_progress(lines: list[str]) -> int:
+    """How many cases the ``collect`` run that printed ``lines`` got through."""
+    from .collect import progress
+
+    return progress(lines)
 
 
 def schedule(ports: list[str]) -> list[str]:
@@ -80,8 +117,9 @@ def build_ahead(ports: list[str], log_for) -> tuple[dict, dict[str, str | None]]
 
     def build() -> None:
         try:
-            toxenv.ensure_existing([PORTS[p].env for p in ports if PORTS[p].env],
-                                   log_for("envs"))
+            envs = [PORTS[p].env for p in ports if PORTS[p].env]
+            if envs:  # out-of-tree ports run in this interpreter: nothing to build
+                toxenv.ensure_existing(envs, log_for("envs"))
         except Exception as e:  # each is then built on its own, with its own error
             log_for("envs")(f"   {type(e).__name__}: {e}")
         for port in ports:
@@ -103,8 +141,9 @@ def build_ahead(ports: list[str], log_for) -> tuple[dict, dict[str, str | None]]
 def reference_ahead(ports: list[str], log) -> threading.Thread | None:
     """Compute the float64 training reference (``python -m conformance.training``) in a
     process of its own while the environments are created, when a training port is among
-    ``ports``; the ports then read it from its cache (a current cache is only read)."""
-    if not any(PORTS[p].training for p in ports):
+    ``ports`` (an out-of-tree port has no environment to wait for: it computes what it
+    needs itself); the ports then read it from its cache (a current cache is only read)."""
+    if not any(PORTS[p].training and PORTS[p].env for p in ports):
         return None
 
     def work() -> None:
@@ -118,17 +157,20 @@ def reference_ahead(ports: list[str], log) -> threading.Thread | None:
     return thread
 
 
-def gather(ports: list[str], check: bool = False) -> tuple[list[dict], dict, dict[str, str]]:
+def gather(ports: list[str], run: str | None = None) -> tuple[list[dict], dict, dict[str, str]]:
     """Records and logits of ``ports`` from their result files, and the ports that have
-    none, or (``check``, for files made elsewhere) whose files this checkout cannot
-    report (:func:`conformance.results.check_gathered`), each with the reason."""
+    none or whose files cannot stand for a verdict (:func:`conformance.results.verdict`;
+    given ``run``, written by another run), each with the reason."""
     records, logits, missing = [], {}, {}
     for port in ports:
         doc, arrays = results.read(port)
         if not doc:
             missing[port] = f"no results in {results.paths(port)[0]}"
             continue
-        why = results.check_gathered(doc) if check else None
+        try:
+            why = results.verdict(port, doc, arrays, expected(port), run)
+        except Exception as e:  # an out-of-tree port that does not import here
+            why = f"its cases cannot be listed: {type(e).__name__}: {e}"
         if why:
             missing[port] = f"{results.paths(port)[0]}: {why}"
             continue
@@ -137,11 +179,30 @@ def gather(ports: list[str], check: bool = False) -> tuple[list[dict], dict, dic
     return records, logits, missing
 
 
+def environments(ports: list[str]) -> list[str]:
+    """One line per port: the environment its result file was computed in (Python,
+    platform, CPU and vector extensions, thread variables); shown, never compared (the
+    gathering machine is another)."""
+    lines = []
+    for port in ports:
+        doc, _ = results.read(port)
+        if not doc:
+            continue
+        cpu = doc.get("cpu") or {}
+        threads = {k: v for k, v in (doc.get("variables") or {}).items()
+                   if k.endswith("_THREADS") and v is not None}
+        lines.append(f"  {port:<12} Python {doc.get('python')} {doc.get('platform')}; "
+                     f"{cpu.get('cpu', '?')} ({' '.join(cpu.get('simd', [])) or 'no simd'})"
+                     + (f"; {' '.join(f'{k}={v}' for k, v in threads.items())}"
+                        if threads else ""))
+    return lines
+
+
 def did_not_run(records: list[dict], ports: list[str]) -> dict[str, str]:
     """Ports every one of whose cases errored, each with its first error line."""
     out = {}
     for port in ports:
-        mine = [r for r in records if r["port"] == port]
+        mine = [r for r in records if r["port"] == port and not r.get("skipped")]
         if mine and all(r.get("error") for r in mine):
             out[port] = f"every case errored; first: {mine[0]['error'].splitlines()[0]}"
     return out
@@ -308,7 +369,9 @@ def main(argv=None) -> int:
         parser.error(f"unknown ports {unknown}; known: {', '.join(PORTS)}")
     failed: dict[str, str] = {}
     start = time.monotonic()
+    run = None
     if not args.no_run:
+        run = os.environ[results.RUN_VAR] = uuid.uuid4().hex  # the collect processes record it
         width = max(max(map(len, ports)), len("reference"))
 
         def log_for(name: str):
@@ -324,7 +387,7 @@ def main(argv=None) -> int:
             where = PORTS[port].env
             log(f"[{i}/{len(ports)}] " + (f"tox env {where}" if where else "this interpreter")
                 + f", {time.monotonic() - start:.0f}s so far")
-            why = built[port] or run_port(port, log)
+            why = built[port] or run_port(port, log, run)
             if why:
                 failed[port] = why
                 log(f"did not run: {why}")
@@ -335,11 +398,18 @@ def main(argv=None) -> int:
                 future.result()
         if reference:
             reference.join()
-    records, logits, missing = gather([p for p in ports if p not in failed], args.no_run)
+    everything, logits, missing = gather([p for p in ports if p not in failed], run)
     failed.update(missing)
-    failed.update(did_not_run(records, ports))
+    failed.update(did_not_run(everything, ports))
+    from .collect import not_run
+
+    skipped = not_run(everything)
+    records = [r for r in everything if not r.get("skipped")]
     crossed = cross(logits)
     print()
+    if skipped:
+        print(f"NOT RUN: {len(skipped)} real-weights cases did not run "
+              f"({skipped[0]['skipped']}); listed at the end")
     print(table(records))
     if crossed:
         print("\nport vs port, max abs diff of logits (float32 cases):")
@@ -349,15 +419,24 @@ def main(argv=None) -> int:
             print(f"{a[:12]:<13}" + "".join(f"{crossed[a][b]:>12.1e}" for b in names))
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary = {"schema": results.SCHEMA, "records": records, "cross": crossed,
-               "failed": failed}
+               "failed": failed, "not_run": [{"port": r["port"], "id": r["id"],
+                                              "reason": r["skipped"]} for r in skipped]}
     tmp = RESULTS / ".matrix.json.part"
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(RESULTS / "matrix.json")
     if records:
         plot(records, crossed, RESULTS / "matrix.png")
+    print("\nenvironments the results were computed in (shown, not compared):")
+    print("\n".join(environments([p for p in ports if p not in failed])) or "  none")
     bad = [r for r in records if r.get("error") or not r.get("ok")]
-    print(f"\n{len(records) - len(bad)} / {len(records)} cases agree; "
-          f"ports failed to run: {', '.join(failed) or 'none'}")
+    if skipped:
+        print(f"\nnot run ({len(skipped)} cases; SQUEEZENET_REQUIRE_SHARED=1 makes this a "
+              f"failure):")
+        for r in skipped:
+            print(f"  {r['port']:<12} {r['id']}: {r['skipped']}")
+    print(f"\n{len(records) - len(bad)} / {len(records)} cases agree"
+          + (f", {len(skipped)} not run" if skipped else "")
+          + f"; ports failed to run: {', '.join(failed) or 'none'}")
     for port, why in failed.items():
         print(f"  {port}: {why}")
     if failed:
@@ -368,7 +447,7 @@ def main(argv=None) -> int:
     print(f"wrote {RESULTS / 'matrix.json'}" + (f" and {RESULTS / 'matrix.png'}" if records
                                                  else "")
           + f" in {time.monotonic() - start:.0f}s")
-    return 1 if bad or failed or not records else 0
+    return 1 if bad or failed or not records or (skipped and require_shared()) else 0
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import numpy as np
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 
-from .harness import RESULTS, tolerances_table
+from .harness import RESULTS, tolerances_table, worst
 from .inputs import inputs
 
 SIZE = 40  # the last stage is still 2x2, so every tap of every 3x3 kernel gets a gradient
@@ -160,7 +160,8 @@ def fixture_reference(name: str) -> dict:
 def relative_errors(actual: dict, expected: dict,
                     slack: dict | None = None) -> dict[str, float]:
     """``max (|actual - expected| - slack) / max |expected|`` per tensor (0 where both are
-    0; ``slack`` per entry, none by default)."""
+    0; ``slack`` per entry, none by default); NaN for a tensor holding a NaN, inf for one
+    holding an infinity (see :func:`nonfinite`)."""
     out = {}
     for name, e in expected.items():
         e = np.asarray(e, np.float64)
@@ -169,17 +170,34 @@ def relative_errors(actual: dict, expected: dict,
             raise AssertionError(f"{name}: shape {a.shape}, expected {e.shape}")
         scale = float(np.abs(e).max())
         excess = np.abs(a - e) - (slack[name] if slack else 0.0)
-        diff = max(float(excess.max()), 0.0)
+        diff = float(excess.max())
+        if np.isnan(diff):
+            out[name] = float("nan")
+            continue
+        diff = max(diff, 0.0)
         out[name] = diff / scale if scale else (0.0 if diff == 0 else float("inf"))
     return out
 
 
+def nonfinite(tensors: dict) -> list[str]:
+    """Names of the tensors in ``tensors`` (name -> array or number) holding a NaN or an
+    infinity, each with how many: ``["fire5.squeeze.weight (3 of 2304)", ...]``."""
+    out = []
+    for name, t in tensors.items():
+        bad = int((~np.isfinite(np.asarray(t, np.float64))).sum())
+        if bad:
+            out.append(f"{name} ({bad} of {np.size(t)})")
+    return out
+
+
 def _errors(actual: dict, expected: dict, slack: dict, dtype: str) -> dict:
-    """worst tensor, its error beyond the kink slack (float32 only) and without it."""
+    """worst tensor (:func:`conformance.harness.worst`: NaN is the worst), its error beyond
+    the kink slack (float32 only) and without it, and the tensors that are not finite."""
     raw = relative_errors(actual, expected)
     errs = relative_errors(actual, expected, slack) if "kink" in tolerance(dtype) else raw
-    worst = max(errs, key=errs.get)
-    return {"max_rel": errs[worst], "worst_tensor": worst, "raw_rel": max(raw.values())}
+    name, error = worst(errs)
+    return {"max_rel": error, "worst_tensor": name, "raw_rel": worst(raw)[1],
+            "nonfinite": nonfinite({k: actual[k] for k in expected})}
 
 
 def tolerance(dtype: str, fixture: str | None = None,
@@ -205,9 +223,11 @@ def compare_grad(port_loss: float, port_grads: dict, vid: str, dtype: str,
     e = _errors(port_grads, r["grad"], {} if fixture else r["slack-grad"], dtype)
     tol = tolerance(dtype, vid if fixture else None, port)
     loss_err = float(abs(port_loss - r["loss"]) / abs(r["loss"]))
+    e["nonfinite"] += nonfinite({"loss": port_loss})
     return {**e, "fragile": r["fragile"][0], "loss": float(port_loss), "loss_rel": loss_err,
             "bound": tol["grad"],
-            "ok": bool(e["max_rel"] <= tol["grad"] and loss_err <= tol["loss"])}
+            "ok": bool(not e["nonfinite"] and e["max_rel"] <= tol["grad"]
+                       and loss_err <= tol["loss"])}
 
 
 def compare_steps(port_losses: list, port_end: dict, vid: str, dtype: str,
@@ -219,12 +239,14 @@ def compare_steps(port_losses: list, port_end: dict, vid: str, dtype: str,
     e = _errors(change, expected, r["slack-end"], dtype)
     tol = tolerance(dtype, port=port)
     slack = r["slack-losses"] if "kink" in tolerance(dtype) else [0.0] * STEPS
-    loss_errs = [max(abs(a - b) - s, 0.0) / abs(b)
-                 for a, b, s in zip(port_losses, r["losses"], slack)]
+    loss_errs = {f"loss {i}": (float("nan") if np.isnan(a) else max(abs(a - b) - s, 0.0))
+                 / abs(b) for i, (a, b, s) in enumerate(zip(port_losses, r["losses"], slack), 1)}
+    loss_rel = worst(loss_errs)[1]
+    e["nonfinite"] += nonfinite({f"loss {i}": v for i, v in enumerate(port_losses, 1)})
     return {**e, "fragile": r["fragile"][1], "losses": [float(v) for v in port_losses],
-            "loss_rel": float(max(loss_errs)), "bound": tol["weights"],
-            "ok": bool(len(port_losses) == STEPS and e["max_rel"] <= tol["weights"]
-                       and max(loss_errs) <= tol["loss"])}
+            "loss_rel": float(loss_rel), "bound": tol["weights"],
+            "ok": bool(len(port_losses) == STEPS and not e["nonfinite"]
+                       and e["max_rel"] <= tol["weights"] and loss_rel <= tol["loss"])}
 
 
 def golden_summary(vid: str) -> dict[str, np.ndarray]:

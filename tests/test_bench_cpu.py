@@ -21,7 +21,7 @@ flags\t\t: fpu amx_tile
 
 
 def test_this_machine_agrees_with_numpys_dispatch():
-    cpu = bench._cpu()
+    cpu = bench.cpu_description()
     assert ("avx2" in cpu["simd"]) == NUMPY_FEATURES["AVX2"]
     assert ("avx512f" in cpu["simd"]) == NUMPY_FEATURES["AVX512F"]
     assert ("fma" in cpu["simd"]) == NUMPY_FEATURES["FMA3"]
@@ -30,11 +30,11 @@ def test_this_machine_agrees_with_numpys_dispatch():
 
 def test_the_first_processor_is_read(tmp_path):
     (tmp_path / "cpuinfo").write_text(ZEN4)
-    cpu = bench._cpu(tmp_path / "cpuinfo")
+    cpu = bench.cpu_description(tmp_path / "cpuinfo")
     assert cpu == {"cpu": "AMD EPYC 9R14", "cpu_id": "25/17",
                    "simd": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]}
 
 
 def test_without_cpuinfo_the_platform_names_the_cpu(tmp_path):
-    cpu = bench._cpu(tmp_path / "missing")
+    cpu = bench.cpu_description(tmp_path / "missing")
     assert cpu["cpu_id"] == "?/?" and cpu["simd"] == [] and cpu["cpu"]

@@ -97,8 +97,9 @@ def test_gathering_job_downloads_every_port_and_gathers(workflow):
     assert workflow["env"]["SQUEEZENET_SHARED"] == "${{ github.workspace }}/shared"
 
 
-def _python(*args: str, results_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SQUEEZENET_RESULTS": str(results_dir), "PYTHONPATH": str(ROOT)}
+def _python(*args: str, results_dir: Path, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SQUEEZENET_RESULTS": str(results_dir), "PYTHONPATH": str(ROOT),
+           **extra}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=600)
 
@@ -106,19 +107,59 @@ def _python(*args: str, results_dir: Path) -> subprocess.CompletedProcess:
 CASE = "1_1-p0-none-224-float64"
 
 
+TINY = '''"""An out-of-tree port that answers every golden case with the golden logits."""
+from conformance import golden
+
+
+def load(weights, dtype="float32", fast=True):
+    return weights.variant.id
+
+
+def predict(model, x):
+    return golden.load(model, x.shape[-1]).astype("float32")
+'''
+
+
 def test_gathering_results_made_by_another_process(tmp_path):
-    job_dir, gathered = tmp_path / "job-numpy", tmp_path / "gathered"
-    made = _python("conformance.collect", "numpy", "--case", CASE, results_dir=job_dir)
+    """A port's complete record, made by another process and laid out as the download step
+    does, gathers with every expected case (the real-weights ones listed as not run here,
+    without the shared ground truth); the same record missing one case does not."""
+    from conformance.collect import cases
+
+    (tmp_path / "src" / "tinyout").mkdir(parents=True)
+    (tmp_path / "src" / "tinyout" / "__init__.py").write_text("")
+    (tmp_path / "src" / "tinyout" / "net.py").write_text(TINY)
+    (tmp_path / "shared").mkdir()
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "src")]),
+           "SQUEEZENET_SHARED": str(tmp_path / "shared")}
+    port, job_dir, gathered = "tinyout.net", tmp_path / "job", tmp_path / "gathered"
+    made = _python("conformance.collect", port, results_dir=job_dir, **env)
     assert made.returncode == 0, made.stdout + made.stderr
-    # what actions/download-artifact with merge-multiple does: the files side by side
-    gathered.mkdir()
-    for path in results.paths("numpy", job_dir):
+    gathered.mkdir()  # what actions/download-artifact with merge-multiple does
+    for path in results.paths(port, job_dir):
         shutil.copy(path, gathered / path.name)
-    out = _python("conformance.matrix", "--no-run", "--ports", "numpy", results_dir=gathered)
+    out = _python("conformance.matrix", "--no-run", "--ports", port, results_dir=gathered,
+                  **env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "1 / 1 cases agree; ports failed to run: none" in out.stdout
+    sys.path.insert(0, str(tmp_path / "src"))
+    try:
+        expected = [c.id for c in cases(port)]
+    finally:
+        sys.path.remove(str(tmp_path / "src"))
+    ran = [c for c in expected if not c.startswith("caffe-real")]
+    assert f"{len(ran)} / {len(ran)} cases agree, {len(expected) - len(ran)} not run; " \
+        f"ports failed to run: none" in out.stdout, out.stdout
     summary = json.loads((gathered / "matrix.json").read_text())
-    assert [r["id"] for r in summary["records"]] == [CASE]
+    assert sorted(r["id"] for r in summary["records"]) == sorted(ran)
+    assert sorted(r["id"] for r in summary["not_run"]) == sorted(set(expected) - set(ran))
+    doc = json.loads((gathered / f"{port}.json").read_text())
+    doc["cases"] = doc["cases"][1:]
+    (gathered / f"{port}.json").write_text(json.dumps(doc))
+    out = _python("conformance.matrix", "--no-run", "--ports", port, results_dir=gathered,
+                  **env)
+    assert out.returncode == 1
+    assert f"{len(expected) - 1} of {len(expected)} cases recorded; not recorded: " \
+        f"{sorted(expected)[0]}" in out.stdout, out.stdout
 
 
 def test_gathering_refuses_results_of_other_code_and_missing_ports(tmp_path):

@@ -92,7 +92,7 @@ def _thread_env(threads: int, tuned_malloc: bool = True) -> dict:
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
-def _cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     """``{"cpu": model name, "cpu_id": "family/model", "simd": [...]}`` from /proc/cpuinfo:
     the same model name ("AMD EPYC") covers generations with and without AVX-512, and the
     ports' ratios to ONNX Runtime differ between them."""
@@ -175,7 +175,7 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
     roof = probe["gflops"]
     kernels = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}"
                         for b in probe["blas"]) or "unknown BLAS"
-    cpu = _cpu()
+    cpu = cpu_description()
     log(f"cpu: {cpu['cpu']} (family/model {cpu['cpu_id']}; {' '.join(cpu['simd']) or 'no AVX2'})")
     log(f"machine peak (NumPy float32 {peak_n}x{peak_n} matmul, {threads} threads, "
         f"{kernels}{', without ' + str(probe['unset']) if probe['unset'] else ''}): "
