@@ -55,6 +55,23 @@ def test_one_job_per_port_of_the_matrix(workflow):
     assert port_job["strategy"]["fail-fast"] is False  # one failing port hides no other
 
 
+def test_every_test_environment_is_a_job(workflow):
+    """What CI runs: every environment of tox.ini's env_list but the matrix (the port and
+    gathering jobs) is a job of its own, with the shared ground truth as the ports see it."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ROOT / "tox.ini")
+    env_list = [e.strip() for e in ini["tox"]["env_list"].split(",")]
+    job = workflow["jobs"]["test"]
+    assert job["strategy"]["matrix"]["env"] == [e for e in env_list if e != "matrix"]
+    assert job["strategy"]["fail-fast"] is False
+    step = _step_running(job, 'python -m tox -e "$ENV"')
+    assert step["env"]["ENV"] == "${{ matrix.env }}"
+    assert len([s for s in _steps(job) if s.get("with", {}).get("path") == "shared"]) == 1
+    # with the ground-truth repository a missing file fails; without it, "not run"
+    assert workflow["env"]["SQUEEZENET_REQUIRE_SHARED"] == \
+        "${{ vars.SQUEEZENET_SHARED_REPO != '' && '1' || '0' }}"
+
+
 def test_port_jobs_run_the_main_job_for_their_port(workflow):
     job = workflow["jobs"]["port"]
     step = _step_running(job, MATRIX_CMD)
