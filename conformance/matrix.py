@@ -44,7 +44,7 @@ import numpy as np
 from . import results, toxenv
 from .fixtures import require_shared
 from .harness import RESULTS
-from .registry import PORTS
+from .registry import ENTRY_POINTS, PORTS
 
 
 def _log(line: str) -> None:
@@ -355,8 +355,13 @@ def plot(records: list[dict], crossed: dict, path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ports", default=",".join(PORTS),
-                        help="comma-separated ports (default: all)")
+    parser.add_argument("--ports", default=",".join(PORTS), metavar="PORT[,PORT...]", help=(
+        "comma-separated ports (default: all the built-in and entry-point ports).  Each is a "
+        "built-in port name (" + ", ".join(n for n, p in PORTS.items() if p.env) + "; run in "
+        "its tox environment, created on first use), the name an installed package declares "
+        f"in the '{ENTRY_POINTS}' entry-point group, or a dotted module path that imports "
+        "here and has load() and predict() (the port protocol: ports/_api.py, "
+        "docs/port-protocol.md); the last two run in this interpreter"))
     parser.add_argument("--no-run", action="store_true",
                         help="only gather existing result files (e.g. from CI jobs)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),

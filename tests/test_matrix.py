@@ -207,3 +207,18 @@ def test_schedule_is_longest_first(monkeypatch):
     assert set(order[2 + len(training):]) == {"numpy", "opencv", "onnxruntime"}
     seconds.update({"opencv": 900.0, "flax": 10.0})
     assert matrix.schedule(ports)[:2] == ["opencv", "flax"]
+
+
+def test_help_says_what_ports_accepts(capsys):
+    """``--ports`` takes built-in names, entry-point names and module paths: --help says
+    so, naming every built-in port and the entry-point group."""
+    from conformance import matrix
+    from conformance.registry import _BUILT_IN, ENTRY_POINTS
+
+    with pytest.raises(SystemExit) as exit_:
+        matrix.main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "built-in port name (" + ", ".join(p.name for p in _BUILT_IN) + ";" in text, text
+    assert f"'{ENTRY_POINTS}' entry-point group" in text, text
+    assert "dotted module path that imports here and has load() and predict()" in text, text

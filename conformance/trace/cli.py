@@ -9,7 +9,10 @@ one input prepared here; the float64 NumPy reference runs here.  Per port and la
 prints max abs, max rel (to the layer's max |reference|), cosine similarity and SNR, and
 names the first divergent layer (:func:`conformance.trace.threshold`).  ``--against FILE2``
 runs each port (default: the NumPy reference) on both weight files and names the first layer
-whose outputs differ.  ``--weights seeded:1_1-p0-none`` uses the seeded conformance weights.
+whose difference rounding of an earlier one does not explain: one whose inputs are identical
+in the two runs while its output differs at all, or one that moves by more than the threshold
+(:func:`conformance.trace.compare_against`).  ``--weights seeded:1_1-p0-none`` uses the
+seeded conformance weights.
 Exit status 0 when no port diverges (or, with ``--against``, when they do not differ), 1
 otherwise, 2 on a bad argument or file.
 """
@@ -28,7 +31,7 @@ import numpy as np
 from .. import toxenv
 from ..harness import ROOT
 from ..registry import PORTS
-from . import compare
+from . import compare, compare_against, layer_inputs
 from .worker import trace, weights_of
 
 OUT = Path(os.environ.get("SQUEEZENET_TRACE", ROOT / "build" / "trace"))
@@ -94,9 +97,11 @@ def report(result: dict) -> str:
             continue
         worst = max(r["layers"].items(), key=lambda kv: kv[1].get("max_rel", math.inf))
         first = r["first_divergent"]
+        why = f" ({r['why']})" if first and r.get("why") else ""
         lines.append(f"{port} ({r['dtype']}, {r['path']}): first divergent layer "
-                     f"{first or 'none'}; worst max_rel {worst[1].get('max_rel', math.nan):.2e}"
-                     f" at {worst[0]} (threshold {r['threshold']:.1e})"
+                     f"{first or 'none'}{why}; worst max_rel "
+                     f"{worst[1].get('max_rel', math.nan):.2e} at {worst[0]}"
+                     f" (threshold {r['threshold']:.1e})"
                      + (f"; {r['note']}" if r.get("note") else ""))
     names = result["layers"]
     ports = [p for p in result["ports"] if "error" not in result["ports"][p]]
@@ -153,7 +158,8 @@ def main(argv: list[str]) -> int:
                    help="weights file of any format, or seeded:VARIANT_ID")
     p.add_argument("--against", metavar="FILE2",
                    help="a second weights file: name the first layer where each port's "
-                        "outputs on the two differ")
+                        "outputs on the two part: its inputs identical and its output not, "
+                        "or a difference above the threshold")
     p.add_argument("--ports", help="comma-separated ports and engines (default: numpy with "
                                    "--against, else every port and engine)")
     p.add_argument("--input", default="seeded", help="seeded (default), an image file or "
@@ -212,7 +218,10 @@ def main(argv: list[str]) -> int:
             result["ports"][port] = {"error": f"{type(e).__name__}: {e}"}
             log(f"   ERROR {result['ports'][port]['error']}")
             continue
-        r = compare(base, acts, dtype)
+        if args.against:
+            r = compare_against(base, acts, dtype, layer_inputs(weights.variant))
+        else:
+            r = compare(base, acts, dtype)
         r.update(dtype=dtype, path=args.path, versions=notes.get("versions", {}))
         for key in ("note", "marked_logits_max_abs"):
             if key in notes:
