@@ -143,7 +143,10 @@ def _expected() -> list[str]:
 
 @pytest.fixture
 def on_path(tiny, monkeypatch):
+    """The tiny port importable in this process too; importing it replaces
+    ``training.reference``, which is put back afterwards (for the tests that follow)."""
     monkeypatch.syspath_prepend(str(tiny[0].parent.parent))
+    monkeypatch.setattr(training, "reference", training.reference)
     return tiny
 
 
