@@ -141,9 +141,9 @@ def versions() -> dict[str, str]:
 @cache
 def environment() -> dict:
     """What of this process's environment can change results: Python, platform, CPU model
-    and vector extensions (:func:`conformance.bench.cpu_description`), every installed
+    and vector extensions (:func:`conformance.cpu.cpu_description`), every installed
     distribution, :data:`ENV_VARS`."""
-    from .bench import cpu_description
+    from .cpu import cpu_description
 
     return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "machine": platform.machine(),

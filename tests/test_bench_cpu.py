@@ -1,7 +1,7 @@
 """The bench records which CPU generation it ran on: the model name alone ("AMD EPYC") covers
 machines with and without AVX-512, whose ratios to ONNX Runtime differ."""
 
-from conformance import bench
+from conformance import cpu
 
 try:  # NumPy's own run-time dispatch table, an independent reading of the same CPU
     from numpy._core._multiarray_umath import __cpu_features__ as NUMPY_FEATURES
@@ -21,20 +21,20 @@ flags\t\t: fpu amx_tile
 
 
 def test_this_machine_agrees_with_numpys_dispatch():
-    cpu = bench.cpu_description()
-    assert ("avx2" in cpu["simd"]) == NUMPY_FEATURES["AVX2"]
-    assert ("avx512f" in cpu["simd"]) == NUMPY_FEATURES["AVX512F"]
-    assert ("fma" in cpu["simd"]) == NUMPY_FEATURES["FMA3"]
-    assert all(part.isdigit() for part in cpu["cpu_id"].split("/"))
+    found = cpu.cpu_description()
+    assert ("avx2" in found["simd"]) == NUMPY_FEATURES["AVX2"]
+    assert ("avx512f" in found["simd"]) == NUMPY_FEATURES["AVX512F"]
+    assert ("fma" in found["simd"]) == NUMPY_FEATURES["FMA3"]
+    assert all(part.isdigit() for part in found["cpu_id"].split("/"))
 
 
 def test_the_first_processor_is_read(tmp_path):
     (tmp_path / "cpuinfo").write_text(ZEN4)
-    cpu = bench.cpu_description(tmp_path / "cpuinfo")
-    assert cpu == {"cpu": "AMD EPYC 9R14", "cpu_id": "25/17",
-                   "simd": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]}
+    found = cpu.cpu_description(tmp_path / "cpuinfo")
+    assert found == {"cpu": "AMD EPYC 9R14", "cpu_id": "25/17",
+                     "simd": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]}
 
 
 def test_without_cpuinfo_the_platform_names_the_cpu(tmp_path):
-    cpu = bench.cpu_description(tmp_path / "missing")
-    assert cpu["cpu_id"] == "?/?" and cpu["simd"] == [] and cpu["cpu"]
+    found = cpu.cpu_description(tmp_path / "missing")
+    assert found["cpu_id"] == "?/?" and found["simd"] == [] and found["cpu"]

@@ -6,6 +6,8 @@ twins, their defaults equal to pyproject.toml's extras; the pinned environments 
 from __future__ import annotations
 
 import configparser
+import hashlib
+import io
 import json
 import os
 import re
@@ -46,8 +48,11 @@ def write_run(folder: Path, versions: dict, cases: list[dict], logits: dict, cod
            "key": {"code": code, "shared": "s0", "environment": json.dumps(versions)},
            "python": "3.11.7", "platform": "Linux", "versions": versions, "variables": {},
            "cases": cases}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v, np.float32) for k, v in logits.items()})
+    doc["logits_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()  # as results.write
     (folder / "flax.json").write_text(json.dumps(doc))
-    np.savez(folder / "flax.npz", **{k: np.asarray(v, np.float32) for k, v in logits.items()})
+    (folder / "flax.npz").write_bytes(buffer.getvalue())
     (folder / "matrix.json").write_text(json.dumps({"schema": 1, "records": []}))  # not a port
 
 
@@ -162,12 +167,14 @@ def test_different_code_is_said(runs, tmp_path):
 
 # --- two real runs ------------------------------------------------------------------------
 PORT_MODULE = """
+import os
+
 import numpy as np
 from ports import numpy as ref
 from ports.numpy import activations, load
 
 DTYPES = ("float32",)
-SCALE = {scale!r}
+SCALE = float(os.environ["DRIFT_SCALE"])  # what a framework release would change
 
 
 def predict(model, x):
@@ -178,15 +185,18 @@ CASES = ("1_1-p0-none-224-float32", "1_0-p1-simple-227-float32")
 
 def collect_run(tmp_path: Path, name: str, scale: float) -> tuple[Path, object]:
     """``python -m conformance.collect driftport.port`` in a process of its own: the NumPy
-    reference in float32, its logits times ``scale``; results in ``tmp_path/name``."""
+    reference in float32, its logits times ``scale`` (an environment variable, as a
+    framework release would change them: the port's code, part of the record's key, is the
+    same in both runs); results in ``tmp_path/name``."""
     package = tmp_path / f"src-{name}" / "driftport"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "port.py").write_text(PORT_MODULE.format(scale=scale))
+    (package / "port.py").write_text(PORT_MODULE)
     out = tmp_path / name
     env = {k: v for k, v in os.environ.items() if k not in releases.ALL}
     env.update(SQUEEZENET_RESULTS=str(out), PYTHONPATH=os.pathsep.join([str(package.parent),
-                                                                        str(ROOT)]))
+                                                                        str(ROOT)]),
+               DRIFT_SCALE=repr(scale))
     argv = [sys.executable, "-m", "conformance.collect", "driftport.port"]
     for case in CASES:
         argv += ["--case", case]
