@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ import numpy as np
 
 from .. import toxenv
 from ..harness import ROOT
+from ..host import cpu_description
 from ..registry import PORTS
 from . import peak
 from .config import BATCHES, DEFAULT_PORTS, OUT, QUICK_BATCHES, REFERENCE, SIZE, VARIANT_ID
@@ -86,29 +86,6 @@ def _thread_env(threads: int, tuned_malloc: bool = True) -> dict:
     if tuned_malloc:
         env.update(MALLOC_TUNED)
     return env
-
-
-# the vector extensions that decide which kernels oneDNN, MLAS, XLA and OpenBLAS pick
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
-    """``{"cpu": model name, "cpu_id": "family/model", "simd": [...]}`` from /proc/cpuinfo:
-    the same model name ("AMD EPYC") covers generations with and without AVX-512, and the
-    ports' ratios to ONNX Runtime differ between them."""
-    fields: dict[str, str] = {}
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            fields.setdefault(key, value)
-            if key == "flags":  # the first processor's fields end with its flags
-                break
-    except OSError:
-        pass
-    flags = set(fields.get("flags", "").split())
-    return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
-            "cpu_id": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
-            "simd": [f for f in SIMD_FLAGS if f in flags]}
 
 
 class Worker:
