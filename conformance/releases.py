@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from .host import versions
+
 # tox environment -> {distribution: variable naming its release}
 VARIABLES: dict[str, dict[str, str]] = {
     "torch": {"torch": "SQUEEZENET_TORCH_VERSION",
@@ -91,8 +93,6 @@ def mismatches(installed: Mapping[str, str],
 def check(installed: Mapping[str, str] | None = None) -> None:
     """Raise when this environment's framework is not the release the variables name."""
     if installed is None:
-        from .results import versions
-
         installed = versions()
     bad = mismatches(installed)
     if bad:

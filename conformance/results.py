@@ -49,6 +49,7 @@ import numpy as np
 
 from . import releases
 from .harness import RESULTS
+from .host import cpu_description, versions
 
 SCHEMA = 1
 ENV_VARS = ("KERAS_BACKEND", "JAX_ENABLE_X64", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -126,25 +127,10 @@ def shared_digest() -> str:
 
 
 @cache
-def versions() -> dict[str, str]:
-    """Every installed distribution -> version, in this interpreter."""
-    from importlib import metadata
-
-    out = {}
-    for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
-        if name:
-            out[name.lower().replace("_", "-")] = dist.version
-    return dict(sorted(out.items()))
-
-
-@cache
 def environment() -> dict:
     """What of this process's environment can change results: Python, platform, CPU model
-    and vector extensions (:func:`conformance.cpu.cpu_description`), every installed
-    distribution, :data:`ENV_VARS`."""
-    from .cpu import cpu_description
-
+    and vector extensions (:func:`conformance.host.cpu_description`), every installed
+    distribution (:func:`conformance.host.versions`), :data:`ENV_VARS`."""
     return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "machine": platform.machine(),
             "cpu": cpu_description(), "distributions": versions(),

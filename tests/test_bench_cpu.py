@@ -1,7 +1,7 @@
 """The bench records which CPU generation it ran on: the model name alone ("AMD EPYC") covers
 machines with and without AVX-512, whose ratios to ONNX Runtime differ."""
 
-from conformance import cpu
+from conformance import host
 
 try:  # NumPy's own run-time dispatch table, an independent reading of the same CPU
     from numpy._core._multiarray_umath import __cpu_features__ as NUMPY_FEATURES
@@ -21,7 +21,7 @@ flags\t\t: fpu amx_tile
 
 
 def test_this_machine_agrees_with_numpys_dispatch():
-    found = cpu.cpu_description()
+    found = host.cpu_description()
     assert ("avx2" in found["simd"]) == NUMPY_FEATURES["AVX2"]
     assert ("avx512f" in found["simd"]) == NUMPY_FEATURES["AVX512F"]
     assert ("fma" in found["simd"]) == NUMPY_FEATURES["FMA3"]
@@ -30,11 +30,11 @@ def test_this_machine_agrees_with_numpys_dispatch():
 
 def test_the_first_processor_is_read(tmp_path):
     (tmp_path / "cpuinfo").write_text(ZEN4)
-    found = cpu.cpu_description(tmp_path / "cpuinfo")
+    found = host.cpu_description(tmp_path / "cpuinfo")
     assert found == {"cpu": "AMD EPYC 9R14", "cpu_id": "25/17",
                      "simd": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]}
 
 
 def test_without_cpuinfo_the_platform_names_the_cpu(tmp_path):
-    found = cpu.cpu_description(tmp_path / "missing")
+    found = host.cpu_description(tmp_path / "missing")
     assert found["cpu_id"] == "?/?" and found["simd"] == [] and found["cpu"]

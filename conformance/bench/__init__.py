@@ -60,8 +60,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import toxenv
-from ..cpu import cpu_description
 from ..harness import ROOT
+from ..host import cpu_description
 from ..registry import PORTS
 from . import peak
 from .config import BATCHES, DEFAULT_PORTS, OUT, QUICK_BATCHES, REFERENCE, SIZE, VARIANT_ID

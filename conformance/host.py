@@ -1,10 +1,15 @@
-"""Which CPU this is: the model name and the vector extensions that decide which kernels
-oneDNN, MLAS, XLA and OpenBLAS pick.  Part of a result's environment key
-(:mod:`conformance.results`) and of the bench's record (:mod:`conformance.bench`)."""
+"""What this process runs on: the CPU (model and vector extensions) and every installed
+distribution.
+
+The key of recorded results (:mod:`conformance.results`), the release check
+(:mod:`conformance.releases`) and the bench's records (:mod:`conformance.bench`) all read
+them; this module imports nothing of the suite, so each of those can.
+"""
 
 from __future__ import annotations
 
 import platform
+from functools import cache
 from pathlib import Path
 
 # the vector extensions that decide which kernels oneDNN, MLAS, XLA and OpenBLAS pick
@@ -28,3 +33,16 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
             "cpu_id": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
             "simd": [f for f in SIMD_FLAGS if f in flags]}
+
+
+@cache
+def versions() -> dict[str, str]:
+    """Every installed distribution -> version, in this interpreter."""
+    from importlib import metadata
+
+    out = {}
+    for dist in metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name:
+            out[name.lower().replace("_", "-")] = dist.version
+    return dict(sorted(out.items()))

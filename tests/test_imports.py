@@ -1,0 +1,191 @@
+"""No import circles in ``conformance/``: every module's imports, read with :mod:`ast`
+(module-level and inside functions, relative and absolute ``conformance.*``), form a graph
+without a cycle; the same walker finds a circle planted in a tiny package.
+
+Edges go between modules.  ``from .x import y`` is an edge to ``.x``; ``from . import x``
+to the submodule ``x`` when there is one, else to the package (its ``__init__``); ``import
+a.b`` to ``a.b``.  Importing a submodule also runs its package's ``__init__``, but that is
+not counted as an edge: a package whose ``__init__`` imports its submodules is no circle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Edges = dict[str, dict[str, str]]  # module -> {imported module: "file:line" of the import}
+
+
+def modules(package_dir: Path) -> dict[str, Path]:
+    """Dotted name -> file of every module under ``package_dir`` (a package is its
+    ``__init__.py``), named from the folder that holds ``package_dir``."""
+    out = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _base(name: str, path: Path, node: ast.ImportFrom) -> str | None:
+    """The module a ``from ... import`` names before its ``import``: ``node.module`` for an
+    absolute import, else resolved against ``name`` (None when it climbs above the top)."""
+    if not node.level:
+        return node.module
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    if node.level - 1 >= len(package):
+        return None
+    package = package[:len(package) - (node.level - 1)]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def imports(name: str, path: Path, known: set[str], shown: str) -> dict[str, str]:
+    """The modules of ``known`` that module ``name`` (file ``path``, ``shown`` in reports)
+    imports anywhere in its code, each with the ``file:line`` of its first import; itself
+    left out."""
+    out: dict[str, str] = {}
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _base(name, path, node)
+            if base is None:
+                continue
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                       for alias in node.names]
+        for target in targets:
+            if target in known and target != name:
+                out.setdefault(target, f"{shown}:{node.lineno}")
+    return out
+
+
+def graph(package_dir: Path) -> Edges:
+    """The import graph of every module under ``package_dir``."""
+    found = modules(package_dir)
+    return {name: imports(name, path, set(found), path.relative_to(package_dir.parent).as_posix())
+            for name, path in found.items()}
+
+
+def groups(edges: Edges) -> list[list[str]]:
+    """Each group (sorted) of two or more modules that import each other, directly or
+    through the others (Tarjan's strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, {})):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def circles(edges: Edges) -> list[list[str]]:
+    """One shortest circle ``[a, b, ..., a]`` through the first module (by name) of each
+    of the :func:`groups`."""
+    return [_shortest_circle(edges, group) for group in groups(edges)]
+
+
+def _shortest_circle(edges: Edges, group: list[str]) -> list[str]:
+    """The shortest path from ``group[0]`` back to itself within ``group`` (breadth first)."""
+    start, members = group[0], set(group)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        v = queue.pop(0)
+        for w in sorted(edges[v]):
+            if w == start:
+                return paths[v] + [start]
+            if w in members and w not in paths:
+                paths[w] = paths[v] + [w]
+                queue.append(w)
+    raise AssertionError(f"no circle through {start} in {group}")  # pragma: no cover
+
+
+def describe(edges: Edges, circle: list[str]) -> str:
+    """``a -> b (pkg/a.py:3) -> a (pkg/b.py:7)``: a circle with where each import is."""
+    return circle[0] + "".join(f" -> {b} ({edges[a][b]})" for a, b in zip(circle, circle[1:]))
+
+
+def test_conformance_has_no_import_circles():
+    edges = graph(ROOT / "conformance")
+    found = groups(edges)
+    assert not found, "import circles in conformance/:\n" + "\n".join(
+        f"{describe(edges, _shortest_circle(edges, g))}\n  (all of {', '.join(g)} import "
+        f"each other)" for g in found)
+
+
+def test_the_walker_reads_the_suite_as_it_is():
+    """The real tree's imports resolve as the rules say: function-level imports count,
+    ``from . import x`` is the submodule ``x`` or else the package, absolute imports too."""
+    edges = graph(ROOT / "conformance")
+    assert len(edges) > 40 and "conformance.fuzz.outcome" in edges
+    assert "conformance.training" in edges["conformance.golden"]  # inside a function
+    assert "conformance.collect" in edges["conformance.matrix"]  # inside a function
+    assert "conformance.bench.peak" in edges["conformance.bench"]  # from . import peak
+    assert "conformance.toxenv" in edges["conformance.bench"]  # from .. import toxenv
+    assert "conformance.trace" in edges["conformance.trace.cli"]  # from . import compare
+    assert "conformance.bench" in edges["conformance.bench.__main__"]  # from . import main
+    assert "conformance.fixtures" in edges["conformance.fuzz.seeds"]  # absolute
+    assert "conformance.suite" in edges["conformance.conftest"]  # from conformance import
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root / "pkg"
+
+
+def test_a_planted_circle_is_found(tmp_path):
+    """a -> b at module level, b -> a inside a function: one circle, named with where each
+    import is; the package ``__init__`` importing both, and a subpackage importing itself,
+    add none."""
+    pkg = _package(tmp_path, {
+        "pkg/__init__.py": "from . import a, b\n",
+        "pkg/a.py": "from . import b\n\nX = 1\n",
+        "pkg/b.py": "def f():\n    from .a import X\n    return X\n",
+        "pkg/sub/__init__.py": "def helper():\n    return 1\n",
+        "pkg/sub/c.py": "from . import helper\nfrom .. import b\nimport pkg.sub\n",
+    })
+    edges = graph(pkg)
+    assert edges["pkg.sub.c"] == {"pkg.sub": "pkg/sub/c.py:1", "pkg.b": "pkg/sub/c.py:2"}
+    assert groups(edges) == [["pkg.a", "pkg.b"]]
+    found = circles(edges)
+    assert found == [["pkg.a", "pkg.b", "pkg.a"]]
+    assert describe(edges, found[0]) == "pkg.a -> pkg.b (pkg/a.py:1) -> pkg.a (pkg/b.py:2)"
+
+
+def test_an_absolute_circle_through_a_subpackage_is_found(tmp_path):
+    pkg = _package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/a.py": "import pkg.sub.c\n",
+        "pkg/sub/__init__.py": "from .c import go\n",
+        "pkg/sub/c.py": "def go():\n    from pkg import a\n    return a\n",
+    })
+    assert circles(graph(pkg)) == [["pkg.a", "pkg.sub.c", "pkg.a"]]
