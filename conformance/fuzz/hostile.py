@@ -79,13 +79,21 @@ def _edit_h5(src: Path, dest: Path, edit: Callable) -> Path:
     return dest
 
 
+def _start(fmt: str, d: Path, outside: str | None = None) -> tuple[str, Path, Path | None]:
+    """(file ending, the honest file written in ``d``, the path ``outside`` under
+    ``d/outside/``) for HDF5 codec ``fmt``."""
+    ext = ".h5" if fmt == "keras-h5" else ".weights.h5"
+    honest = _written(fmt, d / f"honest{ext}")
+    if outside is None:
+        return ext, honest, None
+    (d / "outside").mkdir(exist_ok=True)
+    return ext, honest, d / "outside" / outside
+
+
 def external_link(fmt: str, d: Path) -> Hostile:
     """conv10's layer group an HDF5 external link to the same group in a file outside."""
     h5py = _h5py()
-    ext = ".h5" if fmt == "keras-h5" else ".weights.h5"
-    honest = _written(fmt, d / f"honest{ext}")
-    outside = d / "outside" / "elsewhere.h5"
-    outside.parent.mkdir(exist_ok=True)
+    ext, honest, outside = _start(fmt, d, "elsewhere.h5")
     group = _conv10_group(fmt)
     with h5py.File(honest, "r") as src, h5py.File(outside, "w") as out:
         src.copy(src[group], out, "conv10")
@@ -102,8 +110,7 @@ def soft_links(fmt: str, d: Path) -> Hostile:
     """conv10's kernel a soft link to a copy of it elsewhere in the file, plus a dangling
     soft link and a soft-link cycle (which must not hang)."""
     h5py = _h5py()
-    ext = ".h5" if fmt == "keras-h5" else ".weights.h5"
-    honest = _written(fmt, d / f"honest{ext}")
+    ext, honest, _ = _start(fmt, d)
 
     def edit(f):
         kernel = _conv10_kernel(fmt)
@@ -137,9 +144,7 @@ def _kernel_kept_in(outside: Path, fmt: str) -> Callable:
 def external_storage(fmt: str, d: Path) -> Hostile:
     """conv10's kernel a dataset whose bytes are kept in a raw file outside (HDF5 external
     storage), those bytes being exactly the kernel's."""
-    ext = {"keras-h5": ".h5", "keras": ".weights.h5"}[fmt]
-    honest = _written(fmt, d / f"honest{ext}")
-    outside = d / "outside" / "kernel.raw"
+    ext, honest, outside = _start(fmt, d, "kernel.raw")
     return Hostile(f"a {ext} whose conv10 kernel keeps its data in a raw file outside (HDF5 "
                    "external storage)", fmt, _edit_h5(honest, d / f"external-storage{ext}",
                                                       _kernel_kept_in(outside, fmt)),
@@ -149,10 +154,7 @@ def external_storage(fmt: str, d: Path) -> Hostile:
 def virtual_dataset(fmt: str, d: Path) -> Hostile:
     """conv10's kernel a virtual dataset mapping a dataset of a file outside."""
     h5py = _h5py()
-    ext = ".h5" if fmt == "keras-h5" else ".weights.h5"
-    honest = _written(fmt, d / f"honest{ext}")
-    outside = d / "outside" / "virtual-source.h5"
-    outside.parent.mkdir(exist_ok=True)
+    ext, honest, outside = _start(fmt, d, "virtual-source.h5")
 
     def make(f, path, data):
         with h5py.File(outside, "w") as out:
@@ -171,8 +173,7 @@ def plugin_filter(fmt: str, d: Path) -> Hostile:
     for in ``HDF5_PLUGIN_PATH``), recorded as optional so the writer could skip it; the
     honest twin uses gzip, which Keras writes."""
     h5py = _h5py()
-    ext = ".h5" if fmt == "keras-h5" else ".weights.h5"
-    honest_plain = _written(fmt, d / f"plain{ext}")
+    ext, honest_plain, _ = _start(fmt, d)
 
     def make(filter_id):
         def put(f, path, data):
