@@ -241,9 +241,9 @@ def _graph(f, fail) -> list[KC.ConfigLayer] | KC.ModelConfig | None:
         return None
     what = "attribute model_config"
     config = KC.parse_json(_text(f.attrs["model_config"], what, fail), what, fail)
-    KC.refuse_foreign(config, what, fail)
     if isinstance(config, dict) and KC.is_ports_form(config):
-        return KC.read_config(config, fail, what)
+        return KC.read_config(config, fail, what)   # which refuses what is foreign first
+    KC.refuse_foreign(config, what, fail)
     return KC.graph_layers(config, what, fail)
 
 
