@@ -63,24 +63,11 @@ def train_case(port: str, case: Case) -> dict:
     """The record fields of a training case: the port's own autodiff and optimizer against
     the float64 reference (:mod:`conformance.training`)."""
     start = time.perf_counter()
-    if case.size == 0:  # a real-weights gradient case (the shared data read first)
-        r = training.fixture_reference(case.name)
-        mod = _module(port)
-        loss, grads = mod.loss_and_grads(mod.load(r["weights"], case.dtype),
-                                         r["x"].astype(case.dtype), r["labels"])
-        out = training.compare_grad(loss, grads, case.name, case.dtype, port)
+    mod = _module(port)
+    if case.kind == "grad":
+        out = training.grad_case(mod, case.name, case.dtype, port)
     else:
-        mod = _module(port)
-        model = mod.load(_seeded(case.name), case.dtype)
-        x, labels = training.batch()
-        if case.kind == "grad":
-            loss, grads = mod.loss_and_grads(model, x.astype(case.dtype), labels)
-            out = training.compare_grad(loss, grads, case.name, case.dtype, port)
-        else:
-            losses, weights = mod.train_steps(model, x.astype(case.dtype), labels,
-                                              training.poly_lrs(), training.MOMENTUM,
-                                              training.WEIGHT_DECAY)
-            out = training.compare_steps(losses, weights, case.name, case.dtype, port)
+        out = training.steps_case(mod, case.name, case.dtype, port)
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -217,14 +204,56 @@ def describe(r: dict) -> str:
                 else f"{r['nonfinite']} of {r['total']} logits")
         return f"NOT FINITE: {what} MISMATCH"
     if r["kind"] in TRAINING_KINDS:
-        kinks = (f" [{r['raw_rel']:.1e} counting {r['fragile']} flippable decisions]"
-                 if r.get("raw_rel", r["max_rel"]) != r["max_rel"] else "")
-        return (f"max rel {r['max_rel']:.2e} ({r['worst_tensor']}){kinks} bound "
-                f"{r['bound']:.0e}, loss rel {r['loss_rel']:.1e} "
+        update = (f", update {r['optimizer_rel']:.1e} ({r['worst_update']})"
+                  if "optimizer_rel" in r else "")
+        return (f"gradient max rel {r['max_rel']:.2e} ({r['worst_tensor']}) bound "
+                f"{r['bound']:.0e}, loss rel {r['loss_rel']:.1e}{update} "
                 f"{'ok' if r['ok'] else 'MISMATCH'}")
     top = "" if r.get("top1_ok", True) and r.get("top3_ok", True) else " WRONG CLASS"
     return (f"max abs {r['max_abs']:.2e} top-5 {r['top5_agree']}/{r['images']} "
             f"{'ok' if r['ok'] else 'MISMATCH'}{top}")
+
+
+class Recorder:
+    """The results of one port's cases in this process: the one way cases are computed and
+    recorded, for ``collect`` and for the pytest suite (:mod:`conformance.suite`).  A case
+    recorded by this code in this environment is reused (not a not-run one when the shared
+    ground truth is required); any other is computed when asked for; :meth:`save` stores
+    what was computed (:func:`conformance.results.write`)."""
+
+    def __init__(self, port: str) -> None:
+        self.port = port
+        self.stored, self.stored_logits = results.current(port)
+        self.records: dict[str, dict] = {}
+        self.logits: dict[str, np.ndarray] = {}
+
+    def reused(self, case: Case) -> dict | None:
+        rec = self.stored.get(case.id)
+        if results.reusable(rec, case.id in self.stored_logits) \
+                and not (require_shared() and rec.get("skipped")):
+            return rec
+        return None
+
+    def result(self, case: Case) -> dict:
+        """The record of ``case``: reused, computed before in this process, or computed now
+        (a case whose shared ground truth is absent is recorded as not run, ``skipped``;
+        ``SharedDataMissing`` propagates where the ground truth is required)."""
+        rec = self.records.get(case.id) or self.reused(case)
+        if rec is not None:
+            return rec
+        try:
+            rec, out = compute(self.port, case)
+        except SharedDataMissing as e:
+            if require_shared():
+                raise
+            rec, out = record(self.port, case, None, {"skipped": str(e)}), None
+        self.records[case.id] = rec
+        if out is not None:
+            self.logits[case.id] = out
+        return rec
+
+    def save(self, finished: bool = True) -> None:
+        results.write(self.port, self.records, self.logits, finished=finished)
 
 
 def run(port: str, log=print, only: list[str] | None = None) -> list[dict]:
@@ -239,33 +268,21 @@ def run(port: str, log=print, only: list[str] | None = None) -> list[dict]:
         if unknown:
             raise ValueError(f"{port} has no cases {unknown}")
         all_cases = [c for c in all_cases if c.id in only]
-    stored, stored_logits = results.current(port)
-    reuse = [c for c in all_cases if results.reusable(stored.get(c.id), c.id in stored_logits)
-             and not (require_shared() and stored[c.id].get("skipped"))]
-    if reuse:
-        log(f"{port}: {len(reuse)} of {len(all_cases)} cases recorded by this code in this "
-            f"environment (key {results.key(port)['code'][:12]}); reusing them")
-    records: dict[str, dict] = {c.id: stored[c.id] for c in reuse}
-    logits = {c.id: stored_logits[c.id] for c in reuse if c.id in stored_logits}
-    todo = [c for c in all_cases if c.id not in records]
+    recorder = Recorder(port)
+    todo = [c for c in all_cases if recorder.reused(c) is None]
+    if len(todo) < len(all_cases):
+        log(f"{port}: {len(all_cases) - len(todo)} of {len(all_cases)} cases recorded by this "
+            f"code in this environment (key {results.key(port)['code'][:12]}); reusing them")
     if todo:
-        results.write(port, records, logits, finished=False)
+        recorder.save(finished=False)
     for i, case in enumerate(todo, 1):
-        try:
-            rec, out = compute(port, case)
-        except SharedDataMissing as e:
-            if require_shared():
-                raise
-            rec, out = record(port, case, None, {"skipped": str(e)}), None
-        records[case.id] = rec
-        if out is not None:
-            logits[case.id] = out
+        rec = recorder.result(case)
         log(f"[{i}/{len(todo)}] {port} {case.id}: {describe(rec)}"
             + (f" ({rec['seconds']:.2f}s)" if "seconds" in rec else ""))
         if i % 16 == 0 and i < len(todo):
-            results.write(port, records, logits, finished=False)
-    results.write(port, records, logits, finished=True)
-    return [records[c.id] for c in all_cases if c.id in records]
+            recorder.save(finished=False)
+    recorder.save(finished=True)
+    return [recorder.result(c) for c in all_cases]
 
 
 def main(argv=None) -> int:

@@ -30,5 +30,11 @@ def pytest_generate_tests(metafunc):
             metafunc.parametrize("trace_path", cls.paths)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    suite.flush()
+@pytest.fixture(scope="session")
+def recorders():
+    """``{port: conformance.collect.Recorder}`` of the ports whose cases this session ran;
+    what they computed is recorded when the session ends, for the matrix to gather."""
+    out: dict = {}
+    yield out
+    for recorder in out.values():
+        recorder.save()

@@ -37,21 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from . import releases, results
+from .registry import BUILT_IN
 
 SCHEMA = 1
-# The distributions that are "the framework" of each port: always shown side by side.
-FRAMEWORKS = {
-    "numpy": ("numpy",),
-    "torch": ("torch", "torchvision"),
-    "keras-tf": ("keras", "tensorflow-cpu", "tensorflow"),
-    "keras-jax": ("keras", "jax", "jaxlib"),
-    "keras-torch": ("keras", "torch"),
-    "flax": ("flax", "jax", "jaxlib"),
-    "mxnet": ("mxnet",),
-    "chainer": ("chainer",),
-    "opencv": ("opencv-python-headless",),
-    "onnxruntime": ("onnxruntime", "onnx"),
-}
+# The distributions that are "the framework" of each port (the registry's record): always
+# shown side by side.
+FRAMEWORKS = {p.name: tuple(p.framework) for p in BUILT_IN}
 ALWAYS = ("numpy",)
 F32_EPS = 2.0 ** -24  # unit roundoff of float32: the stored logits are rounded to it
 

@@ -4,8 +4,7 @@ For each port, its tox environment is created completely on first use (the packa
 port's extras; :mod:`conformance.toxenv`) and ``python -m conformance.collect PORT`` runs
 there, reusing the results the port's tests recorded when they are current
 (:mod:`conformance.results`).  One thread creates the environments, one at a time and longest
-port first, while ``--jobs`` ports already built compute, and the float64 training reference
-is computed beside them from the start.  Then the results are gathered into
+port first, while ``--jobs`` ports already built compute.  Then the results are gathered into
 
 * a printed matrix: port x dtype rows, variant x input size columns, max abs diff;
 * ``build/conformance/matrix.json``: every case record plus port-vs-port differences;
@@ -138,25 +137,6 @@ def build_ahead(ports: list[str], log_for) -> tuple[dict, dict[str, str | None]]
     return ready, built
 
 
-def reference_ahead(ports: list[str], log) -> threading.Thread | None:
-    """Compute the float64 training reference (``python -m conformance.training``) in a
-    process of its own while the environments are created, when a training port is among
-    ``ports`` (an out-of-tree port has no environment to wait for: it computes what it
-    needs itself); the ports then read it from its cache (a current cache is only read)."""
-    if not any(PORTS[p].training and PORTS[p].env for p in ports):
-        return None
-
-    def work() -> None:
-        code, lines = toxenv.stream([sys.executable, "-u", "-m", "conformance.training"],
-                                    "training reference", log, cwd=Path.cwd())
-        if code != 0:  # the ports compute what is missing themselves
-            log(f"   training reference exited {code}: {toxenv.first_error(lines)}")
-
-    thread = threading.Thread(target=work, name="training-reference", daemon=True)
-    thread.start()
-    return thread
-
-
 def gather(ports: list[str], run: str | None = None) -> tuple[list[dict], dict, dict[str, str]]:
     """Records and logits of ``ports`` from their result files, and the ports that have
     none or whose files cannot stand for a verdict (:func:`conformance.results.verdict`;
@@ -263,8 +243,8 @@ def table(records: list[dict]) -> str:
     lines += _grid(records, "grad", "max_rel",
                    "training: gradients, max |g - g_ref| / max |g_ref| over tensors")
     lines += _grid(records, "steps", "max_rel",
-                   "training: weights after 5 Caffe SGD steps (poly rate), relative to the "
-                   "change")
+                   "training: 5 Caffe SGD steps (poly rate), the worst step's gradient as above "
+                   "(each update checked to rounding)")
     fixtures = [r for r in records if r["kind"] == "fixture"]
     if fixtures:
         lines.append("")
@@ -377,13 +357,12 @@ def main(argv=None) -> int:
     run = None
     if not args.no_run:
         run = os.environ[results.RUN_VAR] = uuid.uuid4().hex  # the collect processes record it
-        width = max(max(map(len, ports)), len("reference"))
+        width = max(map(len, ports))
 
         def log_for(name: str):
             return lambda line: _log(f"{name:>{width}} {line}")
 
         order = schedule(ports)
-        reference = reference_ahead(ports, log_for("reference"))
         ready, built = build_ahead(order, log_for)
 
         def one(i: int, port: str) -> None:
@@ -401,8 +380,6 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             for future in [pool.submit(one, i, p) for i, p in enumerate(order, 1)]:
                 future.result()
-        if reference:
-            reference.join()
     everything, logits, missing = gather([p for p in ports if p not in failed], run)
     failed.update(missing)
     failed.update(did_not_run(everything, ports))

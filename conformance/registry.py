@@ -4,7 +4,7 @@ conformance, and how to reach them.
 Every entry's module exposes the uniform interface (:mod:`ports._api`):
 ``load(weights_or_path, dtype=...) -> model``, ``predict(model, x_nchw) -> logits`` and
 ``activations(model, x, layers=None)``; a ``training`` port also ``loss_and_grads``,
-``train_steps`` and ``dropout``.
+``train_steps`` (one :class:`ports._api.Step` per rate) and ``dropout``.
 ``env`` is the tox environment it runs in (``None``: the current interpreter);
 ``setenv`` is applied before import.
 
@@ -38,6 +38,11 @@ class Port:
     training: bool = False  # has loss_and_grads / train_steps / dropout (the float64 NumPy
                             # reference is what the others are compared with: not itself)
     compiles: bool = False  # compiles each case before running it (XLA): the longest ports
+    # The distributions that are its framework, each with the variable that names another
+    # release of it (None: shown, not chosen), read by tox's release twins
+    # (conformance.releases), drift, the bench and the trace.
+    framework: dict = field(default_factory=dict)
+    bench: str | None = None  # its module of conformance.bench.candidates (None: predict)
 
     def import_module(self) -> ModuleType:
         for k, v in self.setenv.items():
@@ -101,24 +106,35 @@ class Registry(dict):
         return self
 
 
-_BUILT_IN: list[Port] = [
-    Port("numpy", "ports.numpy", "core", ("float64",)),
-    Port("torch", "ports.torch", "torch", training=True),
+_KERAS = {"keras": "SQUEEZENET_KERAS_VERSION"}
+_JAX = {"jax": "SQUEEZENET_JAX_VERSION", "jaxlib": None}
+_TORCH = {"torch": "SQUEEZENET_TORCH_VERSION"}
+BUILT_IN: list[Port] = [
+    Port("numpy", "ports.numpy", "core", ("float64",), framework={"numpy": None}),
+    Port("torch", "ports.torch", "torch", training=True, bench="torch",
+         framework={**_TORCH, "torchvision": "SQUEEZENET_TORCHVISION_VERSION"}),
     Port("keras-tf", "ports.keras", "keras-tf", setenv={"KERAS_BACKEND": "tensorflow"},
-         training=True),
+         training=True, bench="keras",
+         framework={**_KERAS, "tensorflow-cpu": "SQUEEZENET_TF_VERSION", "tensorflow": None}),
     Port("keras-jax", "ports.keras", "keras-jax",
-         setenv={"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}, training=True, compiles=True),
+         setenv={"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}, training=True, compiles=True,
+         bench="keras", framework={**_KERAS, **_JAX}),
     Port("keras-torch", "ports.keras", "keras-torch", setenv={"KERAS_BACKEND": "torch"},
-         training=True),
+         training=True, bench="keras", framework={**_KERAS, **_TORCH}),
     Port("flax", "ports.flax", "flax", setenv={"JAX_ENABLE_X64": "1"}, training=True,
-         compiles=True),
-    Port("mxnet", "ports.mxnet", "mxnet", training=True),
-    Port("chainer", "ports.chainer", "chainer", training=True),
-    Port("opencv", "conformance.engines.opencv", "opencv", ("float32",)),
-    Port("onnxruntime", "conformance.engines.onnxruntime", "onnx", ("float32",)),
+         compiles=True, bench="flax", framework={"flax": "SQUEEZENET_FLAX_VERSION", **_JAX}),
+    Port("mxnet", "ports.mxnet", "mxnet", training=True, bench="mxnet",
+         framework={"mxnet": "SQUEEZENET_MXNET_VERSION"}),
+    Port("chainer", "ports.chainer", "chainer", training=True, bench="chainer",
+         framework={"chainer": "SQUEEZENET_CHAINER_VERSION"}),
+    Port("opencv", "conformance.engines.opencv", "opencv", ("float32",), bench="opencv",
+         framework={"opencv-python-headless": "SQUEEZENET_OPENCV_VERSION"}),
+    Port("onnxruntime", "conformance.engines.onnxruntime", "onnx", ("float32",),
+         bench="onnxruntime",
+         framework={"onnxruntime": "SQUEEZENET_ONNXRUNTIME_VERSION", "onnx": None}),
 ]
 
-PORTS: Registry = Registry({p.name: p for p in _BUILT_IN}).discover()
+PORTS: Registry = Registry({p.name: p for p in BUILT_IN}).discover()
 
 
 def keras_port() -> str:

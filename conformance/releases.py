@@ -26,20 +26,12 @@ import os
 from collections.abc import Mapping
 
 from .host import versions
+from .registry import BUILT_IN
 
-# tox environment -> {distribution: variable naming its release}
+# tox environment -> {distribution: variable naming its release}, from the port registry
 VARIABLES: dict[str, dict[str, str]] = {
-    "torch": {"torch": "SQUEEZENET_TORCH_VERSION",
-              "torchvision": "SQUEEZENET_TORCHVISION_VERSION"},
-    "keras-tf": {"keras": "SQUEEZENET_KERAS_VERSION", "tensorflow-cpu": "SQUEEZENET_TF_VERSION"},
-    "keras-jax": {"keras": "SQUEEZENET_KERAS_VERSION", "jax": "SQUEEZENET_JAX_VERSION"},
-    "keras-torch": {"keras": "SQUEEZENET_KERAS_VERSION", "torch": "SQUEEZENET_TORCH_VERSION"},
-    "flax": {"flax": "SQUEEZENET_FLAX_VERSION", "jax": "SQUEEZENET_JAX_VERSION"},
-    "mxnet": {"mxnet": "SQUEEZENET_MXNET_VERSION"},
-    "chainer": {"chainer": "SQUEEZENET_CHAINER_VERSION"},
-    "opencv": {"opencv-python-headless": "SQUEEZENET_OPENCV_VERSION"},
-    "onnx": {"onnxruntime": "SQUEEZENET_ONNXRUNTIME_VERSION"},
-}
+    p.env: {d: v for d, v in p.framework.items() if v}
+    for p in BUILT_IN if p.env and any(p.framework.values())}
 ALL = sorted({v for names in VARIABLES.values() for v in names.values()})
 SUFFIX = "-release"
 

@@ -7,7 +7,9 @@ Each golden case (variant x input size x dtype) and each real-weights fixture is
 A case whose result was recorded by this very code in this very environment (same key, see
 :mod:`conformance.results`; e.g. by the main job just before) is asserted from that record
 instead of being computed again; every other case is computed and recorded at the end of
-the session, for the matrix to gather.
+the session, for the matrix to gather: the same :class:`conformance.collect.Recorder` that
+``python -m conformance.collect`` runs, one per port, held by the session fixture
+``recorders`` (``conformance/conftest.py``).
 """
 
 from __future__ import annotations
@@ -17,54 +19,29 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from . import collect, harness, results
+from . import collect, harness
 from .fixtures import SharedDataMissing, skip_missing
-
-_records: dict[str, tuple[dict, dict]] = {}
-_current: dict[str, tuple[dict, dict]] = {}
-
-
-def flush() -> None:
-    for port, (recs, arrays) in _records.items():
-        results.write(port, recs, arrays)
-
-
-def _result(port: str, case: collect.Case) -> dict:
-    if port not in _current:
-        _current[port] = results.current(port)
-    stored, stored_logits = _current[port]
-    if results.reusable(stored.get(case.id), case.id in stored_logits):
-        return stored[case.id]
-    try:
-        rec, logits = collect.compute(port, case)
-    except SharedDataMissing as e:
-        skip_missing(e)
-    recs, arrays = _records.setdefault(port, ({}, {}))
-    recs[case.id] = rec
-    if logits is not None:
-        arrays[case.id] = logits
-    return rec
 
 
 class PortSuite:
     port: str = ""
 
-    def test_case(self, case: collect.Case) -> None:
-        r = _result(self.port, case)
+    def test_case(self, case: collect.Case, recorders: dict) -> None:
+        if self.port not in recorders:
+            recorders[self.port] = collect.Recorder(self.port)
+        try:
+            r = recorders[self.port].result(case)
+        except SharedDataMissing as e:  # required, and absent
+            skip_missing(e)
         if r.get("skipped"):  # recorded as not run: the shared ground truth is absent
             skip_missing(SharedDataMissing(r["skipped"]))
         what = f"Logits of {self.port} {case.dtype} on {case.name}" + \
             (f" at {case.size}" if case.size else "")
         assert not r.get("error"), f"{what}: {r['error']}"
         if case.kind in collect.TRAINING_KINDS:
-            what = {"grad": "Gradients", "steps": "Weights after 5 SGD steps"}[case.kind]
-            assert not r.get("nonfinite"), (f"{what} of {self.port} {case.dtype} on "
-                                            f"{case.name}: not finite in "
-                                            f"{', '.join(r['nonfinite'])}")
-            assert r["ok"], (f"{what} of {self.port} {case.dtype} on {case.name}: max "
-                             f"relative error {r['max_rel']:.3g} in {r['worst_tensor']} "
-                             f"(bound {r['bound']:g}); loss relative error "
-                             f"{r['loss_rel']:.3g}")
+            what = {"grad": "Gradients", "steps": "5 SGD steps"}[case.kind]
+            assert r["ok"], (f"{what} of {self.port} {case.dtype} on {case.name}: "
+                             f"{collect.describe(r)}")
             return
         assert r["ok"], (f"{what} disagree (atol={r['atol']:g}, rtol={r['rtol']:g}):\n"
                          f"{collect.report(r)}")

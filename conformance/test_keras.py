@@ -324,36 +324,42 @@ MISTAKE_VARIANT = "1_1-p0-none"
 MISTAKES = ["SGD(weight_decay=wd), decoupled", "no decay on the biases", "nesterov momentum"]
 
 
-def _keras_mistake(train, model, mistake: str, weight_decay: float):
-    """(optimizer, L2 decay through the loss, decayed names) that get one convention of
-    Caffe's solver wrong."""
-    kernels = [n for n in train.parameters(model) if n.endswith(".weight")]
-    if mistake == MISTAKES[0]:  # Keras' own weight_decay: w <- w - lr_t wd w, outside v
-        return train.sgd(model, weight_decay=weight_decay), 0.0, None
-    if mistake == MISTAKES[1]:  # decay_mult 0 on the biases (Caffe's prototxts leave 1)
-        return train.sgd(model), weight_decay, kernels
-    return train.sgd(model, nesterov=True), weight_decay, None  # looks ahead along v
+def _keras_mistake(mistake: str):
+    """``train_steps`` (its signature), but with one convention of Caffe's solver wrong;
+    each step reports as its velocity Keras' momentum in Caffe's sign (``train.optimize``)."""
+    from ports.keras import train
+
+    def run(model, x, labels, lrs, momentum, weight_decay):
+        kernels = [n for n in train.parameters(model) if n.endswith(".weight")]
+        if mistake == MISTAKES[0]:  # Keras' own weight_decay: w <- w - lr_t wd w, outside v
+            opt, decay, decayed = train.sgd(model, momentum, weight_decay=weight_decay), 0.0, None
+        elif mistake == MISTAKES[1]:  # decay_mult 0 on the biases (Caffe's prototxts leave 1)
+            opt, decay, decayed = train.sgd(model, momentum), weight_decay, kernels
+        else:  # looks ahead along v
+            opt, decay, decayed = train.sgd(model, momentum, nesterov=True), weight_decay, None
+        return train.optimize(model, x, labels, lrs, opt, decay, decayed)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def correct_steps() -> dict:
+    from conformance import training
+
+    return training.steps_case(kport, MISTAKE_VARIANT, "float32")
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)
-def test_optimizer_convention_mistakes_fail_in_float64(mistake):
-    """Each wrong Keras configuration, run for the 5 poly-schedule steps of the training
-    cases, is NOT within the float64 bound (1e-10) of Caffe's rule; ``train_steps`` on the
-    same run is."""
+def test_optimizer_convention_mistakes_fail_in_float32(mistake, correct_steps):
+    """Issue 27: five float32 poly-rate steps of each wrong Keras configuration are far
+    outside the float32 optimizer bound (1e-6) of Caffe's rule on their own numbers
+    (measured optimizer_rel on every backend: decoupled decay 1.0, no decay on the biases
+    1.0, Nesterov 7.7 on TensorFlow and torch, 3.0 on JAX), while ``train_steps`` on the
+    same case passes."""
     from conformance import training
-    from ports.keras import train
 
-    lrs = training.poly_lrs()
-    x, labels = training.batch()
-    w = seeded_weights(Variant.from_id(MISTAKE_VARIANT))
-    model = kport.load(w, "float64")
-    opt, decay, decayed = _keras_mistake(train, model, mistake, training.WEIGHT_DECAY)
-    losses, end = train.optimize(model, x.astype("float64"), labels, lrs, opt, decay, decayed)
-    wrong = training.compare_steps(losses, end, MISTAKE_VARIANT, "float64")
-    assert not wrong["ok"] and wrong["max_rel"] > 1e3 * wrong["bound"], (mistake, wrong)
-    losses, end = train.train_steps(kport.load(w, "float64"), x.astype("float64"), labels, lrs,
-                                    training.MOMENTUM, training.WEIGHT_DECAY)
-    right = training.compare_steps(losses, end, MISTAKE_VARIANT, "float64")
-    assert right["ok"], right
-    print(f"{mistake}: max_rel {wrong['max_rel']:.3g} in {wrong['worst_tensor']} "
-          f"(train_steps: {right['max_rel']:.3g})")
+    r = training.steps_case(kport, MISTAKE_VARIANT, "float32", run=_keras_mistake(mistake))
+    bound = training.tolerance("float32")["optimizer"]
+    print(f"{mistake}: optimizer_rel {r['optimizer_rel']:.3g} in {r['worst_update']}")
+    assert not r["ok"] and r["optimizer_rel"] > 10 * bound, (mistake, r)
+    assert correct_steps["ok"], correct_steps

@@ -23,7 +23,7 @@ dtype.  The NumPy reference differs only in its default dtype, float64.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,21 @@ BATCH_SIZE = 32
 DTYPES = ("float32", "float64")
 
 M = TypeVar("M")
+
+
+class Step(NamedTuple):
+    """One optimizer step of a training port's ``train_steps``, which returns one per rate.
+
+    Caffe's solver rule, ``v <- m v + lr (g + wd w)`` then ``w <- w - v``: ``loss`` before
+    the step; ``grad``, the loss's gradient ``g`` the step used (the decay not included);
+    ``velocity``, ``v`` after the step (what was subtracted from the weights, in Caffe's
+    sign and scale whatever the framework keeps); ``weights``, ``w`` after the step.  Each
+    ``{canonical name: array}``, OIHW, the model's dtype."""
+
+    loss: float
+    grad: dict
+    velocity: dict
+    weights: dict
 
 
 def variant(version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,

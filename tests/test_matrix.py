@@ -121,7 +121,6 @@ def test_environments_are_built_ahead_while_ports_compute(monkeypatch, tmp_path,
     monkeypatch.setattr(matrix.toxenv, "ensure", ensure)
     monkeypatch.setattr(matrix.toxenv, "ensure_existing", lambda envs, log: [])
     monkeypatch.setattr(matrix.toxenv, "run", run)
-    monkeypatch.setattr(matrix, "reference_ahead", lambda ports, log: None)
     monkeypatch.setattr(matrix.results, "read", lambda port: ({}, {}))
     monkeypatch.setattr(matrix.results, "verdict", lambda *args: None)
     monkeypatch.setattr(matrix, "gather", lambda ports, check=False: ([], {}, {}))
@@ -213,12 +212,12 @@ def test_help_says_what_ports_accepts(capsys):
     """``--ports`` takes built-in names, entry-point names and module paths: --help says
     so, naming every built-in port and the entry-point group."""
     from conformance import matrix
-    from conformance.registry import _BUILT_IN, ENTRY_POINTS
+    from conformance.registry import BUILT_IN, ENTRY_POINTS
 
     with pytest.raises(SystemExit) as exit_:
         matrix.main(["--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "built-in port name (" + ", ".join(p.name for p in _BUILT_IN) + ";" in text, text
+    assert "built-in port name (" + ", ".join(p.name for p in BUILT_IN) + ";" in text, text
     assert f"'{ENTRY_POINTS}' entry-point group" in text, text
     assert "dotted module path that imports here and has load() and predict()" in text, text

@@ -6,9 +6,10 @@ port's own).  Each test plants one defect in a tiny out-of-tree port (written to
 exit non-zero naming the port and the case, in run and ``--no-run`` mode.
 
 The tiny port answers every golden case with the golden logits, and every training case
-with a small made-up float64 reference it installs in ``conformance.training`` (the real
-one takes minutes); the shared ground truth is pointed at an empty folder, so its
-real-weights cases are recorded as not run.  Environment variables plant the defects:
+with Caffe's rule on a small made-up case whose reference it installs in
+``conformance.training`` (the real network has 52 tensors); the shared ground truth is
+pointed at an empty folder, so its real-weights cases are recorded as not run.
+Environment variables plant the defects:
 ``TINY_KILL_AT=N`` (SIGKILL at the Nth logits call), ``TINY_EXIT0_AT=N`` (exit 0 there),
 ``TINY_NAN=logit|grad|weights|loss``.
 """
@@ -37,24 +38,37 @@ import signal
 import numpy as np
 
 from conformance import golden, training
+from ports._api import Step
+from ports.canonical import Weights
 
 DTYPES = ("float32",)
 NAMES = ("conv1.weight", "fire5.squeeze.weight", "conv10.weight")
 _calls = [0]
 
 
-def _reference(vid):
+def _case(vid):
+    """(start weights: three small float32 tensors, gradient) of a made-up training case."""
     rng = np.random.default_rng(len(vid))
-    start = {n: rng.normal(size=(4, 3)) for n in NAMES}
-    grad = {n: rng.normal(size=(4, 3)) for n in NAMES}
-    end = {n: start[n] - 0.01 * grad[n] for n in NAMES}
-    zero = {n: np.zeros((4, 3)) for n in NAMES}
-    return {"loss": 7.0, "losses": [7.0, 6.9, 6.8, 6.7, 6.6], "start": start, "grad": grad,
-            "end": end, "slack-grad": zero, "slack-end": zero, "slack-losses": [0.0] * 5,
-            "fragile": [0, 0]}
+    start = {n: rng.normal(size=(4, 3)).astype(np.float32) for n in NAMES}
+    return start, {n: rng.normal(size=(4, 3)) for n in NAMES}
 
 
-training.reference = _reference  # the real float64 reference takes minutes
+def _case_data(name, real=training.case_data):
+    from ports.seeded import seeded_weights
+    from ports.spec import Variant
+
+    if name in training.FIXTURE_LABELS:
+        return real(name)  # needs the shared ground truth (here: not run)
+    meta = seeded_weights(Variant.from_id(name)).meta
+    return Weights(_case(name)[0], meta), np.zeros((4, 3, 40, 40), np.float32), np.arange(4)
+
+
+def _decided(weights, tensors, x, labels, acts):  # the same gradient at every weight
+    return 7.0, _case(weights.variant.id)[1]
+
+
+# the real float64 reference is seconds a case, and its network has 52 tensors
+training.case_data, training.decided = _case_data, _decided
 
 
 def load(weights, dtype="float32", fast=True):
@@ -73,23 +87,33 @@ def predict(model, x):
     return out
 
 
+def activations(model, x, layers=None):
+    return {}
+
+
 def loss_and_grads(model, x, labels):
-    r = _reference(model)
-    grads = {k: v.copy() for k, v in r["grad"].items()}
+    grads = {k: v.copy() for k, v in _case(model)[1].items()}
     if os.environ.get("TINY_NAN") == "grad":
         grads["fire5.squeeze.weight"][1, 2] = np.nan
-    return r["loss"], grads
+    return 7.0, grads
 
 
 def train_steps(model, x, labels, lrs, momentum, weight_decay):
-    r = _reference(model)
-    losses, end = list(r["losses"]), {k: v.copy() for k, v in r["end"].items()}
-    if os.environ.get("TINY_NAN") == "weights":
-        losses[3:] = [float("nan")] * 2
-        end["conv10.weight"][:] = np.nan
-    if os.environ.get("TINY_NAN") == "loss":
-        losses[4] = float("nan")
-    return losses, end
+    """Caffe's rule on the made-up gradient, in float64 from the float32 start."""
+    w, g = _case(model)
+    w = {k: t.astype(np.float64) for k, t in w.items()}
+    v = {k: np.zeros_like(t) for k, t in w.items()}
+    out = []
+    for i, lr in enumerate(lrs, 1):
+        v = {k: momentum * v[k] + lr * (g[k] + weight_decay * w[k]) for k in w}
+        w = {k: w[k] - v[k] for k in w}
+        loss = 7.0
+        if os.environ.get("TINY_NAN") == "weights" and i >= 4:
+            w["conv10.weight"] = np.full_like(w["conv10.weight"], np.nan)
+        if os.environ.get("TINY_NAN") == "loss" and i == 5:
+            loss = float("nan")
+        out.append(Step(loss, g, dict(v), dict(w)))
+    return out
 '''
 
 
@@ -144,9 +168,11 @@ def _expected() -> list[str]:
 @pytest.fixture
 def on_path(tiny, monkeypatch):
     """The tiny port importable in this process too; importing it replaces
-    ``training.reference``, which is put back afterwards (for the tests that follow)."""
+    ``training.case_data`` and ``training.decided``, which are put back afterwards (for the
+    tests that follow)."""
     monkeypatch.syspath_prepend(str(tiny[0].parent.parent))
-    monkeypatch.setattr(training, "reference", training.reference)
+    monkeypatch.setattr(training, "case_data", training.case_data)
+    monkeypatch.setattr(training, "decided", training.decided)
     return tiny
 
 
@@ -253,12 +279,12 @@ def test_a_record_of_other_code_of_the_port(on_path):
     ("logit", NAN_CASE, "NOT FINITE: 1 of 8000 logits"),
     ("grad", "grad-1_0-p0-none-40-float32", "NOT FINITE: fire5.squeeze.weight (1 of 12)"),
     ("weights", "steps-1_0-p0-none-40-float32",
-     "NOT FINITE: conv10.weight (12 of 12), loss 4 (1 of 1), loss 5 (1 of 1)"),
-    ("loss", "steps-1_0-p0-none-40-float32", "NOT FINITE: loss 5 (1 of 1)"),
+     "NOT FINITE: step 4 conv10.weight weights (12 of 12)"),
+    ("loss", "steps-1_0-p0-none-40-float32", "NOT FINITE: step 5 loss (1 of 1)"),
 ])
 def test_a_nan_anywhere_fails(on_path, nan, case, named):
-    """A NaN logit, a NaN gradient of a tensor other than the first, NaN weights after the
-    steps (and the NaN losses of steps 4-5), a NaN loss alone: collect and the matrix fail,
+    """A NaN logit, a NaN gradient of a tensor other than the first, NaN weights after
+    step 4 (nothing after it is compared), a NaN loss alone at step 5: collect and the matrix fail,
     naming the case and the tensor; gathered, the record is refused naming the case."""
     _, env = on_path
     made = collect(env, TINY_NAN=nan)

@@ -35,16 +35,12 @@ def _time_for(run, seconds: float, min_calls: int = 1) -> tuple[int, float]:
 
 
 def _versions(port: str) -> dict:
-    names = {"torch": ["torch"], "onnxruntime": ["onnxruntime", "onnx"], "opencv": ["cv2"],
-             "keras-tf": ["keras", "tensorflow"], "keras-jax": ["keras", "jax"],
-             "keras-torch": ["keras", "torch"], "flax": ["flax", "jax"], "mxnet": ["mxnet"],
-             "chainer": ["chainer"]}.get(port, [])
-    out = {"python": platform.python_version(), "numpy": np.__version__}
-    for name in names:
-        m = sys.modules.get(name)
-        if m is not None:
-            out[name] = getattr(m, "__version__", "?")
-    return out
+    """Python, numpy and the port's framework distributions (its registry record)."""
+    from ..host import versions
+
+    installed = versions()
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            **{d: installed[d] for d in PORTS[port].framework if d in installed}}
 
 
 def worker(port: str, batches: list[int], quick: bool) -> int:

@@ -61,8 +61,7 @@ def main(argv=None) -> int:
     from conformance.results import versions
 
     notes["versions"] = {k: v for k, v in versions().items()
-                         if k in ("torch", "keras", "tensorflow", "jax", "flax", "mxnet",
-                                  "chainer", "onnxruntime", "opencv-python-headless", "numpy")}
+                         if k in PORTS[args.port].framework or k == "numpy"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **{k: np.asarray(v) for k, v in acts.items()})
     args.out.with_suffix(".json").write_text(json.dumps(notes, indent=1))

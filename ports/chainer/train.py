@@ -3,7 +3,7 @@
 
     >>> from ports.chainer import load, train
     >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
-    >>> losses, weights = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])
+    >>> steps = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])   # ports._api.Step
 
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits: ``F.softmax_cross_entropy`` (by
 default the mean over the batch).  Dropout is off (``chainer.using_config("train",
@@ -29,6 +29,7 @@ import chainer.functions as F
 import numpy as np
 
 from .. import spec as S
+from .._api import Step
 from .._predict import as_input
 from ..formats.chainer import key_table
 from . import SqueezeNet
@@ -69,23 +70,26 @@ def optimizer(model: SqueezeNet, momentum: float, weight_decay: float) -> chaine
     return opt
 
 
-def steps(model: SqueezeNet, x, labels, lrs, optimizer_: chainer.Optimizer,
-          ) -> tuple[list[float], dict[str, np.ndarray]]:
-    """One ``optimizer_.update()`` per rate in ``lrs``, in place; the loss before each step
-    and the weights after the last (canonical names, OIHW)."""
+def steps(model: SqueezeNet, x, labels, lrs, optimizer_: chainer.Optimizer) -> list[Step]:
+    """One ``optimizer_.update()`` per rate in ``lrs``, in place; per step its loss, gradient
+    (before the ``WeightDecay`` hook adds to it), velocity (``-v`` of ``MomentumSGD``) and
+    the weights after it (:class:`ports._api.Step`)."""
     xb, t = _batch(model, x, labels)
-    losses = []
+    named, out = _named(model), []
     for lr in lrs:
-        losses.append(_backward(model, xb, t))
+        loss = _backward(model, xb, t)
+        grads = {k: p.grad.copy() for k, p in named.items()}
         optimizer_.lr = lr
         optimizer_.update()
-    return losses, {k: p.array.copy() for k, p in _named(model).items()}
+        out.append(Step(loss, grads, {k: -p.update_rule.state["v"] for k, p in named.items()},
+                        {k: p.array.copy() for k, p in named.items()}))
+    return out
 
 
 def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
-                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
-    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; the
-    loss before each step and the weights after the last (canonical names, OIHW)."""
+                weight_decay: float = 2e-4) -> list[Step]:
+    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; per
+    step its loss, gradient, velocity and the weights after it (:class:`ports._api.Step`)."""
     return steps(model, x, labels, lrs, optimizer(model, momentum, weight_decay))
 
 

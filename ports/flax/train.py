@@ -3,7 +3,7 @@ steps by an optax chain on an ``nnx.Optimizer``.
 
     >>> from ports.flax import load, train
     >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
-    >>> losses, weights = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])
+    >>> steps = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])   # ports._api.Step
 
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits
 (``optax.softmax_cross_entropy_with_integer_labels``, mean over the batch); dropout is off
@@ -25,12 +25,14 @@ gradient of every weight and bias (L2, not decoupled), the step's rate scales th
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from .. import spec as S
+from .._api import Step
 from .._predict import as_input
 from ..formats.flax import key_table
 from ..layouts import hwio_to_oihw, nchw_to_nhwc
@@ -64,9 +66,9 @@ def _update(model: SqueezeNet, optimizer: nnx.Optimizer, grads) -> None:
 
 
 def _canonical(model: SqueezeNet, tree) -> dict[str, np.ndarray]:
-    """A tree shaped like the model's parameters (NNX state, kernels HWIO) -> ``{canonical
-    name: array}``, OIHW, in the tree's dtype."""
-    pure = nnx.to_pure_dict(nnx.state(tree, nnx.Param))
+    """A tree shaped like the model's parameters (NNX state, kernels HWIO; or its pure
+    dict) -> ``{canonical name: array}``, OIHW, in the tree's dtype."""
+    pure = tree if isinstance(tree, dict) else nnx.to_pure_dict(nnx.state(tree, nnx.Param))
     out = {}
     for name, path in key_table(model.variant).items():
         node = pure
@@ -96,23 +98,30 @@ def caffe_sgd(lrs, momentum: float = 0.9, weight_decay: float = 2e-4
 
 
 def optimize(model: SqueezeNet, x, labels, tx: optax.GradientTransformation,
-             steps: int) -> tuple[list[float], dict[str, np.ndarray]]:
-    """``steps`` steps of ``tx`` on the parameters, in place: the loss before each step and
-    the weights after the last (canonical names, OIHW, the model's dtype)."""
+             steps: int) -> list[Step]:
+    """``steps`` steps of ``tx`` on the parameters, in place: per step its loss, gradient,
+    velocity (the state of ``tx``'s ``optax.trace``; zeros if it has none) and the weights
+    after it (:class:`ports._api.Step`; canonical names, OIHW, the model's dtype)."""
     xb, yb = _batch(model, x, labels)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    losses = []
+    out = []
     for _ in range(steps):
         loss, grads = _loss_and_grads(model, xb, yb)
         _update(model, optimizer, grads)
-        losses.append(float(loss))
-    return losses, _canonical(model, model)
+        weights = _canonical(model, model)
+        traces = [s for s in jax.tree_util.tree_leaves(
+            optimizer.opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
+            if isinstance(s, optax.TraceState)]
+        velocity = (_canonical(model, nnx.to_pure_dict(traces[0].trace)) if traces
+                    else {k: np.zeros_like(w) for k, w in weights.items()})
+        out.append(Step(float(loss), _canonical(model, grads), velocity, weights))
+    return out
 
 
 def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
-                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
-    """One Caffe SGD step per rate in ``lrs`` (:func:`caffe_sgd`), in place; the loss before
-    each step and the weights after the last (canonical names, OIHW)."""
+                weight_decay: float = 2e-4) -> list[Step]:
+    """One Caffe SGD step per rate in ``lrs`` (:func:`caffe_sgd`), in place; per step its
+    loss, gradient, velocity and the weights after it (:class:`ports._api.Step`)."""
     return optimize(model, x, labels, caffe_sgd(lrs, momentum, weight_decay), len(lrs))
 
 

@@ -3,7 +3,7 @@
 
     >>> from ports.keras import load, train
     >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
-    >>> losses, weights = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])
+    >>> steps = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])   # ports._api.Step
 
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits:
 ``keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=...)``, mean over the
@@ -24,8 +24,8 @@ rate inside its velocity (``v <- m v - lr_t g``, ``w <- w + v``), Caffe's conven
 when the rate changes; the rate is set before each step (``optimizer.learning_rate``), in a
 variable of the model's dtype (Keras makes it ``floatx``, whose rounding of a rate would show
 in float64).  Keras' own ``weight_decay`` is decoupled (``w <- w - lr_t wd w``, outside the
-velocity), not Caffe's: instead the loss gets the L2 term ``wd / 2 * sum |w|^2`` over every
-kernel and bias, whose gradient ``wd * w`` joins ``g`` before the velocity, as in Caffe.
+velocity), not Caffe's: instead ``wd * w`` is added to the gradient of every kernel and bias
+before the optimizer takes it, as in Caffe.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from .. import spec as S
+from .._api import Step
 from .._predict import as_input
 from ..formats.keras import conv_layer_names
 from ..layouts import hwio_to_oihw, nchw_to_nhwc, nhwc_to_nchw
@@ -64,69 +65,48 @@ def _batch(model: SqueezeNet, x, labels) -> tuple[np.ndarray, np.ndarray]:
     return x, labels.astype(np.int32)
 
 
-def gradients(model: SqueezeNet, x, labels, weight_decay: float = 0.0,
-              decayed=None) -> tuple[float, list]:
-    """The mean cross-entropy on ``x`` [N,3,H,W] (dropout off), and the gradient of it plus
-    ``weight_decay / 2 * sum |w|^2`` over the ``decayed`` canonical names (default: every
-    kernel and bias) for each of ``model.trainable_variables``, as the backend's tensors."""
+def gradients(model: SqueezeNet, x, labels) -> tuple[float, list]:
+    """The mean cross-entropy on ``x`` [N,3,H,W] (dropout off), and its gradient for each of
+    ``model.trainable_variables``, as the backend's tensors."""
     x, y = _batch(model, x, labels)
-    named = parameters(model)
     variables = model.trainable_variables
-    decay = {id(named[n]) for n in (named if decayed is None else decayed)}
-    index = [i for i, v in enumerate(variables) if id(v) in decay]
     dtype = model.inputs[0].dtype
-    # A NumPy scalar of the model's dtype: TensorFlow turns a Python float into a float32
-    # tensor first, so ops.cast(1e-4, "float64") is 1e-4 rounded to float32.
-    half_decay = ops.convert_to_tensor(np.asarray(weight_decay / 2, dtype))
     # exact in float64 on JAX and TensorFlow; keras.ops.sparse_categorical_crossentropy is
     # 2e-8 off there (and both are on torch, see below)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
-
-    def objective(logits, values, y=y, half_decay=half_decay, decay=bool(weight_decay),
-                  ce=None):  # (cross-entropy + L2 term, cross-entropy)
-        if ce is None:
-            ce = loss(y, logits)
-        if not decay:
-            return ce, ce
-        l2 = sum(ops.sum(ops.square(values[i])) for i in index)
-        return ce + half_decay * l2, ce
-
     if BACKEND == "jax":
         import jax
 
-        # Compiled once per architecture, shape and decayed set (op by op, a step of the
-        # fast model takes seconds on CPU): a model of the same class, variant and dtype has
+        # Compiled once per architecture, shape and dtype (op by op, a step of the fast
+        # model takes seconds on CPU): a model of the same class, variant and dtype has
         # the same graph, so the function traced through the first one's ``stateless_call``
-        # serves every other with its own values.  The decay is an argument: a zero decay
-        # adds exactly 0 to every gradient.
-        key = (type(model), model.variant, str(dtype), x.shape, tuple(index))
+        # serves every other with its own values.
+        key = (type(model), model.variant, str(dtype), x.shape)
         if key not in _JAX_COMPILED:
             batched = {"per_image": False} if isinstance(model, _fast.SqueezeNet) else {}
 
-            def total(values, fixed, x, y, half_decay):
+            def total(values, fixed, x, y):
                 logits, _ = model.stateless_call(values, fixed, x, training=False, **batched)
-                return objective(logits, values, y, half_decay, True)
+                return loss(y, logits)
 
-            _JAX_COMPILED[key] = jax.jit(jax.value_and_grad(total, has_aux=True))
-        (_, ce), grads = _JAX_COMPILED[key](
+            _JAX_COMPILED[key] = jax.jit(jax.value_and_grad(total))
+        ce, grads = _JAX_COMPILED[key](
             [v.value for v in variables], [v.value for v in model.non_trainable_variables],
-            x, y, half_decay)
+            x, y)
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            t, ce = objective(model(x, training=False), variables)
-        grads = tape.gradient(t, variables)
+            ce = loss(y, model(x, training=False))
+        grads = tape.gradient(ce, variables)
     elif BACKEND == "torch":
         import torch
 
-        values = [v.value for v in variables]
         # torch's own cross-entropy: Keras 3.15's (the Loss class and the op) on the torch
         # backend is 2e-8 off in float64 (its gradient is exact)
-        logits = model(x, training=False)
-        t, ce = objective(logits, values, ce=torch.nn.functional.cross_entropy(
-            logits, torch.as_tensor(y, dtype=torch.long)))
-        grads = list(torch.autograd.grad(t, values))
+        ce = torch.nn.functional.cross_entropy(model(x, training=False),
+                                               torch.as_tensor(y, dtype=torch.long))
+        grads = list(torch.autograd.grad(ce, [v.value for v in variables]))
     else:  # pragma: no cover
         raise NotImplementedError(f"no gradients for the Keras backend {BACKEND}")
     return float(ops.convert_to_numpy(ce)), grads
@@ -160,17 +140,44 @@ def sgd(model: SqueezeNet, momentum: float = 0.9, **kwargs) -> keras.optimizers.
 
 
 def optimize(model: SqueezeNet, x, labels, lrs, optimizer: keras.optimizers.Optimizer,
-             weight_decay: float = 0.0, decayed=None) -> tuple[list[float], dict]:
-    """One step of ``optimizer`` per rate in ``lrs`` on the gradients of :func:`gradients`,
-    in place: the loss before each step and the weights after the last (canonical, OIHW)."""
-    losses = []
+             weight_decay: float = 0.0, decayed=None) -> list[Step]:
+    """One step of ``optimizer`` per rate in ``lrs`` on the gradients of :func:`gradients`
+    plus ``weight_decay * w`` for the ``decayed`` canonical names (default: every kernel and
+    bias), in place: per step its loss, gradient (without the decay), velocity (``-v`` of
+    the optimizer's momentum, zeros if it has none) and the weights after it
+    (:class:`ports._api.Step`; canonical names, OIHW)."""
+    named = parameters(model)
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    decay = {position[id(named[n])] for n in (named if decayed is None else decayed)}
+    dtype = model.inputs[0].dtype
+    # A NumPy scalar of the model's dtype: TensorFlow turns a Python float into a float32
+    # tensor first, so ops.cast(2e-4, "float64") is 2e-4 rounded to float32.
+    wd = ops.convert_to_tensor(np.asarray(weight_decay, dtype))
     apply = _jax_apply(optimizer, model) if BACKEND == "jax" else optimizer.apply
+    out = []
     for lr in lrs:
         optimizer.learning_rate = lr  # Keras' SGD puts it inside the velocity
-        loss, grads = gradients(model, x, labels, weight_decay, decayed)
-        losses.append(loss)
-        apply(grads, model.trainable_variables)
-    return losses, _canonical(model, parameters(model))
+        loss, grads = gradients(model, x, labels)
+        variables = model.trainable_variables
+        apply([g + wd * v.value if i in decay else g
+               for i, (g, v) in enumerate(zip(grads, variables))], variables)
+        velocity = _velocities(optimizer, model)
+        out.append(Step(loss, _canonical(model, {k: grads[position[id(v)]]
+                                                 for k, v in named.items()}),
+                        {k: -velocity[k] if k in velocity else np.zeros(v.shape, dtype)
+                         for k, v in _canonical(model, named).items()},
+                        _canonical(model, named)))
+    return out
+
+
+def _velocities(optimizer: keras.optimizers.Optimizer, model: SqueezeNet) -> dict:
+    """``{canonical name: the optimizer's momentum}`` (OIHW) for an optimizer that keeps
+    one per variable (Keras' SGD: ``momentums``), else ``{}``."""
+    momentums = getattr(optimizer, "momentums", None)
+    if not momentums:
+        return {}
+    index = optimizer._get_variable_index  # Keras 3: the slot of each trainable variable
+    return _canonical(model, {k: momentums[index(v)] for k, v in parameters(model).items()})
 
 
 def _jax_apply(optimizer: keras.optimizers.Optimizer, model: SqueezeNet):
@@ -193,10 +200,10 @@ def _jax_apply(optimizer: keras.optimizers.Optimizer, model: SqueezeNet):
 
 
 def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
-                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
-    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; the
-    loss before each step and the weights after the last (canonical names, OIHW)."""
-    # Coupled L2 decay on every kernel and bias through the loss, not SGD(weight_decay=...),
+                weight_decay: float = 2e-4) -> list[Step]:
+    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; per
+    step its loss, gradient, velocity and the weights after it (:class:`ports._api.Step`)."""
+    # Coupled decay on every kernel and bias added to the gradient, not SGD(weight_decay=...),
     # which Keras applies decoupled from the gradient (not Caffe's rule).
     return optimize(model, x, labels, lrs, sgd(model, momentum), weight_decay)
 

@@ -3,7 +3,7 @@
 
     >>> from ports.mxnet import load, train
     >>> loss, grads = train.loss_and_grads(net, x, labels)       # {canonical name: OIHW}
-    >>> losses, weights = train.train_steps(net, x, labels, lrs=[0.01, 0.0095])
+    >>> steps = train.train_steps(net, x, labels, lrs=[0.01, 0.0095])     # ports._api.Step
 
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits: Gluon's ``SoftmaxCrossEntropyLoss``
 (one value per image), then the mean over the batch.  Dropout is off (see ``_loss``); the net's
@@ -25,8 +25,9 @@ not decoupled).  So the optimizer is configured with Caffe's numbers and nothing
 
 MXNet's update kernels take ``momentum``, ``lr`` and ``wd`` as C++ ``float``: a float64 net
 is stepped by Caffe's rule with those numbers rounded to float32 (0.9 -> 0.899999976),
-which moves five steps' weight change by ~3e-8 of itself from the exact rule, and by 1e-13
-from the rule with the rounded numbers (conformance/test_mxnet.py).  (Caffe's own
+which moves each update by ~6e-8 of its size from the exact rule, and by 4e-16 from the
+rule with the rounded numbers (conformance/test_mxnet.py).  Each step reports MXNet's
+momentum state negated (the Trainer's updater keeps it by parameter index).  (Caffe's own
 ``SolverParameter`` holds ``base_lr``, ``momentum`` and ``weight_decay`` as floats too.)
 """
 
@@ -38,6 +39,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from .._api import Step
 from .._predict import as_input
 from ..formats.mxnet import key_table
 from . import SqueezeNet
@@ -85,27 +87,32 @@ def trainer(model: SqueezeNet, momentum: float, weight_decay: float) -> gluon.Tr
 
 
 def steps(model: SqueezeNet, x, labels, lrs, trainer_: gluon.Trainer,
-          before_step: Callable[[int], None] | None = None,
-          ) -> tuple[list[float], dict[str, np.ndarray]]:
+          before_step: Callable[[int], None] | None = None) -> list[Step]:
     """One ``trainer_.step`` per rate in ``lrs`` (after ``before_step(i)``, if given), in
-    place; the loss before each step and the weights after the last (canonical names)."""
+    place; per step its loss, gradient, velocity (``-state`` of MXNet's momentum) and the
+    weights after it (:class:`ports._api.Step`)."""
     xb, yb = _batch(model, x, labels)
-    losses = []
+    named, out = _named(model), []
     for i, lr in enumerate(lrs):
         loss = _loss(model, xb, yb)
         loss.backward()
-        losses.append(float(loss.asscalar()))
+        grads = {k: p.grad().asnumpy() for k, p in named.items()}
         trainer_.set_learning_rate(lr)
         if before_step:
             before_step(i)
         trainer_.step(1)  # the loss is a mean already: rescale_grad 1
-    return losses, {k: p.data().asnumpy() for k, p in _named(model).items()}
+        states = trainer_._updaters[0].states  # MXNet's momentum, by the Trainer's index
+        out.append(Step(float(loss.asscalar()), grads,
+                        {k: -states[trainer_._param2idx[p.name]].asnumpy()
+                         for k, p in named.items()},
+                        {k: p.data().asnumpy() for k, p in named.items()}))
+    return out
 
 
 def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
-                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
-    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; the
-    loss before each step and the weights after the last (canonical names, OIHW)."""
+                weight_decay: float = 2e-4) -> list[Step]:
+    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; per
+    step its loss, gradient, velocity and the weights after it (:class:`ports._api.Step`)."""
     return steps(model, x, labels, lrs, trainer(model, momentum, weight_decay))
 
 

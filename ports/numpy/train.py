@@ -16,8 +16,12 @@ gradients are deterministic.  Every backward rule below mirrors one forward func
 Each ReLU's mask and each pool's choice of maximum is a *decision* of the forward pass;
 ``loss_and_grads(..., decide=f)`` lets ``f(site, choice)`` replace one (``site`` the conv a
 ReLU follows, or the pool's name; ``choice`` the boolean mask, or the index of the winner in
-each flattened window).  The conformance suite uses it to take the gradient on the other
-side of a decision that float32 rounding could tip (:mod:`ports.numpy.kinks`).
+each flattened window).  :func:`decisions_of` makes ``f`` from another forward pass's
+activations: the conformance suite takes a float32 port's own decisions that way, so the
+float64 gradient it compares with is that of the same linear piece (near a kink, float32
+rounding may put an input on the other side, and both gradients are right).
+:func:`kinks` lists the decisions within rounding of their kink, which a port's training
+pass and its activations (two computations that may round differently) can take apart.
 
 ``train_steps`` is Caffe's ``SGDSolver`` with L2 weight decay on every weight and bias
 (the released train_val prototxts leave ``decay_mult`` at 1)::
@@ -28,14 +32,18 @@ side of a decision that float32 rounding could tip (:mod:`ports.numpy.kinks`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import spec as S
+from .._api import Step
 from .._predict import as_input
 from . import SqueezeNet, conv2d, max_pool_ceil, relu
 
-__all__ = ["loss_and_grads", "train_steps", "dropout", "softmax_cross_entropy"]
+__all__ = ["loss_and_grads", "train_steps", "dropout", "softmax_cross_entropy",
+           "decisions_of", "kinks", "Kink"]
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -88,7 +96,8 @@ def max_pool_ceil_backward(x: np.ndarray, pool: S.MaxPool, dy: np.ndarray,
                            first_max: np.ndarray | None = None) -> np.ndarray:
     """``dy`` [N,C,H',W'] of :func:`ports.numpy.max_pool_ceil` -> dx [N,C,H,W].
     ``first_max`` [N,C,H',W']: the winner's index in each flattened window (default: the
-    first maximum in row-major order)."""
+    first maximum in row-major order); or [N,C,H',W',k*k], each window's share of ``dy``
+    per cell (a tie split between its maxima)."""
     height, width = x.shape[2:]
     k, s = pool.kernel, pool.stride
     if first_max is None:
@@ -96,10 +105,12 @@ def max_pool_ceil_backward(x: np.ndarray, pool: S.MaxPool, dy: np.ndarray,
     xp = np.zeros((*x.shape[:2], height + pool.ceil_extra(height),
                    width + pool.ceil_extra(width)), x.dtype)
     ho, wo = dy.shape[2:]
+    shares = first_max.ndim == dy.ndim + 1
     for i in range(k):
         for j in range(k):
             xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] \
-                += np.where(first_max == i * k + j, dy, 0.0)
+                += dy * first_max[..., i * k + j] if shares \
+                else np.where(first_max == i * k + j, dy, 0.0)
     return xp[:, :, :height, :width]
 
 
@@ -115,9 +126,8 @@ def _same(site: str, choice: np.ndarray) -> np.ndarray:
 class _Tape:
     """The forward pass of :func:`ports.numpy.forward`, keeping what backward needs."""
 
-    def __init__(self, model: SqueezeNet, params: dict | None = None) -> None:
-        # ``params``: other weights for the same network (default the model's own)
-        self.p = model.params if params is None else params
+    def __init__(self, model: SqueezeNet) -> None:
+        self.p = model.params
         self.layers, self.steps = model.variant.layers(), []
         # ReLUs keep their input z (pre-activation); pools keep their input.
 
@@ -161,12 +171,8 @@ class _Tape:
                 h = h.mean(axis=(2, 3))
         return h
 
-    def backward(self, dy: np.ndarray, decide=_same, *, start: int | None = None,
-                 keep: dict | None = None) -> dict[str, np.ndarray]:
-        """The gradient of every parameter from ``dy``, the gradient of the logits [N, C].
-        ``keep``: a dict that receives each step's index -> the gradient entering it from
-        above; ``start``: begin at that step with ``dy`` the gradient entering it (as
-        ``keep`` recorded it), returning only the parameters of the steps up to it."""
+    def backward(self, dy: np.ndarray, decide=_same) -> dict[str, np.ndarray]:
+        """The gradient of every parameter from ``dy``, the gradient of the logits [N, C]."""
         grads: dict[str, np.ndarray] = {}
         p = self.p
 
@@ -178,10 +184,7 @@ class _Tape:
                 a, p[f"{c.name}.weight"], c.stride, c.padding, d)
             return da
 
-        for i in range(len(self.steps) - 1 if start is None else start, -1, -1):
-            kind, layer, saved = self.steps[i]
-            if keep is not None:
-                keep[i] = dy
+        for kind, layer, saved in reversed(self.steps):
             if kind == "gap":
                 n, c, height, width = saved
                 dy = np.broadcast_to(dy[:, :, None, None] / (height * width), saved).copy()
@@ -221,17 +224,18 @@ def loss_and_grads(model: SqueezeNet, x, labels,
 
 
 def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
-                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
+                weight_decay: float = 2e-4) -> list[Step]:
     """One Caffe SGD step per learning rate in ``lrs`` (see the module docstring), in place;
-    returns the loss before each step and the weights after the last, ``{canonical name:
-    array}`` in the model's dtype."""
+    per step its loss (before it), gradient, velocity and weights after it
+    (:class:`ports._api.Step`, ``{canonical name: array}`` in the model's dtype)."""
     history = {k: np.zeros_like(v) for k, v in model.params.items()}
-    losses = []
+    out = []
     for lr in lrs:
         loss, grads = loss_and_grads(model, x, labels)
-        losses.append(loss)
         sgd_step(model.params, history, grads, lr, momentum, weight_decay)
-    return losses, {k: v.copy() for k, v in model.params.items()}
+        out.append(Step(loss, grads, {k: v.copy() for k, v in history.items()},
+                        {k: v.copy() for k, v in model.params.items()}))
+    return out
 
 
 def sgd_step(params: dict, history: dict, grads: dict, lr: float, momentum: float,
@@ -240,6 +244,92 @@ def sgd_step(params: dict, history: dict, grads: dict, lr: float, momentum: floa
     for name, w in params.items():
         history[name] = momentum * history[name] + lr * (grads[name] + weight_decay * w)
         params[name] = w - history[name]
+
+
+def decisions_of(variant: S.Variant, acts: dict[str, np.ndarray] | None, flips=()):
+    """A ``decide`` hook (module docstring) that takes every decision as the forward pass
+    whose activations are ``acts`` took it (``{name: array}`` of
+    ``variant.activation_names()``, NCHW, any dtype; None: this pass's own decisions): a
+    ReLU passes the gradient where its output there is positive, a pool gives it to the
+    first maximum of each window of its input there (row-major, as Caffe and PyTorch break
+    ties); then each :class:`Kink` in ``flips`` taken the other way."""
+    names = variant.activation_names()
+    pools = {layer.name: layer for layer in variant.layers() if isinstance(layer, S.MaxPool)}
+
+    def decide(site: str, choice: np.ndarray) -> np.ndarray:
+        if acts is None:
+            out = choice.copy()
+        elif site in pools:  # the pool's input is the activation just before it
+            before = np.asarray(acts[names[names.index(site) - 1]], np.float64)
+            out = pool_windows(before, pools[site]).argmax(axis=-1)
+        else:
+            out = np.asarray(acts[site]) > 0
+        if out.shape != choice.shape:
+            raise ValueError(f"activations of {site}: decisions of shape {out.shape}, "
+                             f"expected {choice.shape}")
+        mine = [kink for kink in flips if kink.site == site]
+        for kink in mine:
+            if not kink.split:
+                out[kink.index] = (not out[kink.index]) if not kink.pair else \
+                    kink.pair[1] if out[kink.index] == kink.pair[0] else kink.pair[0]
+        split = [kink for kink in mine if kink.split]
+        if split:  # shares of each window: one-hot, the split ones half to each maximum
+            cells = pools[site].kernel ** 2
+            out = (out[..., None] == np.arange(cells)).astype(np.float64)
+            for kink in split:
+                out[kink.index] = 0.0
+                out[kink.index + (kink.pair[0],)] = out[kink.index + (kink.pair[1],)] = 0.5
+        return out
+
+    return decide
+
+
+class Kink(NamedTuple):
+    """A decision of a forward pass within rounding of its kink: ``site`` (the conv a ReLU
+    follows, or a pool's name), ``index`` (the element, or the pool window ``[n, c, i, j]``)
+    and for a pool ``pair``, its two nearly equal candidates (indices in the window).  As a
+    flip: taken the other way, or for a pool with ``split``, the gradient shared equally
+    between the two (what JAX's max-pool gradient does with a float32 tie)."""
+
+    site: str
+    index: tuple
+    pair: tuple = ()
+    closeness: float = 0.0  # distance from the kink, relative to the site's largest value
+    split: bool = False
+
+
+def kinks(model: SqueezeNet, x, margin: float) -> list[Kink]:
+    """The decisions of ``model``'s forward pass on ``x`` within ``margin`` (relative to the
+    site's largest magnitude) of a kink, closest first: a ReLU input that near 0, a pool
+    window whose two largest inputs are that close (two zeros excepted: dead ReLUs pass no
+    gradient either way).  Another computation of the same numbers, rounding differently,
+    may take any of them the other way."""
+    tape = _Tape(model)
+    tape.run(as_input(x, model.variant).astype(model.dtype))
+    out = []
+    for kind, layer, saved in tape.steps:
+        sites = []
+        if kind == "relu":
+            sites = [(layer.of, saved)]
+        elif kind == "fire":
+            sites = list(zip((layer.squeeze.name, layer.expand1x1.name, layer.expand3x3.name),
+                             saved[1:]))
+        elif kind == "pool":
+            scale = float(np.abs(saved).max())
+            windows = pool_windows(saved, layer)
+            order = np.argsort(-windows, axis=-1, kind="stable")
+            top = np.take_along_axis(windows, order[..., :2], axis=-1)
+            gap = top[..., 0] - top[..., 1]
+            for idx in zip(*np.nonzero((gap <= margin * scale) & (top[..., 0] != 0))):
+                out.append(Kink(layer.name, tuple(int(i) for i in idx),
+                                (int(order[idx][0]), int(order[idx][1])),
+                                float(gap[idx]) / scale))
+        for site, z in sites:
+            scale = float(np.abs(z).max())
+            for idx in zip(*np.nonzero(np.abs(z) <= margin * scale)):
+                out.append(Kink(site, tuple(int(i) for i in idx),
+                                closeness=float(abs(z[idx])) / scale))
+    return sorted(out, key=lambda k: k.closeness)
 
 
 def _labels(labels, n: int, classes: int) -> np.ndarray:

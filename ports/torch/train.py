@@ -2,7 +2,7 @@
 
     >>> from ports.torch import load, train
     >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
-    >>> losses, weights = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])
+    >>> steps = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])   # ports._api.Step
 
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits (``F.cross_entropy``, mean over the
 batch); dropout is off (the model stays in ``eval()``, which here only disables dropout).
@@ -12,7 +12,7 @@ keeps the rate outside its momentum buffer (``b <- m b + (g + wd w)``, ``w <- w 
 the same steps while the rate is constant, others when it changes.  So the optimizer runs
 with ``lr=1``, ``weight_decay=lr_t * wd`` and the loss scaled by ``lr_t``: its buffer is then
 ``m b + lr_t (g + wd w)``, Caffe's ``v``, and ``w - 1 * b`` is Caffe's step, decay on weights
-and biases alike.
+and biases alike.  Each step reports the gradient it used as ``p.grad / lr_t``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._api import Step
 from .._predict import as_input
 from ..formats.torch import key_table
 from . import SqueezeNet
@@ -50,23 +51,27 @@ def loss_and_grads(model: SqueezeNet, x, labels) -> tuple[float, dict[str, np.nd
 
 
 def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
-                weight_decay: float = 2e-4) -> tuple[list[float], dict[str, np.ndarray]]:
-    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; the
-    loss before each step and the weights after the last (canonical names, OIHW)."""
+                weight_decay: float = 2e-4) -> list[Step]:
+    """One Caffe SGD step per rate in ``lrs`` (see the module docstring), in place; per step
+    its loss, gradient, velocity and the weights after it (:class:`ports._api.Step`)."""
     xt, yt = _batch(model, x, labels)
     model.eval()  # dropout off
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum,
                                 weight_decay=0.0)
-    losses = []
+    named, out = _named(model), []
     for lr in lrs:
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(xt), yt)
-        losses.append(loss.item())
         (loss * lr).backward()  # the rate goes inside the momentum buffer, as in Caffe
+        grads = {k: p.grad.detach().numpy() / lr for k, p in named.items()}
         for group in optimizer.param_groups:
             group["weight_decay"] = lr * weight_decay
         optimizer.step()
-    return losses, {k: p.detach().numpy().copy() for k, p in _named(model).items()}
+        out.append(Step(loss.item(), grads,
+                        {k: optimizer.state[p]["momentum_buffer"].detach().numpy().copy()
+                         for k, p in named.items()},
+                        {k: p.detach().numpy().copy() for k, p in named.items()}))
+    return out
 
 
 def dropout(model: SqueezeNet, x, training: bool = True) -> np.ndarray:

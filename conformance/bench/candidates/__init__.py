@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import importlib
 
-# port -> module of this package (the Keras backends share one)
-MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "opencv": "opencv",
-           "keras-tf": "keras", "keras-jax": "keras", "keras-torch": "keras", "flax": "flax",
-           "mxnet": "mxnet", "chainer": "chainer"}
-
 
 def candidates(port: str, mod, weights, quick: bool) -> list:
-    name = MODULES.get(port)
+    from ...registry import PORTS
+
+    name = PORTS[port].bench if port in PORTS else None  # its registry record
     if name is None:
         model = mod.load(weights)
         return [("port predict()", lambda x: lambda: mod.predict(model, x))]
