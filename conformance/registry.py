@@ -147,3 +147,33 @@ def keras_port() -> str:
         raise RuntimeError(f"set KERAS_BACKEND to {', '.join(by_backend)} "
                            f"(tox -e {', '.join(by_backend.values())})")
     return by_backend[backend]
+
+
+def main(argv=None) -> int:
+    """``python -m conformance.registry``: the ports (built-in and declared by installed
+    packages) as a JSON list; ``--github-output``, run in a checkout, also tox.ini's test
+    environments but the matrix (which runs as one job per port), as the lines
+    ``ports=[...]`` and ``envs=[...]`` of a GitHub Actions step output (the workflow's job
+    lists)."""
+    import argparse
+    import configparser
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--github-output", action="store_true")
+    args = parser.parse_args(argv)
+    ports = json.dumps(list(PORTS))
+    if not args.github_output:
+        print(ports)
+        return 0
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(Path(__file__).resolve().parent.parent / "tox.ini")
+    envs = [e.strip() for e in ini["tox"]["env_list"].split(",") if e.strip() != "matrix"]
+    print(f"ports={ports}")
+    print(f"envs={json.dumps(envs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

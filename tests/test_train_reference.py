@@ -19,7 +19,7 @@ VARIANTS = [v.id for v in all_variants(10)]
 
 @pytest.mark.parametrize("vid", VARIANTS)
 def test_backward_agrees_with_central_finite_differences(vid):
-    """Three entries of every parameter tensor whose gradient is not zero (a different
+    """Two entries of every parameter tensor whose gradient is not zero (a different
     draw per variant, among the entries at least 1e-3 of the tensor's largest), perturbed by
     +-1e-7 in float64 (small enough that no ReLU or max-pool choice flips on this input):
     the analytic gradient agrees with (L(w + e) - L(w - e)) / 2e to 1e-7 absolute + 1e-5
@@ -35,7 +35,7 @@ def test_backward_agrees_with_central_finite_differences(vid):
     for name, param in model.params.items():
         flat, g = param.reshape(-1), grads[name].reshape(-1)
         alive = np.flatnonzero(np.abs(g) >= 1e-3 * np.abs(g).max())
-        for i in rng.choice(alive, size=min(3, alive.size), replace=False):
+        for i in rng.choice(alive, size=min(2, alive.size), replace=False):
             base = flat[i]
             flat[i] = base + eps
             up, _ = train.softmax_cross_entropy(ref.forward(model, x), labels)
@@ -46,7 +46,7 @@ def test_backward_agrees_with_central_finite_differences(vid):
             assert analytic != 0 and abs(numeric - analytic) <= 1e-7 + 1e-5 * abs(analytic), \
                 (name, i, numeric, analytic)
             checked += 1
-    assert checked >= 2 * len(model.params)
+    assert checked == 2 * len(model.params)
 
 
 def test_a_wrong_backward_rule_fails_the_finite_difference_check():

@@ -49,9 +49,29 @@ def _uses(job: dict, action: str) -> list[dict]:
     return [s for s in _steps(job) if s.get("uses", "").split("@")[0] == action]
 
 
+def _listed() -> dict:
+    """What the workflow's ``list`` job hands the others: ``{"ports": [...], "envs": [...]}``."""
+    out = subprocess.run([sys.executable, "-m", "conformance.registry", "--github-output"],
+                         cwd=ROOT, text=True, capture_output=True, timeout=120, check=True)
+    return {k: json.loads(v) for k, v in (line.split("=", 1) for line in out.stdout.splitlines())}
+
+
+def test_the_job_lists_come_from_the_registry_and_tox_ini(workflow):
+    """The port and test jobs are listed by the ``list`` job from the port registry and
+    tox.ini: a new port or environment needs no edit here."""
+    job = workflow["jobs"]["list"]
+    step = _step_running(job, 'python -m conformance.registry --github-output >> '
+                              '"$GITHUB_OUTPUT"')
+    assert job["outputs"] == {"ports": f"${{{{ steps.{step['id']}.outputs.ports }}}}",
+                              "envs": f"${{{{ steps.{step['id']}.outputs.envs }}}}"}
+    assert workflow["jobs"]["port"]["needs"] == "list"
+    assert workflow["jobs"]["test"]["needs"] == "list"
+    assert _listed()["ports"] == list(PORTS)
+
+
 def test_one_job_per_port_of_the_matrix(workflow):
     port_job = workflow["jobs"]["port"]
-    assert port_job["strategy"]["matrix"]["port"] == list(PORTS)
+    assert port_job["strategy"]["matrix"]["port"] == "${{ fromJSON(needs.list.outputs.ports) }}"
     assert port_job["strategy"]["fail-fast"] is False  # one failing port hides no other
 
 
@@ -62,7 +82,8 @@ def test_every_test_environment_is_a_job(workflow):
     ini.read(ROOT / "tox.ini")
     env_list = [e.strip() for e in ini["tox"]["env_list"].split(",")]
     job = workflow["jobs"]["test"]
-    assert job["strategy"]["matrix"]["env"] == [e for e in env_list if e != "matrix"]
+    assert job["strategy"]["matrix"]["env"] == "${{ fromJSON(needs.list.outputs.envs) }}"
+    assert _listed()["envs"] == [e for e in env_list if e != "matrix"]
     assert job["strategy"]["fail-fast"] is False
     step = _step_running(job, 'python -m tox -e "$ENV"')
     assert step["env"]["ENV"] == "${{ matrix.env }}"
