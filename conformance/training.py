@@ -134,13 +134,14 @@ def _model(weights: Weights, tensors: dict):
 def resolve(weights: Weights, tensors: dict, x, labels, acts, grads: dict,
             bound: float, margin: float) -> tuple[float, dict, list]:
     """The float64 gradient a port's ``grads`` are compared with: :func:`decided` through the
-    reference's own decisions when that is within ``bound`` (most cases: the port took the
-    same ones), else through the port's own (``acts``: its activations, or a function
-    computing them, called only then; None: none), with the decisions within ``margin`` of
-    their kink (:func:`ports.numpy.train.kinks`) that the port's training pass took
-    otherwise than its activations say found from its gradient (a port's activations and
-    its training pass are two computations and may round differently: JAX compiles them
-    apart).
+    reference's own decisions when that is within a quarter of ``bound`` (most cases: the
+    port took the same ones, and what is left is rounding), else through the port's own
+    (``acts``: its activations, or a function computing them, called only then; None:
+    none) or the reference's when either is within ``bound``, else with the decisions
+    within ``margin`` of their kink (:func:`ports.numpy.train.kinks`) that the port's
+    training pass took otherwise than its activations say found from its gradient (a
+    port's activations and its training pass are two computations and may round
+    differently: JAX compiles them apart).
 
     A decision changes the gradients of the layer it belongs to and of those before it,
     never of later ones; so while some tensor is beyond ``bound``, the decisions near a kink
@@ -153,14 +154,19 @@ def resolve(weights: Weights, tensors: dict, x, labels, acts, grads: dict,
     flips: list = []
     loss, ref_grads = decided(weights, tensors, x, labels, None)  # most often the same
     errors = relative_errors(grads, ref_grads)
-    if not worst(errors)[1] > bound:  # within, or NaN
+    if not worst(errors)[1] > bound / 4:  # rounding (a tipped decision moves far more), or NaN
         return loss, ref_grads, flips
     acts = acts() if callable(acts) else acts  # computed only when needed
     if acts is not None:
+        own = loss, ref_grads, errors
         loss, ref_grads = decided(weights, tensors, x, labels, acts)
         errors = relative_errors(grads, ref_grads)
         if not worst(errors)[1] > bound:
             return loss, ref_grads, flips
+        if not worst(own[2])[1] > bound:
+            return own[0], own[1], flips
+    elif not worst(errors)[1] > bound:
+        return loss, ref_grads, flips
     model = _model(weights, tensors)
     layers = _layers_of_decisions(model.variant)
     near = train.kinks(model, x, margin)
