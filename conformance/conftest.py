@@ -37,4 +37,5 @@ def recorders():
     out: dict = {}
     yield out
     for recorder in out.values():
-        recorder.save()
+        if recorder.records:  # a session that only reused records leaves the file alone
+            recorder.save()  # (the matrix may be gathering this run's record beside it)
