@@ -14,7 +14,7 @@ the session, for the matrix to gather: the same :class:`conformance.collect.Reco
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import pytest
@@ -229,3 +229,26 @@ class DropoutSuite:
         for dtype in PORTS[self.port].dtypes:
             mod, model, x = self._model_and_x(dtype)
             assert np.array_equal(np.asarray(mod.dropout(model, x, training=False)), x)
+
+
+@cache
+def _own_steps(mod, vid: str, port: str | None) -> dict:
+    from . import training
+
+    return training.steps_case(mod, vid, "float32", port)
+
+
+def mistaken_steps_fail(mod, vid: str, run, label: str, port: str | None = None) -> None:
+    """Issue 27's optimizer-convention check, for a port test module: ``run`` (a mistaken
+    ``train_steps``, with its signature) on the float32 ``steps`` case ``vid`` is more than
+    10x outside the float32 optimizer bound of Caffe's rule on its own numbers, while the
+    port's own ``train_steps`` on the same case passes."""
+    from . import training
+
+    r = training.steps_case(mod, vid, "float32", port, run=run)
+    own = _own_steps(mod, vid, port)
+    bound = training.tolerance("float32", port=port)["optimizer"]
+    print(f"{label}: optimizer_rel {r['optimizer_rel']:.3g} in {r['worst_update']} "
+          f"(the port's own: {own['optimizer_rel']:.3g})")
+    assert not r["ok"] and r["optimizer_rel"] > 10 * bound, (label, r)
+    assert own["ok"], own

@@ -15,7 +15,7 @@ with warnings.catch_warnings():  # chainer 7 imports numpy.distutils (deprecated
     import chainer.links as L
     from chainer.utils import conv as conv_utils
 
-from conformance import golden, training  # noqa: E402
+from conformance import golden, suite, training  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import SIZES, inputs  # noqa: E402
 from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
@@ -377,20 +377,10 @@ def _mistaken(make):
     return run
 
 
-@pytest.fixture(scope="module")
-def correct_steps() -> dict:
-    return training.steps_case(port, TRAIN_VID, "float32")
-
-
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_optimizer_convention_mistakes_fail_in_float32(name, correct_steps):
+def test_optimizer_convention_mistakes_fail_in_float32(name):
     """Issue 27: five float32 poly-rate steps of each mistaken convention are far outside
     the float32 optimizer bound (1e-6) of Caffe's rule on their own numbers (measured
     optimizer_rel: rate outside the momentum 7.4e-2, decoupled decay 1.0, no decay on
     biases 1.0; the port's own 1.9e-7), while the port's own ``train_steps`` passes."""
-    r = training.steps_case(port, TRAIN_VID, "float32", run=_mistaken(OPTIMIZERS[name]))
-    bound = training.tolerance("float32")["optimizer"]
-    print(f"{name}: optimizer_rel {r['optimizer_rel']:.3g} in {r['worst_update']} "
-          f"(the port's: {correct_steps['optimizer_rel']:.3g})")
-    assert not r["ok"] and r["optimizer_rel"] > 10 * bound, (name, r)
-    assert correct_steps["ok"], correct_steps
+    suite.mistaken_steps_fail(port, TRAIN_VID, _mistaken(OPTIMIZERS[name]), name)

@@ -8,7 +8,7 @@ from flax import (
     serialization,  # noqa: E402
 )
 
-from conformance import golden  # noqa: E402
+from conformance import golden, suite  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
 from conformance.registry import PORTS  # noqa: E402
@@ -333,27 +333,14 @@ def _mistaken(mistake: str):
     return run
 
 
-@pytest.fixture(scope="module")
-def correct_steps() -> dict:
-    from conformance import training
-
-    return training.steps_case(pf, MISTAKE_VARIANT, "float32")
-
-
 @pytest.mark.parametrize("mistake", list(_caffe_sgd_mistakes([1.0], 0.9, 0.0)))
-def test_optimizer_convention_mistakes_fail_in_float32(mistake, correct_steps):
+def test_optimizer_convention_mistakes_fail_in_float32(mistake):
     """Issue 27: five float32 poly-rate steps of each wrong optax chain are far outside the
     float32 optimizer bound (1e-6) of Caffe's rule on their own numbers (measured
     optimizer_rel: rate outside the trace 7.4e-2, decay after the rate 1.1e3, AdamW-style
     decay 1.0, no decay on the biases 1.0), while ``train_steps``'s own chain
     (``caffe_sgd``) on the same case passes."""
-    from conformance import training
-
-    r = training.steps_case(pf, MISTAKE_VARIANT, "float32", run=_mistaken(mistake))
-    bound = training.tolerance("float32")["optimizer"]
-    print(f"{mistake}: optimizer_rel {r['optimizer_rel']:.3g} in {r['worst_update']}")
-    assert not r["ok"] and r["optimizer_rel"] > 10 * bound, (mistake, r)
-    assert correct_steps["ok"], correct_steps
+    suite.mistaken_steps_fail(pf, MISTAKE_VARIANT, _mistaken(mistake), mistake)
 
 
 # --- Orbax checkpoints (ports.formats.orbax) against real Orbax -------------------------------

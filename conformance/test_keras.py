@@ -17,7 +17,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 from keras.src.utils.naming import to_snake_case  # noqa: E402
 
-from conformance import golden  # noqa: E402
+from conformance import golden, suite  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.hdf5_tree import tree  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
@@ -342,24 +342,11 @@ def _keras_mistake(mistake: str):
     return run
 
 
-@pytest.fixture(scope="module")
-def correct_steps() -> dict:
-    from conformance import training
-
-    return training.steps_case(kport, MISTAKE_VARIANT, "float32")
-
-
 @pytest.mark.parametrize("mistake", MISTAKES)
-def test_optimizer_convention_mistakes_fail_in_float32(mistake, correct_steps):
+def test_optimizer_convention_mistakes_fail_in_float32(mistake):
     """Issue 27: five float32 poly-rate steps of each wrong Keras configuration are far
     outside the float32 optimizer bound (1e-6) of Caffe's rule on their own numbers
     (measured optimizer_rel on every backend: decoupled decay 1.0, no decay on the biases
     1.0, Nesterov 7.7 on TensorFlow and torch, 3.0 on JAX), while ``train_steps`` on the
     same case passes."""
-    from conformance import training
-
-    r = training.steps_case(kport, MISTAKE_VARIANT, "float32", run=_keras_mistake(mistake))
-    bound = training.tolerance("float32")["optimizer"]
-    print(f"{mistake}: optimizer_rel {r['optimizer_rel']:.3g} in {r['worst_update']}")
-    assert not r["ok"] and r["optimizer_rel"] > 10 * bound, (mistake, r)
-    assert correct_steps["ok"], correct_steps
+    suite.mistaken_steps_fail(kport, MISTAKE_VARIANT, _keras_mistake(mistake), mistake)

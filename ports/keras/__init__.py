@@ -32,15 +32,19 @@ serializable = keras.saving.register_keras_serializable(package="squeezenet_port
 @serializable
 class SqueezeNet(keras.Model):
     """The functional model for a :class:`~ports.spec.Variant`, built by interpreting
-    ``Variant.layers()``: NHWC ``[N,H,W,3]`` -> ``[N, classes]``; ``model.variant``."""
+    ``Variant.layers()``: NHWC ``[N,H,W,3]`` -> ``[N, classes]``; ``model.variant``.
+    ``random_init=False`` starts the kernels at zero instead of Keras's random draws, for
+    weights copied in at once (:func:`load`; on JAX the draws compile per kernel shape: 6 s
+    for the first network of a run)."""
 
     conv = keras.layers.Conv2D      # the layer classes; ports.keras.fast swaps in its own
     ceil_max_pool = CeilMaxPooling2D
 
     def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
-                 bypass: str = "none", *, dtype="float32") -> None:
+                 bypass: str = "none", *, dtype="float32", random_init: bool = True) -> None:
         variant = _api.variant(version, num_classes, final_conv_padding, bypass)
         dtype = _api.dtype(dtype).name
+        init = {} if random_init else {"kernel_initializer": "zeros"}  # load: no draws
 
         def layer(cls, name, *args, **kwargs):
             return cls(*args, name=name, dtype=dtype, **kwargs)
@@ -52,7 +56,7 @@ class SqueezeNet(keras.Model):
             elif c.padding:
                 x = layer(keras.layers.ZeroPadding2D, f"{name}_pad", c.padding)(x)
             return layer(self.conv, name, c.out_channels, c.kernel, strides=c.stride,
-                         padding=padding, activation=activation)(x)
+                         padding=padding, activation=activation, **init)(x)
 
         def fire(f: S.Fire, x):  # squeeze -> [expand1x1, expand3x3] concatenated -> + bypass
             s = conv(f.squeeze, x, "relu")
@@ -111,7 +115,8 @@ def load(source, dtype="float32", *, variant=None, fast: bool = True) -> Squeeze
     """Model from a weights file of any supported format (``.weights.h5`` included) or
     :class:`Weights`; ``fast``: :class:`ports.keras.fast.SqueezeNet`, else this module's."""
     cls = _fast.SqueezeNet if fast else SqueezeNet
-    return _api.load(lambda v, dt: cls(v, dtype=dt), _fill, source, dtype, variant)
+    return _api.load(lambda v, dt: cls(v, dtype=dt, random_init=False), _fill, source, dtype,
+                     variant)
 
 
 def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
