@@ -216,3 +216,23 @@ def test_gathering_refuses_results_of_other_code_and_missing_ports(tmp_path):
     assert "ports failed to run: numpy, torch" in out.stdout
     assert "computed from other code than this checkout's" in out.stdout
     assert "torch: no results in" in out.stdout
+
+
+def test_a_test_session_that_reuses_every_record_leaves_the_file_alone(tmp_path):
+    """The port test modules record what they compute when the session ends (the
+    ``recorders`` fixture); a session that only reused current records must not rewrite the
+    file (the matrix, gathering beside the tests, once found its run's record replaced):
+    the second run of the same case leaves the file byte for byte as the first wrote it."""
+    env = {**{k: v for k, v in os.environ.items() if k != "SQUEEZENET_REQUIRE_SHARED"},
+           "SQUEEZENET_RESULTS": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "conformance/test_numpy.py", "-k", f"TestNumpy and {CASE}"]
+    written = []
+    for _ in range(2):
+        done = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True,
+                              timeout=600)
+        assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+        path = tmp_path / "numpy.json"
+        written.append((path.read_bytes(), path.stat().st_mtime_ns))
+    assert written[1] == written[0]
+    assert [r["id"] for r in json.loads(written[0][0])["cases"]] == [CASE]
