@@ -252,3 +252,28 @@ def mistaken_steps_fail(mod, vid: str, run, label: str, port: str | None = None)
           f"(the port's own: {own['optimizer_rel']:.3g})")
     assert not r["ok"] and r["optimizer_rel"] > 10 * bound, (label, r)
     assert own["ok"], own
+
+
+SPEC_SIZE = 41  # a floor-mode pool1 would differ from Caffe's ceil mode here, in both versions
+
+
+def assert_network_is_spec(variant, params: dict, shapes: dict) -> None:
+    """A port's network against :mod:`ports.spec` (issue 28): ``params`` ``{canonical name:
+    shape}`` (through the port's name table) are ``variant.params()``; ``shapes`` ``{name:
+    shape}`` of its activations on a ``SPEC_SIZE`` input are the spec's names in the spec's
+    order, each map of the spec's size (ceil-mode pools, conv10's padding)."""
+    assert params == variant.params()
+    assert list(shapes) == variant.activation_names()
+    sizes = variant.feature_sizes(SPEC_SIZE)
+    for name, shape in shapes.items():
+        if name in sizes and len(shape) == 4:
+            assert tuple(shape[2:]) == (sizes[name],) * 2, (name, shape, sizes[name])
+
+
+def assert_loads_bit_exact(expected: dict, *loaded) -> None:
+    """Each of ``loaded`` (canonical :class:`~ports.canonical.Weights`) holds exactly the
+    tensors of ``expected``, bit for bit (a frozen file of ``conformance.frozen``)."""
+    for got in loaded:
+        assert set(got.tensors) == set(expected)
+        for name, value in expected.items():
+            assert np.array_equal(got[name], value), name

@@ -15,7 +15,7 @@ with warnings.catch_warnings():  # chainer 7 imports numpy.distutils (deprecated
     import chainer.links as L
     from chainer.utils import conv as conv_utils
 
-from conformance import golden, suite, training  # noqa: E402
+from conformance import frozen, golden, suite, training  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import SIZES, inputs  # noqa: E402
 from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
@@ -118,7 +118,9 @@ def test_inference_conv_equals_convolution_2d(monkeypatch, kernel, stride, pad, 
     x = rng.standard_normal((3, 5, 17, 17))
     w = rng.standard_normal((4, 5, kernel, kernel))
     b = rng.standard_normal(4)
-    link = port._conv(S.Conv("c", 5, 4, kernel, stride, pad), np.float64)
+    zero = chainer.initializers.Zero(np.float64)
+    link = L.Convolution2D(5, 4, kernel, stride=stride, pad=pad, initialW=zero,
+                           initial_bias=zero)
     link.W.array[...], link.b.array[...] = w, b
     with chainer.using_config("train", False):
         reference = F.convolution_2d(x, w, b, stride=stride, pad=pad).array
@@ -384,3 +386,32 @@ def test_optimizer_convention_mistakes_fail_in_float32(name):
     optimizer_rel: rate outside the momentum 7.4e-2, decoupled decay 1.0, no decay on
     biases 1.0; the port's own 1.9e-7), while the port's own ``train_steps`` passes."""
     suite.mistaken_steps_fail(port, TRAIN_VID, _mistaken(OPTIMIZERS[name]), name)
+
+
+@pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.id)
+def test_the_literal_network_is_the_spec(variant):
+    """``ports.chainer.network`` writes SqueezeNet out; for all 12 variants its parameters
+    are the spec's, name for name (through the codec's path table) and shape for shape, and
+    its maps have the spec's sizes (ceil-mode pools, conv10's padding) at 41x41, where a
+    floor-mode pool1 would differ in both versions, on the plain and the fast path."""
+    for build in (port.SqueezeNet, fast.SqueezeNet):
+        model = build(variant, dtype="float64")
+        params = {path.lstrip("/"): tuple(p.shape) for path, p in model.namedparams()}
+        table = codec.key_table(variant)
+        assert set(table.values()) == set(params)
+        acts = port.activations(model, np.zeros((1, 3, suite.SPEC_SIZE, suite.SPEC_SIZE)))
+        suite.assert_network_is_spec(variant, {k: params[v] for k, v in table.items()},
+                                     {n: a.shape for n, a in acts.items()})
+
+
+@pytest.mark.parametrize("vid", frozen.VARIANTS)
+def test_an_npz_saved_before_the_rewrite_loads_bit_exact(vid):
+    """``chainer.serializers.save_npz`` of the pre-rewrite port (conformance/frozen):
+    Chainer's own strict ``load_npz`` takes it into today's chain, and our reader and
+    ``load`` give back every tensor bit for bit."""
+    v = Variant.from_id(vid)
+    path, expected = frozen.path("chainer", vid, "npz"), frozen.pattern(v)
+    model = port.SqueezeNet(v)
+    chainer.serializers.load_npz(str(path), model, strict=True)
+    suite.assert_loads_bit_exact(expected, port.to_weights(model),
+                                 port.to_weights(port.load(path, variant=v)))

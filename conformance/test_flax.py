@@ -8,7 +8,7 @@ from flax import (
     serialization,  # noqa: E402
 )
 
-from conformance import golden, suite  # noqa: E402
+from conformance import frozen, golden, suite  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
 from conformance.registry import PORTS  # noqa: E402
@@ -481,3 +481,19 @@ def test_orbax_custom_metadata_carries_the_whole_variant(tmp_path):
     assert all(back[k].tobytes() == w[k].tobytes() for k in w.tensors)
     again = pf.load(path)  # any supported format, the port's uniform load
     _orbax_logits_agree(again, v.id, f"ports.flax.load of an Orbax-saved {v.id}")
+
+
+@pytest.mark.parametrize("vid", frozen.VARIANTS)
+def test_a_state_saved_before_the_rewrite_loads_bit_exact(vid):
+    """``flax.serialization.msgpack_serialize`` of the port's parameter state before issue
+    28's rewrite (conformance/frozen): Flax's own ``msgpack_restore`` and
+    ``nnx.replace_by_pure_dict`` take it into today's module, and our reader and ``load``
+    give back every tensor bit for bit."""
+    v = Variant.from_id(vid)
+    expected, path = frozen.pattern(v), frozen.path("flax", vid, "msgpack")
+    model = pf.SqueezeNet(v)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, serialization.msgpack_restore(path.read_bytes()))
+    nnx.update(model, state)
+    suite.assert_loads_bit_exact(expected, pf.to_weights(model),
+                                 pf.to_weights(pf.load(path, variant=v)))

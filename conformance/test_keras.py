@@ -17,7 +17,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 from keras.src.utils.naming import to_snake_case  # noqa: E402
 
-from conformance import golden, suite  # noqa: E402
+from conformance import frozen, golden, suite  # noqa: E402
 from conformance.harness import assert_agrees, tolerance  # noqa: E402
 from conformance.hdf5_tree import tree  # noqa: E402
 from conformance.inputs import inputs  # noqa: E402
@@ -350,3 +350,20 @@ def test_optimizer_convention_mistakes_fail_in_float32(mistake):
     1.0, Nesterov 7.7 on TensorFlow and torch, 3.0 on JAX), while ``train_steps`` on the
     same case passes."""
     suite.mistaken_steps_fail(kport, MISTAKE_VARIANT, _keras_mistake(mistake), mistake)
+
+
+@pytest.mark.parametrize("vid", frozen.VARIANTS)
+def test_files_saved_before_the_rewrite_load_bit_exact(vid):
+    """``model.save_weights`` and ``model.save`` of the port before issue 28's rewrite
+    (conformance/frozen, written on TensorFlow): Keras' own loaders take them into today's
+    model (``load_weights`` by the weight paths, ``keras.saving.load_model`` rebuilding it
+    from its config), and our readers and ``load`` give back every tensor bit for bit."""
+    v = Variant.from_id(vid)
+    expected = frozen.pattern(v)
+    weights_h5, whole = frozen.path("keras", vid, "weights.h5"), frozen.path("keras", vid, "keras")
+    model = kport.SqueezeNet(v)
+    model.load_weights(str(weights_h5))
+    restored = keras.saving.load_model(str(whole))
+    assert isinstance(restored, kport.SqueezeNet) and restored.variant == v
+    suite.assert_loads_bit_exact(expected, *map(kport.to_weights, (
+        model, restored, kport.load(weights_h5, variant=v), kport.load(whole))))

@@ -20,7 +20,7 @@ from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import vision
 
 import ports.mxnet as port
-from conformance import golden, suite, training
+from conformance import frozen, golden, suite, training
 from conformance.harness import assert_agrees, tolerance
 from conformance.inputs import SIZES, inputs
 from conformance.suite import PATH_CASES, DropoutSuite, PortSuite, TraceSuite
@@ -537,3 +537,16 @@ def test_port_export_pair_converts_to_every_format(tmp_path):
     mine = port.to_weights(net)
     assert all(w[k].tobytes() == mine[k].tobytes() for k in mine.tensors)
     _converts_to_every_format(w, tmp_path)
+
+
+@pytest.mark.parametrize("vid", frozen.VARIANTS)
+def test_parameters_saved_before_the_rewrite_load_bit_exact(vid):
+    """``save_parameters`` of the port before issue 28's rewrite (conformance/frozen, the
+    Gluon zoo's names): Gluon's own strict ``load_parameters`` takes it into today's
+    network, and our reader and ``load`` give back every tensor bit for bit."""
+    v = Variant.from_id(vid)
+    expected, path = frozen.pattern(v), frozen.path("mxnet", vid, "params")
+    net = port.SqueezeNet(v)
+    net.load_parameters(str(path))
+    suite.assert_loads_bit_exact(expected, port.to_weights(net),
+                                 port.to_weights(port.load(path, variant=v)))

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from conformance import golden
+from conformance import frozen, golden, suite
 from conformance.inputs import inputs
 from ports import torch as tport
 from ports.canonical import Weights
 from ports.errors import WeightsError
 from ports.formats.torch import key_table
 from ports.seeded import seeded_weights
-from ports.spec import Variant
+from ports.spec import Variant, all_variants
 
 
 def torchvision_keys(version):
@@ -78,7 +78,7 @@ def test_to_weights_round_trips():
 def test_loading_the_wrong_variant_names_the_tensor_and_both_shapes():
     model = tport.SqueezeNet("1_1")
     with pytest.raises(WeightsError) as e:
-        model.load_weights(seeded_weights(Variant("1_0")))
+        tport.fill(model, seeded_weights(Variant("1_0")))
     assert "conv1.weight: expected shape [64, 3, 3, 3], got [96, 3, 7, 7]" in str(e.value)
 
 
@@ -86,3 +86,30 @@ def test_predict_rejects_nhwc_input():
     model = tport.load(seeded_weights(Variant("1_1")))
     with pytest.raises(ValueError, match="NHWC"):
         tport.predict(model, np.zeros((1, 224, 224, 3), np.float32))
+
+
+@pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.id)
+def test_the_literal_network_is_the_spec(variant):
+    """``ports.torch.network`` writes SqueezeNet out as torchvision does; for all 12
+    variants its parameters are the spec's, name for name (through the torchvision key
+    table) and shape for shape, and its maps have the spec's sizes (ceil-mode pools,
+    conv10's padding) at 41x41, where a floor-mode pool1 would differ in both versions."""
+    model = tport.SqueezeNet(variant, dtype="float64")
+    state, table = model.state_dict(), key_table(variant)
+    assert set(table.values()) == set(state)
+    acts = tport.activations(model, np.zeros((1, 3, suite.SPEC_SIZE, suite.SPEC_SIZE)))
+    suite.assert_network_is_spec(variant, {k: tuple(state[v].shape) for k, v in table.items()},
+                                 {n: a.shape for n, a in acts.items()})
+
+
+@pytest.mark.parametrize("vid", frozen.VARIANTS)
+def test_a_state_dict_saved_before_the_rewrite_loads_bit_exact(vid):
+    """``torch.save`` of the pre-rewrite port's ``state_dict()`` (conformance/frozen):
+    torch's own strict ``load_state_dict`` takes it into today's network, and our reader
+    and ``load`` give back every tensor bit for bit."""
+    v, expected = Variant.from_id(vid), frozen.pattern(Variant.from_id(vid))
+    path = frozen.path("torch", vid, "pth")
+    model = tport.SqueezeNet(v)
+    model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    suite.assert_loads_bit_exact(expected, tport.to_weights(model),
+                                 tport.to_weights(tport.load(path, variant=v)))

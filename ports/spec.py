@@ -1,6 +1,9 @@
 """SqueezeNet as data.
 
-Every port interprets the layer list built here; no port states a channel count of its own.
+The oracle of every port's structure: each port's network (written out as SqueezeNet in
+the NumPy reference, PyTorch and Chainer; still built from ``Variant.layers()`` in Keras,
+Flax and MXNet) is tested, for all 12 variants, against the parameter names, shapes and map
+sizes here.
 This module imports nothing but the standard library.
 
 Layout conventions used throughout the project:
@@ -152,15 +155,21 @@ class GlobalAvgPool:
 Layer = Union[Conv, ReLU, MaxPool, Fire, Dropout, GlobalAvgPool]
 
 
+def bypass_of(n: int, bypass: str) -> Union[str, None]:
+    """The bypass of fire ``n`` in a network with ``bypass`` (``Variant.bypass``): None,
+    ``"identity"`` or ``"conv"`` (paper section 6)."""
+    if bypass in ("simple", "complex") and n in SIMPLE_BYPASS:
+        return "identity"
+    if bypass == "complex" and n in COMPLEX_BYPASS:
+        return "conv"
+    return None
+
+
 def _fire(n: int, in_channels: int, bypass: str) -> Fire:
     s, e1, e3 = FIRE_FILTERS[n]
     name = f"fire{n}"
-    kind, conv = None, None
-    if bypass in ("simple", "complex") and n in SIMPLE_BYPASS:
-        kind = "identity"
-    if bypass == "complex" and n in COMPLEX_BYPASS:
-        kind = "conv"
-        conv = Conv(f"{name}.bypass", in_channels, e1 + e3, 1)
+    kind = bypass_of(n, bypass)
+    conv = Conv(f"{name}.bypass", in_channels, e1 + e3, 1) if kind == "conv" else None
     return Fire(
         name,
         in_channels,

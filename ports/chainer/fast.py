@@ -24,10 +24,9 @@ import numpy as np
 from chainer.utils import conv as conv_utils
 
 from .. import spec as S
-from . import Fire
-from . import SqueezeNet as Reference
+from .network import SqueezeNet as Reference
 
-__all__ = ["SqueezeNet", "InferenceConv", "conv", "fire", "max_pool"]
+__all__ = ["SqueezeNet", "InferenceConv", "conv", "max_pool"]
 
 
 class InferenceConv(chainer.FunctionNode):
@@ -92,39 +91,16 @@ def max_pool(h, pool: S.MaxPool) -> chainer.Variable:
     return out
 
 
-def fire(f: Fire, x) -> chainer.Variable:
-    """:meth:`Fire.forward <ports.chainer.Fire.forward>` with the fused convolutions."""
-    s = conv(f.squeeze, x, relu=True)
-    out = F.concat((conv(f.expand1x1, s, relu=True), conv(f.expand3x3, s, relu=True)), axis=1)
-    if f.identity_bypass:
-        out = out + x
-    elif f.conv_bypass:
-        out = out + conv(f.bypass, x)
-    return out
-
-
 class SqueezeNet(Reference):
-    """:class:`ports.chainer.SqueezeNet` whose forward pass uses the shortcuts above where
-    no graph is recorded on NumPy arrays on the CPU, and is the plain one elsewhere."""
+    """:class:`ports.chainer.SqueezeNet` whose convolutions and pools are the shortcuts above
+    where no graph is recorded on NumPy arrays on the CPU, and the plain ones elsewhere."""
 
-    def forward(self, x):  # [N,3,H,W] -> [N, classes]
-        if (chainer.config.enable_backprop or self.device != chainer.backend.CpuDevice()
-                or not isinstance(chainer.as_array(x), np.ndarray)):
-            return super().forward(x)
-        layers = self.variant.layers()
-        h = x
-        for i, layer in enumerate(layers):
-            if isinstance(layer, S.Conv):  # with the ReLU that follows it, if one does
-                relu = i + 1 < len(layers) and isinstance(layers[i + 1], S.ReLU)
-                h = conv(self[layer.name], h, relu=relu)
-            elif isinstance(layer, S.ReLU) and not isinstance(layers[i - 1], S.Conv):
-                h = F.relu(h)
-            elif isinstance(layer, S.Fire):
-                h = fire(self[layer.name], h)
-            elif isinstance(layer, S.MaxPool):
-                h = max_pool(h, layer)
-            elif isinstance(layer, S.Dropout):
-                h = F.dropout(h, layer.rate)  # the identity unless chainer.config.train
-            elif isinstance(layer, S.GlobalAvgPool):
-                h = F.average(h, axis=(2, 3))
-        return h
+    def conv(self, link: chainer.links.Convolution2D, h, relu: bool = False):
+        return conv(link, h, relu) if _shortcut(h) else super().conv(link, h, relu)
+
+    def pool(self, h):
+        return max_pool(h, S.MaxPool("pool")) if _shortcut(h) else super().pool(h)
+
+
+def _shortcut(h) -> bool:  # no graph recorded, a NumPy array (on the CPU)
+    return not chainer.config.enable_backprop and isinstance(chainer.as_array(h), np.ndarray)

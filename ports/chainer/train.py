@@ -32,7 +32,7 @@ from .. import spec as S
 from .._api import Step
 from .._predict import as_input
 from ..formats.chainer import key_table
-from . import SqueezeNet
+from .network import SqueezeNet
 
 
 def _batch(model: SqueezeNet, x, labels) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _api
 from .._predict import as_input
-from . import SqueezeNet, forward
+from .network import SqueezeNet, forward
 
 
 def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:

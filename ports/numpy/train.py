@@ -2,8 +2,10 @@
 
 The loss is Caffe's ``SoftmaxWithLoss`` on ``pool10`` (the global average of conv10's ReLU,
 i.e. the logits): softmax cross-entropy averaged over the batch.  Dropout is off, so the
-gradients are deterministic.  Every backward rule below mirrors one forward function of
-:mod:`ports.numpy`:
+gradients are deterministic.  The backward pass walks the network of
+:func:`ports.numpy.forward` in reverse through what that one forward pass recorded
+(:func:`recorded`: each activation and each ReLU's input); each rule mirrors one forward
+function of :mod:`ports.numpy.network`:
 
 * convolution: ``dW = dy^T @ im2col(x)``, ``db = sum(dy)``, ``dx = col2im(dy @ W)``;
 * ReLU: the gradient passes where the output is positive (Caffe: ``bottom_data > 0``);
@@ -40,10 +42,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .. import spec as S
 from .._api import Step
 from .._predict import as_input
-from . import SqueezeNet, conv2d, max_pool_ceil, relu
+from .network import POOL, SqueezeNet, forward
 
-__all__ = ["loss_and_grads", "train_steps", "dropout", "softmax_cross_entropy",
-           "decisions_of", "kinks", "Kink"]
+__all__ = ["loss_and_grads", "train_steps", "dropout", "softmax_cross_entropy", "recorded",
+           "backward", "decisions_of", "kinks", "Kink"]
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -123,91 +125,62 @@ def _same(site: str, choice: np.ndarray) -> np.ndarray:
     return choice  # backward's default ``decide``: the forward pass's own decisions
 
 
-class _Tape:
-    """The forward pass of :func:`ports.numpy.forward`, keeping what backward needs."""
+def recorded(model: SqueezeNet, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Everything :func:`ports.numpy.forward` records on ``x``: each named activation, each
+    ReLU's input (``name:z``), the logits."""
+    acts: dict[str, np.ndarray] = {}
 
-    def __init__(self, model: SqueezeNet) -> None:
-        self.p = model.params
-        self.layers, self.steps = model.variant.layers(), []
-        # ReLUs keep their input z (pre-activation); pools keep their input.
-
-    def conv(self, c: S.Conv, h: np.ndarray) -> np.ndarray:
-        self.steps.append(("conv", c, h))
-        return conv2d(h, self.p[f"{c.name}.weight"], self.p[f"{c.name}.bias"], c.stride,
-                      c.padding)
-
-    def fire(self, fire: S.Fire, h: np.ndarray) -> np.ndarray:
-        p = self.p
-
-        def conv(c, a):
-            return conv2d(a, p[f"{c.name}.weight"], p[f"{c.name}.bias"], c.stride, c.padding)
-
-        zs = conv(fire.squeeze, h)
-        s = relu(zs)
-        z1, z3 = conv(fire.expand1x1, s), conv(fire.expand3x3, s)
-        out = np.concatenate([relu(z1), relu(z3)], axis=1)
-        if fire.bypass == "identity":
-            out = out + h
-        elif fire.bypass == "conv":
-            out = out + conv(fire.bypass_conv, h)
-        self.steps.append(("fire", fire, (h, zs, z1, z3)))
-        return out
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        h = x
-        for layer in self.layers:  # Dropout: off
-            if isinstance(layer, S.Conv):
-                h = self.conv(layer, h)
-            elif isinstance(layer, S.ReLU):
-                self.steps.append(("relu", layer, h))
-                h = relu(h)
-            elif isinstance(layer, S.MaxPool):
-                self.steps.append(("pool", layer, h))
-                h = max_pool_ceil(h, layer)
-            elif isinstance(layer, S.Fire):
-                h = self.fire(layer, h)
-            elif isinstance(layer, S.GlobalAvgPool):
-                self.steps.append(("gap", layer, h.shape))
-                h = h.mean(axis=(2, 3))
+    def keep(name: str, h: np.ndarray) -> np.ndarray:
+        acts[name] = h
         return h
 
-    def backward(self, dy: np.ndarray, decide=_same) -> dict[str, np.ndarray]:
-        """The gradient of every parameter from ``dy``, the gradient of the logits [N, C]."""
-        grads: dict[str, np.ndarray] = {}
-        p = self.p
+    forward(model, x, keep)
+    return acts
 
-        def relu_back(site: str, z: np.ndarray, d: np.ndarray) -> np.ndarray:
-            return relu_backward(decide(site, z > 0), d)
 
-        def conv_back(c: S.Conv, a: np.ndarray, d: np.ndarray) -> np.ndarray:
-            da, grads[f"{c.name}.weight"], grads[f"{c.name}.bias"] = conv2d_backward(
-                a, p[f"{c.name}.weight"], c.stride, c.padding, d)
-            return da
+def backward(model: SqueezeNet, x: np.ndarray, acts: dict, dlogits: np.ndarray,
+             decide=_same) -> dict[str, np.ndarray]:
+    """The gradient of every parameter from ``dlogits`` [N, C], the gradient of the logits,
+    walking the network of :func:`ports.numpy.forward` backwards through what it recorded
+    (``acts``: :func:`recorded` on ``x``)."""
+    p, v, grads = model.params, model.variant, {}
 
-        for kind, layer, saved in reversed(self.steps):
-            if kind == "gap":
-                n, c, height, width = saved
-                dy = np.broadcast_to(dy[:, :, None, None] / (height * width), saved).copy()
-            elif kind == "relu":
-                dy = relu_back(layer.of, saved, dy)
-            elif kind == "pool":
-                first_max = decide(layer.name, pool_windows(saved, layer).argmax(axis=-1))
-                dy = max_pool_ceil_backward(saved, layer, dy, first_max)
-            elif kind == "conv":
-                dy = conv_back(layer, saved, dy)
-            elif kind == "fire":
-                h, zs, z1, z3 = saved
-                s, split = relu(zs), z1.shape[1]
-                de1 = relu_back(layer.expand1x1.name, z1, dy[:, :split])
-                de3 = relu_back(layer.expand3x3.name, z3, dy[:, split:])
-                ds = conv_back(layer.expand1x1, s, de1) + conv_back(layer.expand3x3, s, de3)
-                dh = conv_back(layer.squeeze, h, relu_back(layer.squeeze.name, zs, ds))
-                if layer.bypass == "identity":
-                    dh = dh + dy
-                elif layer.bypass == "conv":
-                    dh = dh + conv_back(layer.bypass_conv, h, dy)
-                dy = dh
-        return grads
+    def conv(name: str, inp, d, stride: int = 1, padding: int = 0) -> np.ndarray:
+        dx, grads[f"{name}.weight"], grads[f"{name}.bias"] = conv2d_backward(
+            inp, p[f"{name}.weight"], stride, padding, d)
+        return dx
+
+    def relu(name: str, d: np.ndarray) -> np.ndarray:
+        return relu_backward(decide(name, acts[f"{name}:z"] > 0), d)
+
+    def pool(name: str, inp: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return max_pool_ceil_backward(inp, POOL, d, decide(name, pool_windows(inp, POOL)
+                                                          .argmax(axis=-1)))
+
+    def fire_input(n: int) -> np.ndarray:  # pool1 for fire2; fire n-1's output or its pool
+        return acts.get(f"pool{n - 1}", acts.get(f"fire{n - 1}"))
+
+    def fire(n: int, d: np.ndarray) -> np.ndarray:
+        h, s, split = fire_input(n), acts[f"fire{n}.squeeze"], acts[f"fire{n}.expand1x1"].shape[1]
+        ds = conv(f"fire{n}.expand1x1", s, relu(f"fire{n}.expand1x1", d[:, :split])) \
+            + conv(f"fire{n}.expand3x3", s, relu(f"fire{n}.expand3x3", d[:, split:]), padding=1)
+        dh = conv(f"fire{n}.squeeze", h, relu(f"fire{n}.squeeze", ds))
+        if S.bypass_of(n, v.bypass) == "identity":
+            dh = dh + d
+        elif S.bypass_of(n, v.bypass) == "conv":
+            dh = dh + conv(f"fire{n}.bypass", h, d)
+        return dh
+
+    shape = acts["conv10"].shape  # pool10: each map's mean
+    d = np.broadcast_to(dlogits[:, :, None, None] / (shape[2] * shape[3]), shape).copy()
+    d = conv("conv10", fire_input(10), relu("conv10", d), padding=v.final_conv_padding)
+    for n in range(9, 1, -1):
+        if f"fire{n}" in S.POOL_AFTER[v.version]:
+            d = pool(f"pool{n}", acts[f"fire{n}"], d)
+        d = fire(n, d)
+    d = pool("pool1", acts["conv1"], d)
+    conv("conv1", x, relu("conv1", d), stride=S.STEM[v.version][2])
+    return grads
 
 
 def loss_and_grads(model: SqueezeNet, x, labels,
@@ -217,9 +190,9 @@ def loss_and_grads(model: SqueezeNet, x, labels,
     OIHW, in the model's dtype (dropout off; ``decide``: see the module docstring)."""
     x = as_input(x, model.variant).astype(model.dtype)
     labels = _labels(labels, len(x), model.variant.num_classes)
-    tape = _Tape(model)
-    loss, dlogits = softmax_cross_entropy(tape.run(x), labels)
-    grads = tape.backward(dlogits, decide)
+    acts = recorded(model, x)
+    loss, dlogits = softmax_cross_entropy(acts["logits"], labels)
+    grads = backward(model, x, acts, dlogits, decide)
     return loss, {name: grads[name] for name in model.variant.params()}
 
 
@@ -304,30 +277,26 @@ def kinks(model: SqueezeNet, x, margin: float) -> list[Kink]:
     window whose two largest inputs are that close (two zeros excepted: dead ReLUs pass no
     gradient either way).  Another computation of the same numbers, rounding differently,
     may take any of them the other way."""
-    tape = _Tape(model)
-    tape.run(as_input(x, model.variant).astype(model.dtype))
+    acts = recorded(model, as_input(x, model.variant).astype(model.dtype))
+    names = model.variant.activation_names()
     out = []
-    for kind, layer, saved in tape.steps:
-        sites = []
-        if kind == "relu":
-            sites = [(layer.of, saved)]
-        elif kind == "fire":
-            sites = list(zip((layer.squeeze.name, layer.expand1x1.name, layer.expand3x3.name),
-                             saved[1:]))
-        elif kind == "pool":
-            scale = float(np.abs(saved).max())
-            windows = pool_windows(saved, layer)
+    for name in names:
+        if name.startswith("pool") and name != "pool10":  # its input: the activation before
+            before = acts[names[names.index(name) - 1]]
+            scale = float(np.abs(before).max())
+            windows = pool_windows(before, POOL)
             order = np.argsort(-windows, axis=-1, kind="stable")
             top = np.take_along_axis(windows, order[..., :2], axis=-1)
             gap = top[..., 0] - top[..., 1]
             for idx in zip(*np.nonzero((gap <= margin * scale) & (top[..., 0] != 0))):
-                out.append(Kink(layer.name, tuple(int(i) for i in idx),
+                out.append(Kink(name, tuple(int(i) for i in idx),
                                 (int(order[idx][0]), int(order[idx][1])),
                                 float(gap[idx]) / scale))
-        for site, z in sites:
+        elif f"{name}:z" in acts:  # a ReLU's input
+            z = acts[f"{name}:z"]
             scale = float(np.abs(z).max())
             for idx in zip(*np.nonzero(np.abs(z) <= margin * scale)):
-                out.append(Kink(site, tuple(int(i) for i in idx),
+                out.append(Kink(name, tuple(int(i) for i in idx),
                                 closeness=float(abs(z[idx])) / scale))
     return sorted(out, key=lambda k: k.closeness)
 

@@ -17,7 +17,7 @@ from .. import _api
 from .. import spec as S
 from .._predict import as_input
 from ..formats.torch import sequential_groups
-from . import SqueezeNet
+from .network import SqueezeNet
 
 
 def _named_modules(model: SqueezeNet) -> list[tuple[str, torch.nn.Module]]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .._api import Step
 from .._predict import as_input
 from ..formats.torch import key_table
-from . import SqueezeNet
+from .network import SqueezeNet
 
 
 def _batch(model: SqueezeNet, x, labels) -> tuple[torch.Tensor, torch.Tensor]:
