@@ -280,16 +280,18 @@ def test_logits_at_224_equal_the_reference(release, reference):
 
 def floor_reference(model, x: np.ndarray, monkeypatch) -> np.ndarray:
     """The reference with floor-mode max pools (each pool's input cut to the rows and
-    columns whole windows cover)."""
-    ceil_pool = ref.max_pool_ceil
+    columns whole windows cover), planted in its network module."""
+    from ports.numpy import network
 
-    def floor_pool(h, pool):
+    ceil_pool = network.max_pool_ceil
+
+    def floor_pool(h, pool=network.POOL):
         floor = S.MaxPool(pool.name, pool.kernel, pool.stride, ceil_mode=False)
         rows, cols = ((floor.out_size(n) - 1) * pool.stride + pool.kernel
                       for n in h.shape[2:])
         return ceil_pool(h[:, :, :rows, :cols], pool)
     with monkeypatch.context() as m:
-        m.setattr(ref, "max_pool_ceil", floor_pool)
+        m.setattr(network, "max_pool_ceil", floor_pool)
         return ref.predict(model, x)
 
 
