@@ -21,7 +21,7 @@ import ports.flax.fast as pff  # noqa: E402
 from ports import spec as S  # noqa: E402
 from ports.formats import flax as codec  # noqa: E402
 from ports.formats import read  # noqa: E402
-from ports.layouts import nchw_to_nhwc, oihw_to_hwio  # noqa: E402
+from ports.layouts import hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant  # noqa: E402
 
@@ -186,11 +186,12 @@ def test_per_image_head_equals_batched_forward(vid):
     model = pf.load(seeded_weights(v), dtype="float64")
     assert isinstance(model, pff.SqueezeNet)
     x = jax.numpy.asarray(nchw_to_nhwc(inputs(227)[:3]).astype("float64"))
-    head = pff.per_image_head(v.layers())
-    assert head == [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3) + 1
+    head = pff.HEAD[v.version]  # conv1, pool1, these fires, the second pool
+    assert head[0] == 2 and v.layers()[S.through_pool(v.layers(), 2) - 1].name == \
+        f"pool{head[-1]}"
     if jax.default_backend() == "cpu":
         assert "scan" in str(jax.make_jaxpr(model)(x)), "the head is not mapped on CPU"
-    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model.run(v.layers(), x)),
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(pf.SqueezeNet.__call__(model, x)),
                                rtol=0, atol=1e-11)
 
 
@@ -245,6 +246,25 @@ def test_fast_model_equals_reference_model(vid, size):
     np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
     np.testing.assert_allclose(want, golden.load(vid, size)[:3], rtol=1e-10,
                                atol=1e-10 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("variant", S.all_variants(), ids=lambda v: v.id)
+def test_the_literal_network_is_the_spec(variant):
+    """``ports.flax.network`` writes SqueezeNet out; for all 12 variants its parameters are
+    the spec's, name for name (through the codec's path table) and shape for shape, and its
+    maps have the spec's sizes (ceil-mode pools, conv10's padding) at 41x41, where a
+    floor-mode pool1 would differ in both versions, on the plain and the fast path (two
+    images: on CPU the fast one maps its head over them)."""
+    for build in (pf.SqueezeNet, pff.SqueezeNet):
+        model = build(variant, dtype="float64")
+        params = {"/".join(p): (hwio_to_oihw if p[-1] == "kernel" else np.asarray)(a).shape
+                  for p, a in nnx.traversals.flatten_mapping(
+                      nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+        table = codec.key_table(variant)
+        assert set(table.values()) == set(params)
+        acts = pf.activations(model, np.zeros((2, 3, suite.SPEC_SIZE, suite.SPEC_SIZE)))
+        suite.assert_network_is_spec(variant, {k: params[v] for k, v in table.items()},
+                                     {n: a.shape for n, a in acts.items()})
 
 
 # --- the trace and training beyond the shared suites ----------------------------------------

@@ -65,6 +65,23 @@ def test_layer_table_is_model_layers(v):
         assert model.variant == v
 
 
+@pytest.mark.parametrize("v", VARIANTS, ids=IDS)
+def test_the_literal_network_is_the_spec(v):
+    """``ports.keras.network`` writes SqueezeNet out; for all 12 variants, plain and fast, its
+    kernels (HWIO, read as OIHW) and biases are the spec's, name for name and shape for
+    shape, and its maps have the spec's sizes (ceil-mode pools, conv10's padding) at 41x41,
+    where a floor-mode pool1 would differ in both versions."""
+    for model in (kport.SqueezeNet(v, random_init=False), fast.SqueezeNet(v, random_init=False)):
+        params = {}
+        for canonical, name in codec.conv_layer_names(v).items():
+            layer = model.get_layer(name)
+            kh, kw, i, o = layer.kernel.shape
+            params |= {f"{canonical}.weight": (o, i, kh, kw), f"{canonical}.bias": layer.bias.shape}
+        assert len(model.weights) == len(params)
+        acts = kport.activations(model, np.zeros((1, 3, suite.SPEC_SIZE, suite.SPEC_SIZE)))
+        suite.assert_network_is_spec(v, params, {n: a.shape for n, a in acts.items()})
+
+
 def test_reference_and_fast_models_save_the_same_file(tmp_path):
     v = Variant("1_0", final_conv_padding=1, bypass="complex")
     ref = tree(keras_saved(tmp_path, v, name="ref.weights.h5", fast=False))
@@ -221,8 +238,12 @@ def test_whole_model_save_and_load_model(tmp_path, fast_, dtype):
 # --- the per-backend fast paths compute what Keras' own layers compute ----------------------
 def test_load_builds_fast_model_unless_told_not_to():
     v = Variant("1_1")
-    assert type(kport.load(seeded(v))) is fast.SqueezeNet
-    assert type(kport.load(seeded(v), fast=False)) is kport.SqueezeNet
+    tuned, plain = kport.load(seeded(v)), kport.load(seeded(v), fast=False)
+    assert type(tuned) is fast.SqueezeNet and type(plain) is kport.SqueezeNet
+    for name, cls in (("conv1", fast.Conv2D), ("fire2_squeeze", fast.Conv2D),
+                      ("pool1", fast.CeilMaxPooling2D)):  # the tuned classes are in place
+        assert type(tuned.get_layer(name)) is cls
+        assert type(plain.get_layer(name)) is cls.__mro__[1]
     assert kport.load(seeded(v), variant=v, fast=False).variant == v
 
 
@@ -272,8 +293,8 @@ def test_graph_run_equals_functional_call(vid, monkeypatch):
                          str(keras.distribution.list_devices()[0]).startswith("cpu"))
     graph = keras.ops.convert_to_numpy(super(fast.SqueezeNet, model).call(x))
     np.testing.assert_allclose(ours, graph, rtol=0, atol=1e-11)
-    assert fast.per_image_head(v) == (
-        [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3) + 1)
+    second_pool = [type(layer).__name__ for layer in v.layers()].index("MaxPool", 3)
+    assert fast.SqueezeNet.mapped_head(model, 2) in (None, v.layers()[second_pool].name)
 
 
 class _Traced(Exception):

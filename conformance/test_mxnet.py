@@ -25,12 +25,12 @@ from conformance.harness import assert_agrees, tolerance
 from conformance.inputs import SIZES, inputs
 from conformance.suite import PATH_CASES, DropoutSuite, PortSuite, TraceSuite
 from ports import numpy as ref
-from ports.canonical import Weights
+from ports.canonical import Weights, WeightsError, make
 from ports.formats import mxnet as codec
 from ports.formats import read, write
 from ports.mxnet import train
 from ports.seeded import key, seeded_weights, uniform
-from ports.spec import MaxPool, Variant
+from ports.spec import MaxPool, Variant, all_variants
 
 PORT = "mxnet"
 
@@ -78,6 +78,36 @@ def test_net_parameter_names_are_the_zoo_names():
         assert list(codec.key_table(ours.variant).values()) == list(ours.structural_params())
 
 
+@pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.id)
+def test_the_literal_network_is_the_spec(variant):
+    """``ports.mxnet.network`` writes SqueezeNet out as the zoo does; for all 12 variants its
+    parameters are the spec's, name for name (through the codec's key table) and shape for
+    shape, and its maps have the spec's sizes (ceil-mode pools, conv10's padding) at 41x41,
+    where a floor-mode pool1 would differ in both versions."""
+    net = port.SqueezeNet(variant, dtype="float64")
+    params = {k: p.shape for k, p in net.structural_params().items()}
+    table = codec.key_table(variant)
+    assert set(table.values()) == set(params)
+    port.fill(net, make({k: np.zeros(s) for k, s in variant.params().items()}, variant,
+                        preprocessing="none", source="zeros"))
+    acts = port.activations(net, np.zeros((1, 3, suite.SPEC_SIZE, suite.SPEC_SIZE)))
+    suite.assert_network_is_spec(variant, {k: params[v] for k, v in table.items()},
+                                 {n: a.shape for n, a in acts.items()})
+
+
+def test_fill_is_strict_and_refills_a_hybridized_net():
+    """``fill`` checks the weights against the net's variant before copying anything, and
+    refills a net already initialised and run: its compiled graph sees the new values."""
+    net, x = port.load(seeded_weights(Variant("1_1"))), inputs(224)[:1]
+    before = port.predict(net, x)
+    with pytest.raises(WeightsError, match="1_0"):
+        port.fill(net, seeded_weights(Variant("1_0")))
+    assert np.array_equal(port.predict(net, x), before)
+    other = seeded_weights(Variant("1_1"), seed=1)
+    assert np.array_equal(port.predict(port.fill(net, other), x),
+                          port.predict(port.load(other), x))
+
+
 def test_complex_bypass_names():
     net = port.SqueezeNet("1_0", bypass="complex")
     table = codec.key_table(net.variant)
@@ -92,7 +122,7 @@ def test_golden_not_hybridized(vid, size, dtype):
     """The imperative path against the golden (the hybridized one, what ``load`` gives, is
     the suite's golden case above, every variant at every size)."""
     weights = seeded_weights(Variant.from_id(vid))
-    imperative = port.SqueezeNet(weights.variant, dtype=dtype).load_weights(weights)
+    imperative = port.fill(port.SqueezeNet(weights.variant, dtype=dtype), weights)
     assert port.load(weights, dtype)._active and not imperative._active
     out = port.predict(imperative, inputs(size).astype(dtype))
     assert out.dtype == np.dtype(dtype)

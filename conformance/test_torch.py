@@ -90,8 +90,8 @@ def test_torch_checkpoint_converts_to_every_format_and_back(fmt, tmp_path):
     w = seeded_weights(Variant("1_1"))
     src = tmp_path / "tv.pth"
     torch.save(tport.load(w).state_dict(), src)
-    codec = formats.codec(fmt)  # the convert extra installs every codec's dependency
-    ext = codec.EXTENSIONS[0]
+    formats.codec(fmt)  # the convert extra installs every codec's dependency
+    ext = formats.FORMATS[fmt].extensions[0]
     mid = tmp_path / f"mid{ext}"
     formats.write(formats.read(src), mid, fmt)
     back = formats.read(mid, fmt, variant=w.variant)

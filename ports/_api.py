@@ -27,7 +27,7 @@ from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 
-from .canonical import Weights, make
+from .canonical import Weights, check, make
 from .spec import Variant
 
 BATCH_SIZE = 32
@@ -68,9 +68,10 @@ def dtype(value) -> np.dtype:
 
 
 def weights(source, variant: Variant | None = None) -> Weights:
-    """``source`` itself if it is :class:`Weights`, else the file read by its format."""
+    """``source`` itself if it is :class:`Weights` (checked when built; of ``variant``, if
+    given), else the file read by its format."""
     if isinstance(source, Weights):
-        return source
+        return check(source, variant)
     from .formats import read
 
     return read(source, variant=variant)

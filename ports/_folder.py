@@ -25,8 +25,8 @@ caller names directly.  :meth:`Folder.private_copy` copies every checked file (e
 TensorStore) is given instead of the user's folder, so that nothing changed after the check
 can reach it.
 
-Every problem is ``fail(reason)`` (see :func:`ports.canonical.failing`), the reason naming
-the entry relative to the folder; no ``OSError`` escapes.
+Every problem is a :class:`ports.errors.WeightsError` whose reason names the entry relative
+to the folder (the reader's caller names the folder); no ``OSError`` escapes.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Union
 
+from .errors import WeightsError
+
 PathLike = Union[str, os.PathLike]
-Fail = Callable[[str], Exception]
 
 MAX_ENTRIES = 100_000   # files and directories in one folder, all levels together
 MAX_DEPTH = 32          # directories nested inside the folder
@@ -84,93 +85,92 @@ def _target(read_link: Callable[[], str]) -> str:
     return target if len(target) <= MAX_TARGET else target[:MAX_TARGET] + "..."
 
 
-def _bounded_read(fd: int, st: os.stat_result, what: str, fail: Fail, *,
+def _bounded_read(fd: int, st: os.stat_result, what: str, *,
                   limit: int | None, exact: int | None) -> bytes:
     """Check the open regular file's size (``st``, its fstat) against ``exact``/``limit``,
     then read at most one byte more than allowed; closes ``fd``."""
     with os.fdopen(fd, "rb") as f:
         if exact is not None and st.st_size != exact:
-            raise fail(f"{what} has {st.st_size} bytes, its metadata needs {exact}")
+            raise WeightsError(f"{what} has {st.st_size} bytes, its metadata needs {exact}")
         if limit is not None and st.st_size > limit:
-            raise fail(f"{what} has {st.st_size} bytes, more than the {limit} allowed")
+            raise WeightsError(f"{what} has {st.st_size} bytes, more than the {limit} allowed")
         bound = exact if exact is not None else limit if limit is not None else st.st_size
         try:
             data = f.read(bound + 1)
         except OSError as e:
-            raise fail(f"{what}: {e.strerror}") from None
+            raise WeightsError(f"{what}: {e.strerror}") from None
     if len(data) > bound or (exact is not None and len(data) != exact) or \
             (exact is None and limit is None and len(data) != st.st_size):
-        raise fail(f"{what} changed size while it was read")
+        raise WeightsError(f"{what} changed size while it was read")
     return data
 
 
-def _open_same(path: str, what: str, fail: Fail, dev: int, ino: int, *, directory: bool,
+def _open_same(path: str, what: str, dev: int, ino: int, *, directory: bool,
                changed: str) -> tuple[int, os.stat_result]:
     """Open ``path`` without following a last link and check that the descriptor is the
     file or directory ``(dev, ino)`` seen before; ``changed``: the reason when it is not."""
     try:
         fd = os.open(path, _DIRECTORY if directory else _READ)
     except FileNotFoundError:
-        raise fail(f"{what} disappeared {changed}") from None
+        raise WeightsError(f"{what} disappeared {changed}") from None
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):  # now a link, or not a dir
-            raise fail(f"{what} was replaced {changed}") from None
-        raise fail(f"{what}: {e.strerror}") from None
+            raise WeightsError(f"{what} was replaced {changed}") from None
+        raise WeightsError(f"{what}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
     except OSError as e:
         os.close(fd)
-        raise fail(f"{what}: {e.strerror}") from None
+        raise WeightsError(f"{what}: {e.strerror}") from None
     wanted = stat.S_ISDIR if directory else stat.S_ISREG
     if not wanted(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
         os.close(fd)
-        raise fail(f"{what} is not the {'folder' if directory else 'file'} that was checked: "
-                   f"a path to it leads elsewhere {changed}")
+        raise WeightsError(f"{what} is not the {'folder' if directory else 'file'} that was "
+                           f"checked: a path to it leads elsewhere {changed}")
     return fd, st
 
 
-def read_file(path: PathLike, what: str, fail: Fail, *, limit: int | None = None,
+def read_file(path: PathLike, what: str, *, limit: int | None = None,
               exact: int | None = None, noun: str = "this file") -> bytes:
     """The bytes of ``path`` when it is a regular file itself -- not a symbolic link, FIFO or
     device -- of at most ``limit`` bytes, or exactly ``exact``; otherwise
-    ``fail(f"{what} ...")``.  Judged with ``lstat`` before it is opened, then opened with
+    ``WeightsError(f"{what} ...")``.  Judged with ``lstat`` before it is opened, then opened with
     ``O_NOFOLLOW`` and checked to be that same file.  ``noun``: what is read only from its
     own files (``"an MXNet export pair"``), for the message about a link."""
     path = os.fspath(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        raise fail(f"{what} is missing") from None
+        raise WeightsError(f"{what} is missing") from None
     except OSError as e:
-        raise fail(f"{what}: {e.strerror}") from None
+        raise WeightsError(f"{what}: {e.strerror}") from None
     if stat.S_ISLNK(st.st_mode):
-        raise fail(f"{what} is a symbolic link (to {_target(lambda: os.readlink(path))}), "
-                   f"which is not a regular file; {noun} is read only from its own files")
+        raise WeightsError(f"{what} is a symbolic link (to {_target(lambda: os.readlink(path))}), "
+                           f"which is not a regular file; {noun} is read only from its own files")
     if not stat.S_ISREG(st.st_mode):
-        raise fail(f"{what} is not a regular file ({kind_of(st.st_mode)})")
+        raise WeightsError(f"{what} is not a regular file ({kind_of(st.st_mode)})")
     if exact is not None and st.st_size != exact:
-        raise fail(f"{what} has {st.st_size} bytes, its metadata needs {exact}")
+        raise WeightsError(f"{what} has {st.st_size} bytes, its metadata needs {exact}")
     if limit is not None and st.st_size > limit:
-        raise fail(f"{what} has {st.st_size} bytes, more than the {limit} allowed")
-    fd, st = _open_same(os.path.abspath(path), what, fail, st.st_dev, st.st_ino,
+        raise WeightsError(f"{what} has {st.st_size} bytes, more than the {limit} allowed")
+    fd, st = _open_same(os.path.abspath(path), what, st.st_dev, st.st_ino,
                         directory=False, changed="after it was checked")
-    return _bounded_read(fd, st, what, fail, limit=limit, exact=exact)
+    return _bounded_read(fd, st, what, limit=limit, exact=exact)
 
 
 class Folder:
     """A checked folder (see the module docstring): build one with :meth:`check`."""
 
     def __init__(self, root: Path, entries: dict[str, Entry],
-                 children: dict[str, list[str]], fail: Fail, noun: str) -> None:
+                 children: dict[str, list[str]], noun: str) -> None:
         self.root = root                  # absolute, resolved
         self.entries = entries            # "" (the folder), "a", "a/b"... -> Entry
         self._children = children         # directory -> sorted names
-        self.fail = fail
         self.noun = noun
 
     # --- the walk -----------------------------------------------------------------------------
     @classmethod
-    def check(cls, root: PathLike, fail: Fail, *, noun: str = "a checkpoint",
+    def check(cls, root: PathLike, *, noun: str = "a checkpoint",
               max_entries: int = MAX_ENTRIES, max_depth: int = MAX_DEPTH) -> Folder:
         """Walk ``root`` once (see the module docstring); ``noun`` names what the folder is
         in messages ("a checkpoint is read only from its own folder")."""
@@ -178,37 +178,37 @@ class Folder:
         try:
             st = os.lstat(base)
         except FileNotFoundError:
-            raise fail("no such directory") from None
+            raise WeightsError("no such directory") from None
         except OSError as e:
-            raise fail(f"{e.strerror}") from None
+            raise WeightsError(f"{e.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
-            raise fail(f"not a directory ({kind_of(st.st_mode)})")
+            raise WeightsError(f"not a directory ({kind_of(st.st_mode)})")
         entries = {"": Entry(st.st_dev, st.st_ino, 0, DIR)}
         children: dict[str, list[str]] = {}
         pending = [""]
         while pending:
             rel = pending.pop()
             depth = len(PurePosixPath(rel).parts)
-            names = cls._scan(base, rel, entries, fail, noun, max_entries)
+            names = cls._scan(base, rel, entries, noun, max_entries)
             children[rel] = sorted(names)
             for name in names:
                 sub = f"{rel}/{name}" if rel else name
                 if entries[sub].kind == DIR:
                     if depth + 1 > max_depth:
-                        raise fail(f"{sub} is nested {depth + 1} folders deep, more than the "
-                                   f"{max_depth} allowed")
+                        raise WeightsError(f"{sub} is nested {depth + 1} folders deep, more than "
+                                           f"the {max_depth} allowed")
                     pending.append(sub)
-        return cls(base, entries, children, fail, noun)
+        return cls(base, entries, children, noun)
 
     @staticmethod
-    def _scan(base: Path, rel: str, entries: dict[str, Entry], fail: Fail, noun: str,
+    def _scan(base: Path, rel: str, entries: dict[str, Entry], noun: str,
               max_entries: int) -> list[str]:
         """Record the entries of directory ``rel`` (opened and checked to be the one its
         parent listed); returns their names."""
         seen = entries[rel]
         what = rel or "the folder"
         full = str(base / rel) if rel else str(base)
-        fd, _ = _open_same(full, what, fail, seen.dev, seen.ino, directory=True,
+        fd, _ = _open_same(full, what, seen.dev, seen.ino, directory=True,
                            changed="while the folder was checked")
         names = []
         by_fd = os.scandir in os.supports_fd  # not on Windows: there, by path
@@ -217,26 +217,26 @@ class Folder:
                 for entry in it:
                     sub = f"{rel}/{entry.name}" if rel else entry.name
                     if len(entries) > max_entries:  # the folder itself is one of them
-                        raise fail(f"holds more than {max_entries} files and folders: not "
-                                   f"{noun}")
+                        raise WeightsError(f"holds more than {max_entries} files and folders: not "
+                                           f"{noun}")
                     st = entry.stat(follow_symlinks=False)
                     if stat.S_ISLNK(st.st_mode):
                         target = _target(lambda name=entry.name: os.readlink(name, dir_fd=fd)
                                          if by_fd else os.readlink(os.path.join(full, name)))
-                        raise fail(f"{sub} is a symbolic link (to {target}), which is not a "
-                                   f"regular file or folder; {noun} is read only from its own "
-                                   "folder")
+                        raise WeightsError(f"{sub} is a symbolic link (to {target}), which is not "
+                                           f"a regular file or folder; {noun} is read only from "
+                                           "its own folder")
                     if stat.S_ISDIR(st.st_mode):
                         kind = DIR
                     elif stat.S_ISREG(st.st_mode):
                         kind = FILE
                     else:
-                        raise fail(f"{sub} is not a regular file or folder "
-                                   f"({kind_of(st.st_mode)})")
+                        raise WeightsError(f"{sub} is not a regular file or folder "
+                                           f"({kind_of(st.st_mode)})")
                     entries[sub] = Entry(st.st_dev, st.st_ino, st.st_size, kind)
                     names.append(entry.name)
         except OSError as e:
-            raise fail(f"{what}: {e.strerror}") from None
+            raise WeightsError(f"{what}: {e.strerror}") from None
         finally:
             os.close(fd)
         return names
@@ -274,22 +274,22 @@ class Folder:
     def read(self, rel: PathLike, what: str, *, limit: int | None = None,
              exact: int | None = None) -> bytes:
         """The bytes of the checked regular file ``rel`` (see the module docstring);
-        problems are ``fail(f"{what} ...")``."""
+        problems are ``WeightsError(f"{what} ...")``."""
         key = self._key(rel)
         entry = self.entries.get(key)
         if entry is None or key == "":
-            raise self.fail(f"{what} is missing")
+            raise WeightsError(f"{what} is missing")
         if entry.kind != FILE:
-            raise self.fail(f"{what} is not a regular file (a directory)")
+            raise WeightsError(f"{what} is not a regular file (a directory)")
         if exact is not None and entry.size != exact:
-            raise self.fail(f"{what} has {entry.size} bytes, its metadata needs {exact}")
+            raise WeightsError(f"{what} has {entry.size} bytes, its metadata needs {exact}")
         if limit is not None and entry.size > limit:
-            raise self.fail(f"{what} has {entry.size} bytes, more than the {limit} allowed")
-        fd, st = _open_same(str(self.root / key), what, self.fail, entry.dev, entry.ino,
+            raise WeightsError(f"{what} has {entry.size} bytes, more than the {limit} allowed")
+        fd, st = _open_same(str(self.root / key), what, entry.dev, entry.ino,
                             directory=False, changed="after the folder was checked (the "
                             f"folder changed while it was read; {self.noun} is read only "
                             "from its own folder)")
-        return _bounded_read(fd, st, what, self.fail, limit=limit, exact=exact)
+        return _bounded_read(fd, st, what, limit=limit, exact=exact)
 
     def private_copy(self, dest: PathLike, limit_bytes: int) -> Path:
         """Copy every checked file, each re-verified by :meth:`read`, into the new directory
@@ -297,8 +297,8 @@ class Folder:
         ``limit_bytes`` in all; returns ``dest``."""
         total = sum(e.size for e in self.entries.values() if e.kind == FILE)
         if total > limit_bytes:
-            raise self.fail(f"holds {total} bytes of files, more than the {limit_bytes} "
-                            f"allowed for {self.noun} read through a library")
+            raise WeightsError(f"holds {total} bytes of files, more than the {limit_bytes} "
+                               f"allowed for {self.noun} read through a library")
         dest = Path(os.path.abspath(os.fspath(dest)))
         try:
             os.mkdir(dest, 0o700)
@@ -314,5 +314,5 @@ class Folder:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
         except OSError as e:
-            raise self.fail(f"cannot make a private copy in {dest}: {e.strerror}") from None
+            raise WeightsError(f"cannot make a private copy in {dest}: {e.strerror}") from None
         return dest

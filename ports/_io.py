@@ -32,6 +32,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
+from .errors import WeightsError
+
 PathLike = Union[str, os.PathLike]
 
 STALE_AFTER = 60.0  # seconds without modification before a dead writer's temporary goes
@@ -209,23 +211,23 @@ def unsafe_member_name(name: str) -> str | None:
     return None
 
 
-def zip_members(infos: list[zipfile.ZipInfo], fail, *, what: str = "member",
+def zip_members(infos: list[zipfile.ZipInfo], *, what: str = "member",
                 limit: int | None = None) -> dict[str, zipfile.ZipInfo]:
     """The archive's members by name, each name checked by :func:`unsafe_member_name` and
     seen once (zipfile keeps both of two members of one name; which one a tool reads
-    differs between tools); at most ``limit`` of them.  Any problem is ``fail(...)`` naming
-    the member."""
+    differs between tools); at most ``limit`` of them.  Any problem is a
+    :class:`WeightsError` naming the member."""
     if limit is not None and len(infos) > limit:
-        raise fail(f"archive has {len(infos)} {what}s, more than {limit}")
+        raise WeightsError(f"archive has {len(infos)} {what}s, more than {limit}")
     out: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename
         problem = unsafe_member_name(name)
         if problem is not None:
-            raise fail(f"archive {what} {name[:200]!r} {problem}: refused (a name that "
-                       "points out of the archive)")
+            raise WeightsError(f"archive {what} {name[:200]!r} {problem}: refused (a name that "
+                               "points out of the archive)")
         if name in out:
-            raise fail(f"archive {what} {name[:200]!r} appears twice")
+            raise WeightsError(f"archive {what} {name[:200]!r} appears twice")
         out[name] = info
     return out
 
@@ -252,28 +254,30 @@ def zip_member_problem(info: zipfile.ZipInfo, size: int) -> str | None:
     return None
 
 
-def check_zip_member(info: zipfile.ZipInfo, size: int, what: str, fail) -> None:
-    """Raise ``fail(f"{what} ...")`` when :func:`zip_member_problem` finds something."""
+def check_zip_member(info: zipfile.ZipInfo, size: int, what: str) -> None:
+    """Raise ``WeightsError(f"{what} ...")`` when :func:`zip_member_problem` finds
+    something."""
     problem = zip_member_problem(info, size)
     if problem is not None:
-        raise fail(f"{what} {problem}")
+        raise WeightsError(f"{what} {problem}")
 
 
 def read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, what: str,
-                    fail, *, limit: int | None = None) -> bytes:
+                    *, limit: int | None = None) -> bytes:
     """The bytes of member ``info`` of ``archive`` (``size`` bytes in all), checked by
     :func:`check_zip_member` and against ``limit`` before anything is read or decompressed;
-    any problem is ``fail(f"{what} ...")``."""
-    check_zip_member(info, size, what, fail)
+    any problem is ``WeightsError(f"{what} ...")``."""
+    check_zip_member(info, size, what)
     if limit is not None and info.file_size > limit:
-        raise fail(f"{what} declares {info.file_size} bytes, more than the {limit} allowed")
+        raise WeightsError(f"{what} declares {info.file_size} bytes, more than the {limit} "
+                           "allowed")
     try:
         # open + a bounded read, never archive.read(): zipfile would decompress a whole
         # member in one call, however far beyond its declared size it expands.
         with archive.open(info) as f:
             data = f.read(info.file_size)
     except ZIP_ERRORS as e:
-        raise fail(f"{what}: {zip_error(e)}") from None
+        raise WeightsError(f"{what}: {zip_error(e)}") from None
     if len(data) != info.file_size:
-        raise fail(f"{what}: read {len(data)} bytes, declared {info.file_size}")
+        raise WeightsError(f"{what}: read {len(data)} bytes, declared {info.file_size}")
     return data

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ._io import ZIP_ERRORS, read_zip_member, zip_error, zip_members
-from .canonical import failing, widen_bfloat16
+from .canonical import widen_bfloat16
 from .errors import WeightsError
 
 MAX_FILE_BYTES = 2 * 1024**3      # a checkpoint bigger than this is refused
@@ -260,11 +260,10 @@ def _to_float32(t: Tensor) -> np.ndarray:
     return widen_bfloat16(t.array) if t.storage_dtype == "uint16" else t.array
 
 
-def load_zip(path_or_bytes, *, path=None, format: str = "torch") -> tuple[Any, dict[str, bytes]]:
+def load_zip(path_or_bytes) -> tuple[Any, dict[str, bytes]]:
     """Unpickle a torch zip checkpoint.  Returns ``(object, extra records)`` where tensors are
     :class:`Tensor` and extra records are the other small files of the archive (by name
     relative to the archive folder).  Any problem raises :class:`WeightsError`."""
-    fail = failing(path, format)
     if isinstance(path_or_bytes, (bytes, bytearray)):
         source: Any = io.BytesIO(path_or_bytes)
         size = len(path_or_bytes)
@@ -272,25 +271,25 @@ def load_zip(path_or_bytes, *, path=None, format: str = "torch") -> tuple[Any, d
         try:
             source = open(path_or_bytes, "rb")  # noqa: SIM115 - closed below
         except OSError as e:
-            raise fail(f"cannot open: {e.strerror or e}") from None
+            raise WeightsError(f"cannot open: {e.strerror or e}") from None
         size = os.fstat(source.fileno()).st_size
     try:
         if size > MAX_FILE_BYTES:
-            raise fail(f"file is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
+            raise WeightsError(f"file is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
         head = source.read(4)
         source.seek(0)
         if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
-            raise fail("legacy (pre-1.6, non-zip) torch serialization is not supported; "
-                       "re-save it with torch>=1.6 (torch.save writes the zip format)")
+            raise WeightsError("legacy (pre-1.6, non-zip) torch serialization is not supported; "
+                               "re-save it with torch>=1.6 (torch.save writes the zip format)")
         if head != b"PK\x03\x04":
-            raise fail("not a zip archive (torch.save's format); first bytes "
-                       f"{head!r}")
+            raise WeightsError("not a zip archive (torch.save's format); first bytes "
+                               f"{head!r}")
         try:
             archive = zipfile.ZipFile(source)
         except ZIP_ERRORS as e:
-            raise fail(f"bad zip archive: {zip_error(e)}") from None
+            raise WeightsError(f"bad zip archive: {zip_error(e)}") from None
         with archive:
-            return _load_archive(archive, size, fail)
+            return _load_archive(archive, size)
     finally:
         source.close()
 
@@ -312,26 +311,26 @@ def check_pickle(data: bytes) -> None:
             puts += 1
 
 
-def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[str, bytes]]:
+def _load_archive(archive: zipfile.ZipFile, size: int) -> tuple[Any, dict[str, bytes]]:
     infos = archive.infolist()
-    zip_members(infos, fail, what="record", limit=MAX_RECORDS)  # names safe, none twice
+    zip_members(infos, what="record", limit=MAX_RECORDS)  # names safe, none twice
     pkls = [i for i in infos if i.filename.endswith("/data.pkl")
             and i.filename.count("/") == 1]
     if not pkls:
         names = {i.filename.split("/", 1)[-1] for i in infos}
         if "constants.pkl" in names:
-            raise fail("this is a TorchScript archive (torch.jit.save), not a state dict; "
-                       "save model.state_dict() with torch.save instead")
-        raise fail("archive has no NAME/data.pkl record: not a torch.save checkpoint")
+            raise WeightsError("this is a TorchScript archive (torch.jit.save), not a state dict; "
+                               "save model.state_dict() with torch.save instead")
+        raise WeightsError("archive has no NAME/data.pkl record: not a torch.save checkpoint")
     if len(pkls) > 1:
-        raise fail("archive has more than one data.pkl")
+        raise WeightsError("archive has more than one data.pkl")
     prefix = pkls[0].filename[: -len("data.pkl")]
     by_name = {i.filename: i for i in infos}
     budget = [size * 4 + 1024]  # declared uncompressed bytes we are willing to read
 
     def read(info: zipfile.ZipInfo, limit: int) -> bytes:
         """The bytes of one record, every declared size checked before anything is read."""
-        data = read_zip_member(archive, info, size, f"record {info.filename}", fail,
+        data = read_zip_member(archive, info, size, f"record {info.filename}",
                                limit=min(limit, budget[0]))
         budget[0] -= len(data)
         return data
@@ -343,7 +342,7 @@ def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[
             extras[rel] = read(info, 65536)
     byteorder = extras.get("byteorder", b"little").decode("ascii", "replace").strip()
     if byteorder not in ("little", "big"):
-        raise fail(f"byteorder record says {byteorder!r}")
+        raise WeightsError(f"byteorder record says {byteorder!r}")
 
     def storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         info = by_name.get(f"{prefix}data/{key}")
@@ -362,16 +361,17 @@ def _load_archive(archive: zipfile.ZipFile, size: int, fail) -> tuple[Any, dict[
         check_pickle(data)
     except (ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
             OverflowError, RecursionError) as e:
-        raise fail(f"data.pkl is not a valid pickle: {type(e).__name__}: {e}"[:300]) from None
+        raise WeightsError(f"data.pkl is not a valid pickle: {type(e).__name__}: "
+                           f"{e}"[:300]) from None
     unpickler = RestrictedUnpickler(data, storage,
                                     tensor_budget=size * TENSOR_BUDGET_RATIO + TENSOR_SLACK)
     try:
         obj = unpickler.load()
-    except WeightsError as e:
-        raise fail(e.reason) from None
+    except WeightsError:
+        raise
     except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError,
             AttributeError, RecursionError, OverflowError, struct.error) as e:
-        raise fail(f"data.pkl: {type(e).__name__}: {e}"[:300]) from None
+        raise WeightsError(f"data.pkl: {type(e).__name__}: {e}"[:300]) from None
     return obj, extras
 
 

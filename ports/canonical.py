@@ -18,14 +18,13 @@ The vocabulary every codec shares (a codec keeps only its key table and its form
 hooks): :func:`infer_variant` (which variant do these shapes prove?), :func:`key_problems`
 (which keys are missing, unexpected, mis-shaped?), :func:`string_meta` and
 :func:`meta_variant` (is this metadata strings to strings, and which variant does it
-name?), :func:`widen_bfloat16`.  Each reports a problem as ``fail(reason)`` -- by default a
-:class:`WeightsError` without a file; codecs pass one naming the file and format.
+name?), :func:`widen_bfloat16`.  Each raises a :class:`WeightsError` saying what is wrong;
+:func:`ports.formats.read` adds the file and format.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
@@ -39,17 +38,55 @@ PREPROCESSING_MODES = ("caffe", "torchvision", "none")
 MAX_META = 1 << 20  # characters of metadata stored as JSON text
 LISTED = 20         # keys named in one report before "and N more"
 
-Fail = Callable[[str], Exception]
 Shape = Union[Sequence[int], None]
 
 
-@dataclass
-class Weights:
-    """``tensors``: canonical name -> float32 array (weights OIHW, biases [O]).
-    ``meta``: string metadata, see the module docstring."""
+class Frozen(dict):
+    """A ``dict`` that refuses every change (a :class:`Weights`' tensors and metadata): still
+    a ``dict`` to ``json``, ``**`` and ``dict(...)``, which make a changeable copy."""
 
-    tensors: dict[str, np.ndarray]
-    meta: dict[str, str] = field(default_factory=dict)
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("checked Weights cannot be changed; build new Weights instead")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return Frozen, (dict(self),)
+
+
+class Weights:
+    """Checked canonical weights, immutable.  ``tensors``: canonical name -> float32 array
+    (weights OIHW, biases [O]); ``meta``: string metadata, see the module docstring.
+
+    Building one checks it against the spec (:func:`problems`; a :class:`WeightsError` lists
+    every missing, unexpected or mis-shaped tensor, bad dtype, non-finite value or metadata
+    field) and keeps read-only copies of the arrays in :class:`Frozen` mappings: whoever
+    holds a ``Weights`` holds weights that fit the variant its metadata names, and nobody
+    can change them afterwards, so nothing downstream checks them again."""
+
+    __slots__ = ("tensors", "meta")
+    tensors: Frozen
+    meta: Frozen
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> None:
+        arrays = {}
+        for name, value in tensors.items():
+            arrays[name] = array = np.array(value, order="C")  # its own copy; dtype checked below
+            array.flags.writeable = False
+        object.__setattr__(self, "tensors", Frozen(arrays))
+        object.__setattr__(self, "meta", Frozen(meta))
+        found = problems(self.tensors, self.meta)
+        if found:
+            raise WeightsError(found)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("checked Weights cannot be changed; build new Weights instead")
+
+    __delattr__ = __setattr__
+
+    def __reduce__(self):
+        return Weights, (dict(self.tensors), dict(self.meta))
 
     @property
     def variant(self) -> Variant:
@@ -63,97 +100,94 @@ class Weights:
 
 
 def make(tensors: Mapping[str, np.ndarray], variant: Variant, *, preprocessing: str,
-         source: str, path=None, format: str | None = None, **extra: str) -> Weights:
-    """Build checked :class:`Weights` for ``variant`` (tensors cast to float32); a problem
-    names ``path`` and ``format`` when given."""
+         source: str, **extra: str) -> Weights:
+    """:class:`Weights` for ``variant`` (tensors cast to float32)."""
     meta = {**variant.to_meta(), "preprocessing": preprocessing, "source": source}
     meta.update({k: str(v) for k, v in extra.items()})
-    weights = Weights({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
-                      meta)
-    check(weights, path=path, format=format)
-    return weights
+    return Weights({k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}, meta)
+
+
+def problems(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str],
+             expected: Variant | None = None) -> str | None:
+    """What keeps ``tensors`` and ``meta`` from being canonical weights (of ``expected``, or
+    of the variant ``meta`` names), in one message; ``None`` if nothing does."""
+    missing_meta = [k for k in REQUIRED_META if k not in meta]
+    if missing_meta:
+        return f"metadata lacks {', '.join(missing_meta)}"
+    found: list[str] = []
+    if meta["preprocessing"] not in PREPROCESSING_MODES:
+        found.append(f"metadata preprocessing={meta['preprocessing']!r}, "
+                     f"expected one of {PREPROCESSING_MODES}")
+    try:
+        variant = meta_variant(meta)
+    except WeightsError as e:
+        return e.reason
+    if expected is not None and variant != expected:
+        found.append(f"variant {variant.id} (from metadata), expected {expected.id}")
+        variant = expected
+    spec = variant.params()
+    found += key_problems({k: t.shape for k, t in tensors.items()}, spec, noun="tensors")
+    for name, shape in spec.items():
+        t = tensors.get(name)
+        if t is None or tuple(t.shape) != shape:
+            continue
+        if t.dtype != np.float32:
+            found.append(f"{name}: expected dtype float32, got {t.dtype}")
+        elif not np.isfinite(t).all():
+            found.append(f"{name}: {int((~np.isfinite(t)).sum())} non-finite values")
+    return f"does not match SqueezeNet {variant.id}: " + "; ".join(found) if found else None
 
 
 def check(weights: Weights, expected: Variant | None = None, *, path=None,
           format: str | None = None) -> Weights:
-    """Strict validation against the spec; returns ``weights``.
-
-    Raises one :class:`WeightsError` listing every missing, unexpected and mis-shaped
-    tensor (with expected and actual shapes), bad dtype, non-finite value, missing
-    metadata field, or a variant other than ``expected``.
-    """
-    problems: list[str] = []
-    missing_meta = [k for k in REQUIRED_META if k not in weights.meta]
-    if missing_meta:
-        raise WeightsError(f"metadata lacks {', '.join(missing_meta)}", path=path, format=format)
-    if weights.meta["preprocessing"] not in PREPROCESSING_MODES:
-        problems.append(f"metadata preprocessing={weights.meta['preprocessing']!r}, "
-                        f"expected one of {PREPROCESSING_MODES}")
-    variant = meta_variant(weights.meta, fail=failing(path, format))
-    if expected is not None and variant != expected:
-        problems.append(f"variant {variant.id} (from metadata), expected {expected.id}")
-        variant = expected
-    spec = variant.params()
-    problems += key_problems({k: t.shape for k, t in weights.tensors.items()}, spec,
-                             noun="tensors")
-    for name, shape in spec.items():
-        t = weights.tensors.get(name)
-        if t is None or tuple(t.shape) != shape:
-            continue
-        if t.dtype != np.float32:
-            problems.append(f"{name}: expected dtype float32, got {t.dtype}")
-        elif not np.isfinite(t).all():
-            problems.append(f"{name}: {int((~np.isfinite(t)).sum())} non-finite values")
-    if problems:
-        raise WeightsError(f"does not match SqueezeNet {variant.id}: " + "; ".join(problems),
-                           path=path, format=format)
+    """``weights`` (checked when built), if they are of the ``expected`` variant: else a
+    :class:`WeightsError` naming both variants and every tensor that does not fit."""
+    if not isinstance(weights, Weights):
+        raise TypeError(f"expected ports.canonical.Weights, got {type(weights).__name__}")
+    if expected is not None and weights.variant != expected:
+        raise WeightsError(problems(weights.tensors, weights.meta, expected), path=path,
+                           format=format)
     return weights
 
 
 # --- the vocabulary of the codecs ------------------------------------------------------------
-def failing(path, format: str | None) -> Fail:
-    """``fail`` for the functions below: a :class:`WeightsError` naming ``path`` and ``format``."""
-    return lambda reason: WeightsError(reason, path=path, format=format)
-
-
 def _conv1_shape(version: str, layout: str) -> tuple[int, ...]:
     filters, kernel, _ = STEM[version]
     return (kernel, kernel, 3, filters) if layout == "HWIO" else (filters, 3, kernel, kernel)
 
 
-def version_of(conv1: Shape, *, name: str = "conv1.weight", layout: str = "OIHW",
-               fail: Fail = WeightsError) -> str:
+def version_of(conv1: Shape, *, name: str = "conv1.weight", layout: str = "OIHW") -> str:
     """The version conv1's weight shape proves (``"1_0"``: 96 7x7 filters, ``"1_1"``: 64
     3x3).  ``name``: what the file calls that weight; ``layout``: ``"OIHW"`` or ``"HWIO"``."""
     if conv1 is None:
-        raise fail(f"cannot infer the variant: no {name} (conv1 weight)")
+        raise WeightsError(f"cannot infer the variant: no {name} (conv1 weight)")
     for version in VERSIONS:
         if tuple(conv1) == _conv1_shape(version, layout):
             return version
     note = f" ({layout})" if layout != "OIHW" else ""
     known = " or ".join(f"{list(_conv1_shape(v, layout))} ({v})" for v in VERSIONS)
-    raise fail(f"cannot infer the variant from conv1 weight {name}: weight shape "
-               f"{list(conv1)}{note}, expected {known}")
+    raise WeightsError(f"cannot infer the variant from conv1 weight {name}: weight shape "
+                       f"{list(conv1)}{note}, expected {known}")
 
 
 def infer_variant(conv1: Shape, conv10: Shape, *,
                   names: tuple[str, str] = ("conv1.weight", "conv10.weight"),
-                  layout: str = "OIHW", bypass: str = "none", final_conv_padding: int = 0,
-                  fail: Fail = WeightsError) -> Variant:
+                  layout: str = "OIHW", bypass: str = "none",
+                  final_conv_padding: int = 0) -> Variant:
     """Which variant do these shapes prove?  The version from conv1's weight shape,
     ``num_classes`` from conv10's filter count; what no parameter shows (a simple bypass
     against none, conv10's padding) is ``bypass`` / ``final_conv_padding`` (a codec passes
     ``bypass="complex"`` where it sees bypass convolutions).  ``names``: what the file calls
     the two weights; ``layout``: ``"OIHW"`` or ``"HWIO"`` (Keras, Flax)."""
-    version = version_of(conv1, name=names[0], layout=layout, fail=fail)
+    version = version_of(conv1, name=names[0], layout=layout)
     if conv10 is None or len(conv10) != 4:
         shape = "" if conv10 is None else f" has shape {list(conv10)}"
-        raise fail(f"cannot infer the variant: no 4-D {names[1]} (conv10 weight){shape}")
+        raise WeightsError(f"cannot infer the variant: no 4-D {names[1]} (conv10 weight){shape}")
     filters = conv10[-1] if layout == "HWIO" else conv10[0]
     try:
         return Variant(version, int(filters), final_conv_padding, bypass)
     except ValueError as e:
-        raise fail(f"cannot infer the variant: {names[1]}: {e}") from None
+        raise WeightsError(f"cannot infer the variant: {names[1]}: {e}") from None
 
 
 def _listed(keys: list[str], label: Callable[[str], str], most: int) -> str:
@@ -193,35 +227,33 @@ def key_problems(found: Union[Mapping[str, Shape], Iterable[str]],
     return problems
 
 
-def string_meta(value, what: str, *, limit: int = MAX_META,
-                fail: Fail = WeightsError) -> dict[str, str]:
+def string_meta(value, what: str, *, limit: int = MAX_META) -> dict[str, str]:
     """Metadata as a file holds it -- a mapping, or JSON text (``str`` or UTF-8 ``bytes``) of
     one -- checked to map strings to strings; ``what`` names it in a message."""
     if isinstance(value, (bytes, bytearray)):
         try:
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise fail(f"{what} is not UTF-8 text") from None
+            raise WeightsError(f"{what} is not UTF-8 text") from None
     if isinstance(value, str):
         if len(value) > limit:
-            raise fail(f"{what} is longer than {limit} characters")
+            raise WeightsError(f"{what} is longer than {limit} characters")
         try:
             value = json.loads(value)
         except (ValueError, RecursionError) as e:
-            raise fail(f"{what} is not valid JSON: {type(e).__name__}: {e}"[:300]) from None
+            raise WeightsError(f"{what} is not valid JSON: {type(e).__name__}: {e}"[:300]) from None
     if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in value.items()):
-        raise fail(f"{what} must map strings to strings")
+        raise WeightsError(f"{what} must map strings to strings")
     return dict(value)
 
 
-def meta_variant(meta: Mapping[str, str], *, what: str = "metadata",
-                 fail: Fail = WeightsError) -> Variant:
+def meta_variant(meta: Mapping[str, str], *, what: str = "metadata") -> Variant:
     """The variant ``meta`` names (``variant``, ``num_classes``, ...)."""
     try:
         return Variant.from_meta(meta)
     except ValueError as e:
-        raise fail(f"{what}: {e}") from None
+        raise WeightsError(f"{what}: {e}") from None
 
 
 def has_architecture(meta: Mapping[str, str]) -> bool:

@@ -71,9 +71,8 @@ def normal(stream: int, n: int) -> np.ndarray:
 
 def seeded_weights(variant: Variant, seed: int = 0) -> Weights:
     """Deterministic canonical weights for ``variant`` (float32).  Generated once per
-    process and variant (~1 s: 15 million counters); every call returns its own copy."""
-    tensors = {name: t.copy() for name, t in _seeded_tensors(variant, seed).items()}
-    return make(tensors, variant, preprocessing="torchvision",
+    process and variant (~1 s: 15 million counters); :class:`Weights` hold their own copy."""
+    return make(_seeded_tensors(variant, seed), variant, preprocessing="torchvision",
                 source=f"seeded He-normal, seed {seed} (ports.seeded)")
 
 
@@ -92,5 +91,5 @@ def _seeded_tensors(variant: Variant, seed: int) -> dict[str, np.ndarray]:
         else:
             values = 0.01 + 0.04 * uniform(stream, count)
         tensors[name] = values.reshape(shape).astype(np.float32)
-        tensors[name].flags.writeable = False  # shared by every call: callers get copies
+        tensors[name].flags.writeable = False  # shared by every call
     return tensors

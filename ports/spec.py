@@ -1,9 +1,8 @@
 """SqueezeNet as data.
 
 The oracle of every port's structure: each port's network (written out as SqueezeNet in
-the NumPy reference, PyTorch and Chainer; still built from ``Variant.layers()`` in Keras,
-Flax and MXNet) is tested, for all 12 variants, against the parameter names, shapes and map
-sizes here.
+``ports/<framework>/network.py``, numbers from the tables here by name) is tested, for all 12
+variants, against the parameter names, shapes and map sizes here.
 This module imports nothing but the standard library.
 
 Layout conventions used throughout the project:

@@ -1,6 +1,7 @@
 """Canonical weights: strict checks, safetensors round trip, interop with the real library."""
 
 import json
+import pickle
 import struct
 
 import numpy as np
@@ -53,13 +54,32 @@ def test_normals_in_blocks_are_the_sums_of_twelve_uniforms_in_order():
     assert normal(77, n).tobytes() == (expected - 6.0).tobytes()
 
 
-def test_seeded_weights_are_generated_once_and_every_call_gets_its_own_copy(w11):
-    mine = seeded_weights(Variant("1_1"))
-    mine.tensors["conv1.weight"][:] = 0.0
-    again = seeded_weights(Variant("1_1"))
-    assert not np.array_equal(again["conv1.weight"], mine["conv1.weight"])
+def test_checked_weights_cannot_be_changed(w11):
+    """Weights are checked once, when built, and cannot change afterwards: not an array's
+    values, not the mappings, not the attributes; nor through the arrays they were built
+    from (they keep their own copies).  A pickled copy is the same checked Weights."""
+    source = {k: np.array(v) for k, v in w11.tensors.items()}
+    w = Weights(source, dict(w11.meta))
+    source["conv1.weight"][:] = 0.0  # the caller's arrays: not the Weights'
+    assert np.array_equal(w["conv1.weight"], w11["conv1.weight"])
+    with pytest.raises(ValueError, match="read-only"):
+        w.tensors["conv1.weight"][0, 0, 0, 0] = 1.0
+    for change in (lambda: w.tensors.__setitem__("conv1.weight", source["conv1.weight"]),
+                   lambda: w.tensors.pop("conv1.bias"), lambda: w.tensors.clear(),
+                   lambda: w.meta.update(num_classes="10"),
+                   lambda: w.meta.__delitem__("source"),
+                   lambda: w.meta.setdefault("x", "y")):
+        with pytest.raises(TypeError, match="cannot be changed"):
+            change()
+    for attribute in ("tensors", "meta"):
+        with pytest.raises(AttributeError, match="cannot be changed"):
+            setattr(w, attribute, {})
+    assert np.array_equal(w["conv1.weight"], w11["conv1.weight"]) and w.meta == w11.meta
+    back = pickle.loads(pickle.dumps(w))
+    assert back.meta == w.meta and not back["conv1.weight"].flags.writeable
+    assert dict(w.meta) | {"source": "x"} and json.dumps(w.meta)  # copies still work
+    again = seeded_weights(Variant("1_1"))  # the seeded cache is untouched
     assert np.array_equal(again["conv1.weight"], w11["conv1.weight"])
-    assert all(again[k].flags.writeable for k in again.tensors)
 
 
 def test_safetensors_round_trip_is_bit_exact(tmp_path, w11):
@@ -162,11 +182,9 @@ def test_infer_variant_from_shapes_in_either_layout():
         infer_variant(None, (10, 512, 1, 1), names=("w1", "w10"))
     with pytest.raises(WeightsError, match=r"no 4-D w10 \(conv10 weight\) has shape \[10\]"):
         infer_variant((96, 3, 7, 7), (10,), names=("w1", "w10"))
-    with pytest.raises(WeightsError, match="w10: num_classes"):
+    with pytest.raises(WeightsError, match="w10: num_classes") as info:
         infer_variant((96, 3, 7, 7), (0, 512, 1, 1), names=("w1", "w10"))
-    fail = lambda reason: KeyError(reason)  # noqa: E731 - a codec's own error
-    with pytest.raises(KeyError):
-        version_of((1, 2, 3, 4), fail=fail)
+    assert info.value.path is None and info.value.format is None  # ports.formats.read adds them
 
 
 def test_key_problems_names_missing_unexpected_and_misshaped_keys():
@@ -226,7 +244,16 @@ def test_the_registry_is_the_one_source_of_names_endings_outputs_and_read_option
     assert formats.outputs(tmp_path / "w.bin", "torch") == [tmp_path / "w.bin"]
     for name in formats.FORMATS:
         assert formats.codec(name).NAME == name
-        assert formats.codec(name).EXTENSIONS == formats.FORMATS[name].extensions
+        assert not hasattr(formats.codec(name), "EXTENSIONS")  # endings: the registry's alone
+    from ports.formats import caffe as caffe_codec
+    from ports.formats import mxnet_export
+
+    # the files a codec writes beside its own are the registry's outputs
+    assert formats.outputs(tmp_path / "w.caffemodel")[1] == \
+        caffe_codec.prototxt_path(tmp_path / "w.caffemodel")
+    for name in ("m", "m-symbol.json", "m-0000.params"):
+        assert formats.outputs(tmp_path / name, "mxnet-export") == \
+            list(mxnet_export.paths(tmp_path / name))
     options = formats.read_options()
     assert options["prototxt"][1] == ["caffe"] and options["preprocessing"][1] == ["mxnet"]
     path = tmp_path / "w.safetensors"

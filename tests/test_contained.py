@@ -20,13 +20,11 @@ from test_hostile import deadline
 from conformance.fuzz import hostile_folders as hf
 from ports import formats
 from ports._folder import Folder, read_file
-from ports.canonical import failing
 from ports.errors import WeightsError
 from ports.formats import orbax as codec
 from ports.seeded import seeded_weights
 
 BUILDERS = [b for builders in hf.BUILDERS.values() for b in builders]
-fail = failing("test", "orbax")
 
 
 def same(a, b) -> bool:
@@ -126,18 +124,18 @@ def test_the_walk_is_bounded(tmp_path):
     for i in range(6):
         (wide / f"f{i}").write_bytes(b"")
     with pytest.raises(WeightsError, match="holds more than 5 files and folders"):
-        Folder.check(wide, fail, max_entries=5)
-    assert len(Folder.check(wide, fail, max_entries=6).files()) == 6
+        Folder.check(wide, max_entries=5)
+    assert len(Folder.check(wide, max_entries=6).files()) == 6
     deep = tmp_path / "deep"
     (deep / "a" / "b" / "c" / "d").mkdir(parents=True)
     with pytest.raises(WeightsError, match="a/b/c/d is nested 4 folders deep, more than the 3"):
-        Folder.check(deep, fail, max_depth=3)
-    folder = Folder.check(deep, fail, max_depth=4)
+        Folder.check(deep, max_depth=3)
+    folder = Folder.check(deep, max_depth=4)
     assert folder.is_dir("a/b/c/d") and folder.listdir("a") == ["b"] and not folder.files()
 
 
 def test_the_record_answers_questions_and_reads_bounded(ckpt):
-    folder = Folder.check(ckpt, fail)
+    folder = Folder.check(ckpt)
     assert folder.exists(hf.CHUNK) and not folder.is_dir(hf.CHUNK)
     assert folder.is_dir(hf.LEAF) and folder.listdir(hf.LEAF) == [".zarray", "0.0.0.0"]
     assert "_METADATA" in folder.listdir() and not folder.exists("nothing")
@@ -180,7 +178,7 @@ def test_a_folder_swapped_for_a_link_between_check_and_open_is_refused(tmp_path,
 
 
 def test_a_file_swapped_for_a_link_after_the_check_is_refused(tmp_path, ckpt):
-    folder = Folder.check(ckpt, fail)
+    folder = Folder.check(ckpt)
     outside = tmp_path / "0.0.0.0"
     os.rename(ckpt / hf.CHUNK, outside)
     os.symlink(outside, ckpt / hf.CHUNK)
@@ -193,7 +191,7 @@ def test_a_file_swapped_for_a_link_after_the_check_is_refused(tmp_path, ckpt):
 
 
 def test_a_file_rewritten_after_the_check_is_not_copied(tmp_path, ckpt):
-    folder = Folder.check(ckpt, fail)
+    folder = Folder.check(ckpt)
     (ckpt / "new").write_bytes((ckpt / hf.CHUNK).read_bytes())
     os.replace(ckpt / "new", ckpt / hf.CHUNK)  # same bytes, another file
     with pytest.raises(WeightsError, match="is not the file that was checked"):
@@ -207,29 +205,29 @@ def test_orbax_is_given_a_private_copy_of_the_checked_files(tmp_path, ckpt, monk
     and its import made to fail: it is not installed in the core environment)."""
     monkeypatch.setitem(sys.modules, "orbax", None)
     monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
-    monkeypatch.setattr(codec, "_orbax", lambda fail: None)
+    monkeypatch.setattr(codec, "_orbax", lambda: None)
     (ckpt / codec.OCDBT_MANIFEST).write_bytes(b"\x0c\xdb:*")  # Orbax's layout: not plain
-    checked = Folder.check(ckpt, fail)
+    checked = Folder.check(ckpt)
     handed: list[Path] = []
 
     def leaves(directory):
         directory = Path(directory)
         handed.append(directory)
         assert ckpt.resolve() not in directory.resolve().parents
-        copy = Folder.check(directory, fail)
+        copy = Folder.check(directory)
         assert copy.files() == checked.files()
         for rel in checked.files():
             assert (directory / rel).read_bytes() == (ckpt / rel).read_bytes()
-        tree, _ = codec._tree(copy, fail)
-        return copy, {keys: codec._zarr_header(copy, keys, fail) for keys in tree}
+        tree, _ = codec._tree(copy)
+        return copy, {keys: codec._zarr_header(copy, keys) for keys in tree}
 
-    def fake_shapes(directory, fail):
+    def fake_shapes(directory):
         _, headers = leaves(directory)
         return {keys: z["shape"] for keys, z in headers.items()}
 
-    def fake_arrays(directory, fail):
+    def fake_arrays(directory):
         copy, headers = leaves(directory)
-        return {keys: codec._zarr_array(copy, keys, z, fail) for keys, z in headers.items()}
+        return {keys: codec._zarr_array(copy, keys, z) for keys, z in headers.items()}
 
     monkeypatch.setattr(codec, "_orbax_shapes", fake_shapes)
     monkeypatch.setattr(codec, "_orbax_arrays", fake_arrays)
@@ -243,16 +241,16 @@ def test_orbax_is_given_nothing_from_a_folder_with_a_link(tmp_path, monkeypatch)
     h = hf.orbax_chunk_link(tmp_path)
     (h.path / codec.OCDBT_MANIFEST).write_bytes(b"\x0c\xdb:*")
     handed = []
-    monkeypatch.setattr(codec, "_orbax", lambda fail: None)
-    monkeypatch.setattr(codec, "_orbax_shapes", lambda d, fail: handed.append(d))
-    monkeypatch.setattr(codec, "_orbax_arrays", lambda d, fail: handed.append(d))
+    monkeypatch.setattr(codec, "_orbax", lambda: None)
+    monkeypatch.setattr(codec, "_orbax_shapes", lambda d: handed.append(d))
+    monkeypatch.setattr(codec, "_orbax_arrays", lambda d: handed.append(d))
     with pytest.raises(WeightsError, match="is a symbolic link"):
         formats.read(h.path, "orbax")
     assert handed == []
 
 
 def test_a_private_copy_is_bounded(tmp_path, ckpt):
-    folder = Folder.check(ckpt, fail)
+    folder = Folder.check(ckpt)
     with pytest.raises(WeightsError, match="bytes of files, more than the 1000 allowed"):
         folder.private_copy(tmp_path / "copy", 1000)
     assert not (tmp_path / "copy").exists()
@@ -262,14 +260,14 @@ def test_a_private_copy_is_bounded(tmp_path, ckpt):
 def test_read_file_refuses_links_and_special_files(tmp_path):
     real = tmp_path / "real"
     real.write_bytes(b"abc")
-    assert read_file(real, "f", fail) == b"abc"
+    assert read_file(real, "f") == b"abc"
     os.symlink(real, tmp_path / "link")
     with pytest.raises(WeightsError, match=f"f is a symbolic link \\(to {real}\\)"):
-        read_file(tmp_path / "link", "f", fail, noun="an MXNet export pair")
+        read_file(tmp_path / "link", "f", noun="an MXNet export pair")
     os.mkfifo(tmp_path / "fifo")
     with deadline(10), pytest.raises(WeightsError, match=r"is not a regular file \(a FIFO\)"):
-        read_file(tmp_path / "fifo", "f", fail)
+        read_file(tmp_path / "fifo", "f")
     with pytest.raises(WeightsError, match="f is missing"):
-        read_file(tmp_path / "none", "f", fail)
+        read_file(tmp_path / "none", "f")
     with pytest.raises(WeightsError, match="more than the 2 allowed"):
-        read_file(real, "f", fail, limit=2)
+        read_file(real, "f", limit=2)

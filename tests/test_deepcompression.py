@@ -11,6 +11,7 @@ import pytest
 from conftest import shared_or_skip
 
 from ports import formats
+from ports.canonical import Weights
 from ports.errors import WeightsError
 from ports.formats import deepcompression as dc
 from ports.seeded import seeded_weights
@@ -90,14 +91,15 @@ def quantized(variant: Variant, step: float = 1 / 32) -> formats.Weights:
     """Seeded weights rounded to multiples of ``step`` (well under 255 values per layer),
     with some exact zeros, long zero runs and a -0.0."""
     w = seeded_weights(variant)
+    tensors = dict(w.tensors)
     for k, t in w.tensors.items():
         if k.endswith(".weight"):
             q = np.round(t / step) * step
             q[np.abs(q) < 2 * step] = 0.0        # sparsity like a pruned net
             q.reshape(-1)[100:190] = 0.0         # a run of 90 zeros (fillers)
             q.reshape(-1)[5] = -0.0              # a negative zero keeps its sign bit
-            w.tensors[k] = q.astype(np.float32)
-    return w
+            tensors[k] = q.astype(np.float32)
+    return Weights(tensors, w.meta)
 
 
 # --- the real release --------------------------------------------------------------------

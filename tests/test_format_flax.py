@@ -4,8 +4,10 @@ The Flax side of the contract (real Flax restores our files, our reader reads Fl
 tested in ``conformance/test_flax.py`` in the ``flax`` environment.
 """
 
+import os
 import subprocess
 import sys
+import tempfile
 
 import msgpack
 import numpy as np
@@ -130,7 +132,7 @@ def test_other_stored_dtypes_are_converted():
     bias = np.array([1.5, -2.0, 0.0], np.float32)
     bf = (bias.view(np.uint32) >> 16).astype("<u2")
     ext = msgpack.ExtType(1, msgpack.packb(([3], "bfloat16", bf.tobytes()), use_bin_type=True))
-    arr = codec._decode_ext(codec._Ext(ext.code, ext.data), "x", WeightsError)
+    arr = codec._decode_ext(codec._Ext(ext.code, ext.data), "x")
     np.testing.assert_array_equal(arr, bias)
 
 
@@ -174,11 +176,16 @@ def repack(tree) -> bytes:
 
 
 def expect_error(blob: bytes, *match: str) -> WeightsError:
-    with pytest.raises(WeightsError) as info:
-        codec.decode(blob, path="bad.msgpack")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bad.msgpack")
+        with open(path, "wb") as f:
+            f.write(blob)
+        with pytest.raises(WeightsError) as info:
+            formats.read(path)
     for m in match:
         assert m in str(info.value), str(info.value)
-    assert info.value.format == "flax" and info.value.path == "bad.msgpack"
+    assert info.value.format == "flax" and info.value.path == path
+    assert str(info.value).startswith(f"{path} (flax): ") and str(info.value).count(path) == 1
     return info.value
 
 

@@ -185,7 +185,7 @@ def test_keras_file_with_floor_mode_pools_says_it_is_another_network(tmp_path, s
 
 
 def test_pooling_modes_of_a_config():
-    graph = kc.graph_layers(kc.builtin_config(Variant("1_0")), "c", WeightsError)
+    graph = kc.graph_layers(kc.builtin_config(Variant("1_0")), "c")
     assert kc.pooling(graph) == dict.fromkeys(["pool1", "pool4", "pool8"],
                                               "ceil (zero padding)")
     assert kc.floor_note(Variant("1_0"), kc.pooling(graph)) is None

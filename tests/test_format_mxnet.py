@@ -4,7 +4,9 @@ files before any large allocation.  (Loading in real MXNet: conformance/test_mxn
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 
 import numpy as np
 import pytest
@@ -35,9 +37,13 @@ REAL_V3 = bytes.fromhex(
 
 
 def _fail(blob: bytes, match: str | None) -> WeightsError:
-    with pytest.raises(WeightsError, match=match) as info:
-        codec.decode(blob, path="x.params")
-    assert info.value.format == "mxnet" and info.value.path == "x.params"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "x.params")
+        with open(path, "wb") as f:
+            f.write(blob)
+        with pytest.raises(WeightsError, match=match) as info:
+            read(path)
+    assert info.value.format == "mxnet" and info.value.path == path
     return info.value
 
 

@@ -448,6 +448,30 @@ def test_every_tool_turns_a_bad_file_into_one_line_and_status_2(tmp_path):
         assert not (tmp_path / "out.pth").exists()
 
 
+@pytest.mark.parametrize("name", list(formats.FORMATS))
+def test_every_refusal_names_the_file_and_format_once(tmp_path, name):
+    """Through ``ports.formats.read``, the one place that names them, every bad input of
+    docs/bad-inputs.md ends in ``FILE (format): reason``: FILE the file read, or the file of
+    the pair (a params file) it is about; the reason names neither again."""
+    from conformance.fuzz.bad_inputs import hostile_files
+
+    _need(name)
+    refused = 0
+    for label, path in hostile_files(name, tmp_path):
+        try:
+            with deadline(30):
+                formats.read(path, name)
+            continue
+        except WeightsError as e:
+            err = e
+        refused += 1
+        assert err.format == name and err.path is not None, (label, str(err))
+        assert str(err) == f"{err.path} ({name}): {err.reason}", label
+        assert Path(err.path).parent == Path(path).parent, (label, str(err))
+        assert err.path not in err.reason and f"({name}): " not in err.reason, (label, str(err))
+    assert refused > 5
+
+
 def test_docs_bad_inputs_is_what_tools_fuzz_table_writes_and_the_readme_links_to_it(tmp_path):
     """docs/bad-inputs.md is exactly what ``tools/fuzz --table docs/bad-inputs.md`` writes
     from the readers as they are (rerun it after changing a message); README links to it."""

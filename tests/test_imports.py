@@ -189,3 +189,20 @@ def test_an_absolute_circle_through_a_subpackage_is_found(tmp_path):
         "pkg/sub/c.py": "def go():\n    from pkg import a\n    return a\n",
     })
     assert circles(graph(pkg)) == [["pkg.a", "pkg.sub.c", "pkg.a"]]
+
+
+def test_the_package_has_no_import_circles_and_no_codec_imports_its_registry():
+    """Issue 28: ``ports`` (networks, converter) has no import circles either, and no codec
+    imports the registry that imports it (``ports.formats``: what codecs share is
+    ``ports.formats._library``), nor takes a ``fail`` callback: a codec raises
+    ``WeightsError(reason)`` and ``ports.formats.read``/``write`` name the file."""
+    edges = graph(ROOT / "ports")
+    assert not circles(edges), [describe(edges, c) for c in circles(edges)]
+    codecs = [m for m in edges if m.startswith("ports.formats.")]
+    assert len(codecs) >= 14
+    assert {m: edges[m]["ports.formats"] for m in codecs if "ports.formats" in edges[m]} == {}
+    for path in (ROOT / "ports").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                assert "fail" not in names, f"{path.relative_to(ROOT)}:{node.lineno}"

@@ -34,12 +34,12 @@ NAN_CASE = "1_1-p0-none-224-float32"
 TINY = '''"""A port that knows the answers: golden logits and a made-up training reference."""
 import os
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 
 from conformance import golden, training
 from ports._api import Step
-from ports.canonical import Weights
 
 DTYPES = ("float32",)
 NAMES = ("conv1.weight", "fire5.squeeze.weight", "conv10.weight")
@@ -59,8 +59,9 @@ def _case_data(name, real=training.case_data):
 
     if name in training.FIXTURE_LABELS:
         return real(name)  # needs the shared ground truth (here: not run)
-    meta = seeded_weights(Variant.from_id(name)).meta
-    return Weights(_case(name)[0], meta), np.zeros((4, 3, 40, 40), np.float32), np.arange(4)
+    start = SimpleNamespace(tensors=_case(name)[0], meta=seeded_weights(Variant.from_id(name)).meta,
+                            variant=Variant.from_id(name))  # not SqueezeNet: no Weights
+    return start, np.zeros((4, 3, 40, 40), np.float32), np.arange(4)
 
 
 def _decided(weights, tensors, x, labels, acts):  # the same gradient at every weight

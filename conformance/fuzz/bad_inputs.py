@@ -54,7 +54,7 @@ def bad_predict_inputs() -> list[tuple[str, object]]:
     ]
 
 
-def _hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
+def hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
     """``(label, path)``: broken and hostile files for format ``name``."""
     import io
     import pickle
@@ -145,31 +145,27 @@ def _hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
             st(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,400]}}', bytes(4)))
         from ports.seeded import seeded_weights
 
-        class codec:  # noqa: N801 - a raw encoder that keeps whatever tensors it is given
-            @staticmethod
-            def encode(w) -> bytes:
-                header: dict = {"__metadata__": dict(w.meta)}
-                chunks, offset = [], 0
-                for key, t in w.tensors.items():
-                    raw = np.ascontiguousarray(t, dtype="<f4").tobytes()
-                    header[key] = {"dtype": "F32", "shape": list(t.shape),
-                                   "data_offsets": [offset, offset + len(raw)]}
-                    chunks.append(raw)
-                    offset += len(raw)
-                return st(json.dumps(header).encode(), b"".join(chunks))
+        def encode(tensors: dict, meta: dict) -> bytes:  # a raw encoder: keeps whatever it gets
+            header: dict = {"__metadata__": meta}
+            chunks, offset = [], 0
+            for key, t in tensors.items():
+                raw = np.ascontiguousarray(t, dtype="<f4").tobytes()
+                header[key] = {"dtype": "F32", "shape": list(t.shape),
+                               "data_offsets": [offset, offset + len(raw)]}
+                chunks.append(raw)
+                offset += len(raw)
+            return st(json.dumps(header).encode(), b"".join(chunks))
 
         w = seeded_weights(Variant("1_1", 10))
-        w.tensors.pop("fire5.squeeze.bias")
-        put("a tensor missing (fire5.squeeze.bias)", codec.encode(w))
-        w = seeded_weights(Variant("1_1", 10))
-        w.tensors["conv1.weight"] = w.tensors["conv1.weight"][:32]
-        put("conv1.weight with 32 filters instead of 64", codec.encode(w))
-        w = seeded_weights(Variant("1_1", 10))
-        w.tensors["conv10.bias"][3] = np.nan
-        put("a NaN in conv10.bias", codec.encode(w))
-        w = seeded_weights(Variant("1_1", 10))
-        w.meta["num_classes"] = "ten"
-        put("metadata num_classes='ten'", codec.encode(w))
+        tensors, meta = dict(w.tensors), dict(w.meta)
+        put("a tensor missing (fire5.squeeze.bias)",
+            encode({k: t for k, t in tensors.items() if k != "fire5.squeeze.bias"}, meta))
+        put("conv1.weight with 32 filters instead of 64",
+            encode(tensors | {"conv1.weight": tensors["conv1.weight"][:32]}, meta))
+        nan = tensors["conv10.bias"].copy()
+        nan[3] = np.nan
+        put("a NaN in conv10.bias", encode(tensors | {"conv10.bias": nan}, meta))
+        put("metadata num_classes='ten'", encode(tensors, meta | {"num_classes": "ten"}))
     return out
 
 
@@ -211,7 +207,7 @@ def bad_inputs_table(work: Path) -> str:
         lines += ["| input | outcome |", "| --- | --- |"]
         d = work / name
         d.mkdir(parents=True, exist_ok=True)
-        for label, path in _hostile_files(name, d):
+        for label, path in hostile_files(name, d):
             r = run_one(str(path), name, 30.0)
             if r["status"] == "ok":
                 outcome = "accepted"

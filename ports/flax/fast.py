@@ -1,14 +1,11 @@
-"""Tuned layers for the Flax port: the network of :mod:`ports.flax` with faster, equal
-computations (``conformance/test_flax.py`` proves each equal to the plain one).  This is
-what :func:`ports.flax.load` builds by default; ``load(..., fast=False)`` is the plain one.
+"""Tuned layers for the Flax port: :class:`SqueezeNet` is the network of :mod:`.network`
+with faster, equal computations (``conformance/test_flax.py`` proves each equal to the plain
+one), what :func:`ports.flax.load` builds unless ``fast=False``.  Same parameters and NNX
+state paths, so weights move freely between the two.
 
 * :class:`Conv`: a 1x1, stride-1, unpadded convolution as a matrix product.
 * :func:`max_pool`: the ceil-mode pool as the maximum of strided views.
-* :class:`SqueezeNet`: both of them, and on CPU the high-resolution layers run image by
-  image (:func:`per_image_head`).
-
-Parameters and NNX state paths are those of the plain network, so weights move freely
-between the two (:func:`ports.flax.to_weights`, ``nnx.state``/``nnx.update``).
+* on CPU the high-resolution layers run image by image (:class:`SqueezeNet`).
 """
 
 from __future__ import annotations
@@ -20,9 +17,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .. import spec as S
-from . import SqueezeNet as Reference
+from .network import POOL, _keep
+from .network import SqueezeNet as Reference
 
-__all__ = ["SqueezeNet", "Conv", "max_pool", "per_image_head"]
+__all__ = ["SqueezeNet", "Conv", "max_pool", "HEAD"]
 
 
 class Conv(nnx.Conv):
@@ -45,7 +43,7 @@ class Conv(nnx.Conv):
                 and self.input_dilation in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1)))
 
 
-def max_pool(x: jax.Array, pool: S.MaxPool) -> jax.Array:  # [N,H,W,C] -> [N,H',W',C]
+def max_pool(x: jax.Array, pool: S.MaxPool = POOL) -> jax.Array:  # [N,H,W,C] -> [N,H',W',C]
     """:func:`ports.flax.max_pool` (ceil mode, -inf padding) as the maximum over the
     ``k*k`` strided views of the window offsets, which XLA:CPU fuses into one pass (~3x
     faster than its ``lax.reduce_window``)."""
@@ -59,30 +57,35 @@ def max_pool(x: jax.Array, pool: S.MaxPool) -> jax.Array:  # [N,H,W,C] -> [N,H',
     return functools.reduce(jnp.maximum, views)
 
 
-def per_image_head(layers: list[S.Layer]) -> int:
-    """How many leading layers run image by image on CPU: through the second max pool.
-
-    Those layers carry the large activations (conv1's output alone is 3 MB per image at
-    224, 100 MB at batch 32).  Batched, XLA:CPU streams each of them through memory
-    between its convolution, ReLU, pooling and concatenation kernels; mapped over the
-    images (``lax.map``) they stay in cache.  Measured for 1_1 at batch 32 on 2 cores:
-    302 -> 214 ms per batch; results are bit-identical.  Later layers run batched."""
-    return S.through_pool(layers, 2)
+HEAD = {"1_0": range(2, 5), "1_1": range(2, 4)}  # the fires before the second max pool
 
 
 class SqueezeNet(Reference):
-    """:class:`ports.flax.SqueezeNet` built with :class:`Conv` and :func:`max_pool`, whose
-    forward maps the :func:`per_image_head` layers over the images on CPU (elsewhere, and
-    for a single image, it is the plain forward)."""
+    """:class:`ports.flax.SqueezeNet` with :class:`Conv` and :func:`max_pool`.  On CPU its
+    forward maps the stem and the :data:`HEAD` fires over the images (``lax.map``): their large
+    maps (conv1's: 3 MB per image at 224) then stay in cache instead of streaming through
+    memory between XLA:CPU's kernels (1_1, batch 32, 2 cores: 302 -> 214 ms per batch)."""
 
-    def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
-                 bypass: str = "none", *, dtype="float32", rngs: nnx.Rngs | None = None) -> None:
-        super().__init__(version, num_classes, final_conv_padding, bypass, dtype=dtype,
-                         rngs=rngs, conv=Conv, pool=max_pool)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for _, module in nnx.iter_modules(self):
+            if type(module) is nnx.Conv:
+                module.__class__ = Conv
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # [N,H,W,3] -> [N, classes]
-        h, layers = x.astype(self.dtype), self.variant.layers()
-        head = per_image_head(layers) if len(h) > 1 and jax.default_backend() == "cpu" else 0
-        if head:  # [N,H,W,3] -> [N,H',W',C], one image at a time
-            h = jax.lax.map(lambda xi: self.run(layers[:head], xi[None])[0], h)
-        return self.run(layers[head:], h)
+    def __call__(self, x: jax.Array, record=_keep) -> jax.Array:  # [N,H,W,3] -> [N, classes]
+        if len(x) == 1 or jax.default_backend() != "cpu":
+            return super().__call__(x, record)
+        head = HEAD[self.variant.version]
+
+        def image(xi: jax.Array) -> tuple:  # [H,W,3] -> [H',W',C], its recorded activations
+            kept: dict[str, jax.Array] = {}
+            keep = _keep if record is _keep else lambda name, h: kept.setdefault(name, h)
+            return self.fires(head, self.stem(xi[None], keep), keep)[0], kept
+
+        h, kept = jax.lax.map(image, x.astype(self.dtype))
+        for name, a in kept.items():  # [N, 1, ...] -> [N, ...]
+            record(name, a[:, 0])
+        return self.classifier(self.fires(range(head[-1] + 1, 10), h, record), record)
+
+    def pool(self, h: jax.Array) -> jax.Array:
+        return max_pool(h)

@@ -8,12 +8,10 @@ steps by an optax chain on an ``nnx.Optimizer``.
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits
 (``optax.softmax_cross_entropy_with_integer_labels``, mean over the batch); dropout is off
 (the network's ``nnx.Dropout`` is deterministic unless :func:`dropout` asks otherwise).
-Training runs every layer batched (``SqueezeNet.run``), also for the fast model: its
-image-by-image head (:func:`ports.flax.fast.per_image_head`) speeds up inference only.
-Differentiated, the ``lax.map`` keeps each image's activations apart for the backward pass:
-measured for 1_1 on 2 cores, a gradient of batch 32 at 224 took 4.2 s with the head and
-2.0 s batched (the plain network: 2.4 s); compiling one for 1_0-p1-complex at batch 2,
-40x40 took 5.0 s with the head and 3.8 s batched.
+Training runs the plain forward (``network.SqueezeNet.__call__``), every layer batched, also
+for the fast model: its image-by-image head (:mod:`ports.flax.fast`) speeds up inference only.
+Differentiated, the ``lax.map`` keeps each image's activations apart for the backward pass
+(1_1, batch 32 at 224, 2 cores: a gradient took 4.2 s with the head, 2.0 s batched).
 
 Caffe's solver rule is ``v <- m v + lr_t (g + wd w)``, ``w <- w - v``.  ``optax.sgd``
 keeps the rate outside its momentum trace (``t <- m t + g``, ``w <- w - lr_t t``: PyTorch's
@@ -31,12 +29,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .. import spec as S
 from .._api import Step
 from .._predict import as_input
 from ..formats.flax import key_table
 from ..layouts import hwio_to_oihw, nchw_to_nhwc
-from . import SqueezeNet
+from .network import SqueezeNet
 
 
 def _batch(model: SqueezeNet, x, labels) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -51,7 +48,7 @@ def _batch(model: SqueezeNet, x, labels) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 
 def _loss(model: SqueezeNet, x: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-    logits = model.run(model.variant.layers(), x)  # every layer batched (module docstring)
+    logits = SqueezeNet.__call__(model, x)  # every layer batched (module docstring)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -129,7 +126,5 @@ def dropout(model: SqueezeNet, x, training: bool = True, seed: int = 0) -> np.nd
     """``x`` through the model's own dropout layer (its ``nnx.Dropout``, the spec's rate), in
     training mode (mask from ``nnx.Rngs(dropout=seed)``) or at inference (the identity); the
     layer itself stays deterministic."""
-    (name,) = [layer.name for layer in model.variant.layers() if isinstance(layer, S.Dropout)]
-    layer = getattr(model, name)
-    return np.asarray(layer(jnp.asarray(x), deterministic=not training,
-                            rngs=nnx.Rngs(dropout=seed)))
+    return np.asarray(model.drop9(jnp.asarray(x), deterministic=not training,
+                                  rngs=nnx.Rngs(dropout=seed)))

@@ -12,6 +12,11 @@ and only its key table and its format's own hooks: the judgements every codec ma
 variant do the shapes prove, which keys are missing, unexpected or mis-shaped, is the
 metadata strings to strings) are :mod:`ports.canonical`'s.
 
+A codec raises :class:`WeightsError` saying what it found; :func:`read` and :func:`write`
+are the one boundary that names the file and format (a problem in another file -- a
+``.prototxt``, an export's params file -- names that file itself, and keeps it).  Codecs
+never import this registry: what they share is :mod:`ports.formats._library`.
+
 Modules are imported lazily, so a missing optional dependency of one codec (protobuf,
 h5py, msgpack, onnx, safetensors) never breaks another; each codec imports its library
 through :func:`dependency`, so a missing one is a :class:`WeightsError` naming the package
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from ..errors import WeightsError
 from ..spec import Variant
+from ._library import INSTALL, PACKAGES, about, companion, dependency  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # the registry itself imports the standard library only (ports.weights)
     from ..canonical import Weights
@@ -94,35 +100,6 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def companion(path: os.PathLike | str, ending: str) -> Path:
-    """The file written beside ``path`` with ``ending`` in place of its last suffix
-    (``w.caffemodel`` -> ``w.prototxt``)."""
-    path = Path(path)
-    stem = path.name[:-len(path.suffix)] if path.suffix else path.name
-    return path.with_name(stem + ending)
-
-
-# Modules the codecs import -> the distribution that provides them (the ``convert`` extra
-# installs every one; safetensors is a dependency of the package itself).
-PACKAGES = {"google.protobuf": "protobuf", "h5py": "h5py", "msgpack": "msgpack",
-            "onnx": "onnx", "safetensors": "safetensors"}
-INSTALL = "pip install 'squeezenet-ports[convert]'"
-
-
-def dependency(module: str, format: str) -> ModuleType:
-    """``module`` imported for codec ``format``.  Missing (or failing to import), it is a
-    :class:`WeightsError` naming the package and the extra that installs it -- the one
-    judgement every codec's optional library goes through."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        package = next((p for m, p in PACKAGES.items()
-                        if module == m or module.startswith(m + ".")), module.split(".")[0])
-        raise WeightsError(f"the {format} codec needs the {package} package, which cannot be "
-                           f"imported ({e}); {INSTALL} installs every codec's library",
-                           format=format) from None
-
-
 def codec(name: str) -> ModuleType:
     """The codec module for format ``name``."""
     if name not in FORMATS:
@@ -187,12 +164,8 @@ def read(path: os.PathLike | str, format: str | None = None, *,
                            format=name)
     if not fmt.directory and not p.is_file():
         raise WeightsError("not a regular file", path=p, format=name)
-    try:
+    with about(p if fmt.prefix else path, name):  # the one place a codec's error gets both
         weights = codec(name).read(path, variant=variant, **options)
-    except WeightsError as e:
-        if e.path is None:  # e.g. a missing library (dependency): name the file too
-            raise WeightsError(e.reason, path=path, format=e.format or name) from None
-        raise
     return check(weights, variant, path=path, format=name)
 
 
@@ -203,9 +176,5 @@ def write(weights: Weights, path: os.PathLike | str, format: str | None = None, 
 
     name = format or detect(path)
     check(weights)
-    try:
+    with about(path, name):
         return codec(name).write(weights, path, overwrite=overwrite)
-    except WeightsError as e:
-        if e.path is None:  # e.g. a missing library (dependency): name the file too
-            raise WeightsError(e.reason, path=path, format=e.format or name) from None
-        raise

@@ -31,7 +31,7 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from ..errors import WeightsError
-from . import dependency
+from ._library import dependency
 
 T = TypeVar("T")
 
@@ -95,14 +95,14 @@ def opened(source: str | None, data: bytes | None, parse: Callable[[object], T],
            fmt: str, what: str = "") -> T:
     """``parse(h5py.File)`` on the file ``source`` (or the bytes ``data``) once the file is
     proved to point nowhere outside itself; libhdf5's reports of a damaged file become a
-    :class:`WeightsError` of codec ``fmt`` (``what``: a prefix naming the HDF5 file inside
-    another, e.g. ``"model.weights.h5: "``)."""
+    :class:`WeightsError` (``fmt``: the codec, for a missing h5py; ``what``: a prefix naming
+    the HDF5 file inside another, e.g. ``"model.weights.h5: "``)."""
     h5py = dependency("h5py", fmt)
 
     try:
         f = h5py.File(io.BytesIO(data) if data is not None else source, "r")
     except OSError as e:
-        raise WeightsError(f"{what}not an HDF5 file ({e})", format=fmt) from None
+        raise WeightsError(f"{what}not an HDF5 file ({e})") from None
     with f:
         try:
             problems = _problems(f, h5py)
@@ -110,7 +110,7 @@ def opened(source: str | None, data: bytes | None, parse: Callable[[object], T],
                 raise WeightsError(f"{what}" + "; ".join(problems[:5])
                                    + (f"; and {len(problems) - 5} more" if len(problems) > 5
                                       else "") + f": {REFUSED} (no HDF5 link, external storage"
-                                   " or plugin filter is followed)", format=fmt)
+                                   " or plugin filter is followed)")
             return parse(f)
         except (OSError, KeyError, RuntimeError, TypeError) as e:
             # libhdf5's reports of a damaged file reach Python as OSError, RuntimeError, or
@@ -121,8 +121,8 @@ def opened(source: str | None, data: bytes | None, parse: Callable[[object], T],
                 raise
             if isinstance(e, TypeError) and not _raised_in_h5py(e):
                 raise
-            raise WeightsError(f"{what}damaged HDF5 file ({type(e).__name__}: {e})"[:600],
-                               format=fmt) from None
+            raise WeightsError(f"{what}damaged HDF5 file ({type(e).__name__}: {e})"[:600]) \
+                from None
 
 
 def array(ds, dtype=np.float32) -> np.ndarray:

@@ -49,18 +49,17 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
-from ..canonical import Weights, failing, make, version_of
+from ..canonical import Weights, make, version_of
 from ..errors import WeightsError
 from ..spec import COMPLEX_BYPASS, SIMPLE_BYPASS, Conv, Fire, MaxPool, Variant
 from ..spec import Dropout as SpecDropout
 from ..spec import GlobalAvgPool as SpecGAP
 from ..spec import ReLU as SpecReLU
-from . import FORMATS, companion, dependency
+from ._library import about, companion, dependency
 from .deepcompression import dc_layer_name
 
 NAME = "caffe"
-EXTENSIONS = FORMATS[NAME].extensions
-(PROTOTXT,) = FORMATS[NAME].companions
+PROTOTXT = ".prototxt"  # a net definition, as text (written beside a .caffemodel)
 INPUT_SIZE = 227
 MAX_FILE = 1 << 31  # protobuf messages cannot exceed 2 GiB
 
@@ -128,12 +127,12 @@ def _active_in_test(layer) -> bool:
     return not any(r.HasField("phase") and r.phase == test for r in layer.exclude)
 
 
-def _layers(net, fail) -> tuple[list[_Layer], str]:
+def _layers(net) -> tuple[list[_Layer], str]:
     """Both layouts as :class:`_Layer` (TEST phase only), and ``"V1"`` or ``"V2"``."""
     cs = _schema()
     if len(net.layer) and len(net.layers):
-        raise fail(f"holds both V2 'layer' ({len(net.layer)}) and V1 'layers' "
-                   f"({len(net.layers)}) entries; Caffe accepts only one layout")
+        raise WeightsError(f"holds both V2 'layer' ({len(net.layer)}) and V1 'layers' "
+                           f"({len(net.layers)}) entries; Caffe accepts only one layout")
     # Legacy net inputs (``input: "data"``) act as an Input layer.
     out = [_Layer("input", "Input", [], list(net.input))] if len(net.input) else []
     v1_names = {v: k for k, v in cs.V1_LAYER_TYPES.items()}
@@ -175,32 +174,32 @@ class NetInfo:
                        self.bypass or d.bypass)
 
 
-def _single(values, default: int | None, what: str, fail) -> int | None:
+def _single(values, default: int | None, what: str) -> int | None:
     values = list(values)
     if not values:
         return default
     if any(v != values[0] for v in values):
-        raise fail(f"{what} {values}: only square (equal) values are supported")
+        raise WeightsError(f"{what} {values}: only square (equal) values are supported")
     return int(values[0])
 
 
-def _conv_geometry(layer: _Layer, fail) -> dict:
+def _conv_geometry(layer: _Layer) -> dict:
     """kernel/stride/pad/num_output/bias_term/group/dilation of a conv layer's parameters."""
     p = layer.conv
     where = f"layer {layer.name!r}"
-    kernel = _single(p.kernel_size, None, f"{where}: kernel_size", fail)
+    kernel = _single(p.kernel_size, None, f"{where}: kernel_size")
     if p.HasField("kernel_h") or p.HasField("kernel_w"):
-        kernel = _single([p.kernel_h, p.kernel_w], None, f"{where}: kernel_h/kernel_w", fail)
-    stride = _single(p.stride, 1, f"{where}: stride", fail)
+        kernel = _single([p.kernel_h, p.kernel_w], None, f"{where}: kernel_h/kernel_w")
+    stride = _single(p.stride, 1, f"{where}: stride")
     if p.HasField("stride_h") or p.HasField("stride_w"):
-        stride = _single([p.stride_h, p.stride_w], None, f"{where}: stride_h/stride_w", fail)
-    pad = _single(p.pad, 0, f"{where}: pad", fail)
+        stride = _single([p.stride_h, p.stride_w], None, f"{where}: stride_h/stride_w")
+    pad = _single(p.pad, 0, f"{where}: pad")
     if p.HasField("pad_h") or p.HasField("pad_w"):
-        pad = _single([p.pad_h, p.pad_w], None, f"{where}: pad_h/pad_w", fail)
+        pad = _single([p.pad_h, p.pad_w], None, f"{where}: pad_h/pad_w")
     return {"kernel": kernel, "stride": stride, "pad": pad,
             "num_output": p.num_output if p.HasField("num_output") else None,
             "bias_term": p.bias_term, "group": p.group,
-            "dilation": _single(p.dilation, 1, f"{where}: dilation", fail),
+            "dilation": _single(p.dilation, 1, f"{where}: dilation"),
             "axis": p.axis}
 
 
@@ -211,64 +210,64 @@ def _blob_shape(blob) -> tuple[int, ...]:
     return tuple(int(d) for d in legacy) if any(legacy) else ()
 
 
-def _analyse(layers: list[_Layer], fail) -> NetInfo:
+def _analyse(layers: list[_Layer]) -> NetInfo:
     """Map layers to canonical convs, detect the architecture, check the layer graph."""
     info = NetInfo()
     for layer in layers:
         if layer.type not in _SUPPORTED:
-            raise fail(f"layer {layer.name!r} has type {layer.type!r}, which SqueezeNet does "
-                       f"not use (supported: {', '.join(sorted(_SUPPORTED))})")
+            raise WeightsError(f"layer {layer.name!r} has type {layer.type!r}, which SqueezeNet "
+                               f"does not use (supported: {', '.join(sorted(_SUPPORTED))})")
         if layer.type == "Convolution":
             canonical = LAYER_NAMES.get(layer.name)
             if canonical is None:
-                raise fail(f"convolution layer {layer.name!r} is not a SqueezeNet layer "
-                           "(expected conv1, fireN/squeeze1x1|expand1x1|expand3x3|bypass, "
-                           "conv10, or the Deep Compression names fireN/conv1x1_1 ... "
-                           "conv_final)")
+                raise WeightsError(f"convolution layer {layer.name!r} is not a SqueezeNet layer "
+                                   "(expected conv1, fireN/squeeze1x1|expand1x1|expand3x3|bypass, "
+                                   "conv10, or the Deep Compression names fireN/conv1x1_1 ... "
+                                   "conv_final)")
             if canonical in info.convs:
-                raise fail(f"layers {info.convs[canonical].name!r} and {layer.name!r} are "
-                           f"both {canonical}")
+                raise WeightsError(f"layers {info.convs[canonical].name!r} and {layer.name!r} are "
+                                   f"both {canonical}")
             info.convs[canonical] = layer
         elif layer.blobs:
-            raise fail(f"layer {layer.name!r} ({layer.type}) carries {len(layer.blobs)} "
-                       "parameter blobs; SqueezeNet has weights only in convolutions")
+            raise WeightsError(f"layer {layer.name!r} ({layer.type}) carries {len(layer.blobs)} "
+                               "parameter blobs; SqueezeNet has weights only in convolutions")
     for needed in ("conv1", "conv10"):
         if needed not in info.convs:
             names = sorted({caffe_layer_name(needed), dc_layer_name(needed)})
-            raise fail(f"no {needed} layer (named {' or '.join(map(repr, names))}); "
-                       f"{len(info.convs)} known convolution layers found"
-                       + ("" if info.convs else ": empty or not a SqueezeNet net"))
+            raise WeightsError(f"no {needed} layer (named {' or '.join(map(repr, names))}); "
+                               f"{len(info.convs)} known convolution layers found"
+                               + ("" if info.convs else ": empty or not a SqueezeNet net"))
 
     # Version and classes: from the blobs where present, else from the layer parameters.
     conv1, conv10 = info.convs["conv1"], info.convs["conv10"]
     shape = _blob_shape(conv1.blobs[0]) if conv1.blobs else None
     if shape is None and conv1.conv is not None:
-        g = _conv_geometry(conv1, fail)
+        g = _conv_geometry(conv1)
         shape = (g["num_output"], 3, g["kernel"], g["kernel"])
     if shape is not None:
-        info.version = version_of(shape, name=f"layer {conv1.name!r}", fail=fail)
+        info.version = version_of(shape, name=f"layer {conv1.name!r}")
     if conv10.blobs and len(_blob_shape(conv10.blobs[0])) == 4:
         info.num_classes = _blob_shape(conv10.blobs[0])[0]
     elif conv10.conv is not None and conv10.conv.HasField("num_output"):
         info.num_classes = int(conv10.conv.num_output)
     if conv10.conv is not None:
-        pad = _conv_geometry(conv10, fail)["pad"]
+        pad = _conv_geometry(conv10)["pad"]
         if pad not in (0, 1):
-            raise fail(f"layer {conv10.name!r}: pad {pad}, expected 0 or 1")
+            raise WeightsError(f"layer {conv10.name!r}: pad {pad}, expected 0 or 1")
         info.final_conv_padding = pad
     bypass_convs = sorted(int(k[4]) for k in info.convs if k.endswith(".bypass"))
     if bypass_convs:
         if bypass_convs != list(COMPLEX_BYPASS):
-            raise fail(f"bypass convolutions around fires {bypass_convs}; the complex bypass "
-                       f"has them around fires {list(COMPLEX_BYPASS)}")
+            raise WeightsError(f"bypass convolutions around fires {bypass_convs}; the complex "
+                               f"bypass has them around fires {list(COMPLEX_BYPASS)}")
         info.bypass = "complex"
 
     if any(layer.type not in ("Convolution",) + tuple(_IGNORED) for layer in layers):
-        _check_graph(layers, info, fail)
+        _check_graph(layers, info)
     return info
 
 
-def _check_graph(layers: list[_Layer], info: NetInfo, fail) -> None:
+def _check_graph(layers: list[_Layer], info: NetInfo) -> None:
     """Trace the layer graph and compare it with the spec of the detected variant.
 
     Every blob gets a symbolic value: ``input``; a conv's canonical name; ``X+relu``;
@@ -283,14 +282,14 @@ def _check_graph(layers: list[_Layer], info: NetInfo, fail) -> None:
 
     def get(layer: _Layer, blob: str) -> str:
         if blob not in value:
-            raise fail(f"layer {layer.name!r} reads blob {blob!r}, which no earlier layer "
-                       "produces")
+            raise WeightsError(f"layer {layer.name!r} reads blob {blob!r}, which no earlier layer "
+                               "produces")
         return value[blob]
 
     def one(layer: _Layer, n_bottoms: int = 1) -> None:
         if len(layer.bottoms) != n_bottoms or len(layer.tops) != 1:
-            raise fail(f"layer {layer.name!r} ({layer.type}): expected {n_bottoms} bottom(s) "
-                       f"and 1 top, got {layer.bottoms} -> {layer.tops}")
+            raise WeightsError(f"layer {layer.name!r} ({layer.type}): expected {n_bottoms} "
+                               f"bottom(s) and 1 top, got {layer.bottoms} -> {layer.tops}")
 
     for layer in layers:
         t = layer.type
@@ -310,19 +309,19 @@ def _check_graph(layers: list[_Layer], info: NetInfo, fail) -> None:
         elif t == "ReLU":
             one(layer)
             if layer.relu is not None and layer.relu.negative_slope != 0:
-                raise fail(f"layer {layer.name!r}: leaky ReLU (negative_slope "
-                           f"{layer.relu.negative_slope}); SqueezeNet uses a plain ReLU")
+                raise WeightsError(f"layer {layer.name!r}: leaky ReLU (negative_slope "
+                                   f"{layer.relu.negative_slope}); SqueezeNet uses a plain ReLU")
             value[layer.tops[0]] = get(layer, layer.bottoms[0]) + "+relu"
         elif t in _PASS_THROUGH:
             if len(layer.bottoms) != 1:
-                raise fail(f"layer {layer.name!r} ({t}): expected 1 bottom, got "
-                           f"{layer.bottoms}")
+                raise WeightsError(f"layer {layer.name!r} ({t}): expected 1 bottom, got "
+                                   f"{layer.bottoms}")
             src = get(layer, layer.bottoms[0])
             for top in layer.tops:
                 value[top] = src
         elif t == "Pooling":
             one(layer)
-            value[layer.tops[0]] = _pool_value(layer, get(layer, layer.bottoms[0]), fail)
+            value[layer.tops[0]] = _pool_value(layer, get(layer, layer.bottoms[0]))
         elif t == "Concat":
             srcs = [get(layer, b) for b in layer.bottoms]
             axis = 1
@@ -332,31 +331,31 @@ def _check_graph(layers: list[_Layer], info: NetInfo, fail) -> None:
             m = re.fullmatch(r"(fire\d)\.expand1x1\+relu", srcs[0]) if srcs else None
             if (len(layer.tops) != 1 or axis != 1 or m is None
                     or srcs != [f"{m[1]}.expand1x1+relu", f"{m[1]}.expand3x3+relu"]):
-                raise fail(f"layer {layer.name!r} (Concat) joins {srcs} along axis {axis}; "
-                           "a fire module concatenates its ReLU'd expand1x1 then expand3x3 "
-                           "along channels (axis 1)")
+                raise WeightsError(f"layer {layer.name!r} (Concat) joins {srcs} along axis {axis}; "
+                                   "a fire module concatenates its ReLU'd expand1x1 then expand3x3 "
+                                   "along channels (axis 1)")
             value[layer.tops[0]] = m[1]
         elif t == "Eltwise":
             one(layer, 2)
             p = layer.eltwise
             if p is not None and (p.operation != 1 or any(c != 1 for c in p.coeff)):
-                raise fail(f"layer {layer.name!r} (Eltwise): only a plain SUM (no "
-                           "coefficients) is a SqueezeNet bypass")
+                raise WeightsError(f"layer {layer.name!r} (Eltwise): only a plain SUM (no "
+                                   "coefficients) is a SqueezeNet bypass")
             srcs = [get(layer, b) for b in layer.bottoms]
             fires = [s for s in srcs if re.fullmatch(r"fire\d", s)]
             other = [s for s in srcs if s not in fires[:1]]
             n = int(fires[0][4]) if fires else None
             if n is None or len(other) != 1:
-                raise fail(f"layer {layer.name!r} (Eltwise) sums {srcs}; a bypass sums a "
-                           "fire module's concat with its input or its bypass conv")
+                raise WeightsError(f"layer {layer.name!r} (Eltwise) sums {srcs}; a bypass sums a "
+                                   "fire module's concat with its input or its bypass conv")
             if other[0] == fire_input.get(n):
                 kind = "id"
             elif other[0] == f"fire{n}.bypass":
                 kind = "conv"
             else:
-                raise fail(f"layer {layer.name!r} (Eltwise) adds {other[0]!r} to fire{n}; "
-                           f"a bypass adds fire{n}'s input ({fire_input.get(n)!r}) or "
-                           f"fire{n}.bypass")
+                raise WeightsError(f"layer {layer.name!r} (Eltwise) adds {other[0]!r} to fire{n}; "
+                                   f"a bypass adds fire{n}'s input ({fire_input.get(n)!r}) or "
+                                   f"fire{n}.bypass")
             eltwise[n] = kind
             value[layer.tops[0]] = f"fire{n}+{kind}"
 
@@ -369,48 +368,49 @@ def _check_graph(layers: list[_Layer], info: NetInfo, fail) -> None:
     elif ids == list(SIMPLE_BYPASS) and convs == list(COMPLEX_BYPASS):
         bypass = "complex"
     else:
-        raise fail(f"bypass sums around fires {ids} (identity) and {convs} (conv) match "
-                   "neither the simple (3,5,7,9) nor the complex (+2,4,6,8) bypass")
+        raise WeightsError(f"bypass sums around fires {ids} (identity) and {convs} (conv) match "
+                           "neither the simple (3,5,7,9) nor the complex (+2,4,6,8) bypass")
     if info.bypass is not None and info.bypass != bypass:
-        raise fail(f"the net has bypass convolutions but its Eltwise layers form a "
-                   f"{bypass!r} bypass")
+        raise WeightsError(f"the net has bypass convolutions but its Eltwise layers form a "
+                           f"{bypass!r} bypass")
     info.bypass = bypass
     try:
         variant = info.variant(Variant(info.version or "1_1", final_conv_padding=0))
     except ValueError as e:
-        raise fail(str(e)) from None
+        raise WeightsError(str(e)) from None
     expected, final = _expected_values(variant)
     missing = [k for k in expected if k not in consumed]
     if missing:
-        raise fail("missing convolution layers: " + ", ".join(
+        raise WeightsError("missing convolution layers: " + ", ".join(
             caffe_layer_name(k) for k in missing))
     for canonical, want in expected.items():
         got, name = consumed[canonical]
         if got != want:
-            raise fail(f"layer {name!r} ({canonical}) consumes {got!r}; SqueezeNet "
-                       f"{variant.id} feeds it {want!r}")
+            raise WeightsError(f"layer {name!r} ({canonical}) consumes {got!r}; SqueezeNet "
+                               f"{variant.id} feeds it {want!r}")
         layer = info.convs[canonical]
         if layer.conv is not None:
-            _check_conv(layer, _spec_conv(variant, canonical), fail)
+            _check_conv(layer, _spec_conv(variant, canonical))
     if final not in value.values():
         consumers = [f"{lay.name} ({lay.type})" for lay in layers
                      if value.get(lay.bottoms[0] if lay.bottoms else "", "").startswith("conv10")]
-        raise fail(f"the net never computes {final!r} (conv10, ReLU, global average "
-                   f"pooling); conv10 feeds {consumers or 'nothing'}")
+        raise WeightsError(f"the net never computes {final!r} (conv10, ReLU, global average "
+                           f"pooling); conv10 feeds {consumers or 'nothing'}")
 
 
-def _pool_value(layer: _Layer, src: str, fail) -> str:
+def _pool_value(layer: _Layer, src: str) -> str:
     p = layer.pool
     if p is None:
-        raise fail(f"layer {layer.name!r} (Pooling) has no pooling_param")
+        raise WeightsError(f"layer {layer.name!r} (Pooling) has no pooling_param")
     if p.pool == 1:  # AVE
         if not p.global_pooling:
-            raise fail(f"layer {layer.name!r}: average pooling over a fixed window; "
-                       "SqueezeNet averages globally (pooling_param { pool: AVE "
-                       "global_pooling: true })")
+            raise WeightsError(f"layer {layer.name!r}: average pooling over a fixed window; "
+                               "SqueezeNet averages globally (pooling_param { pool: AVE "
+                               "global_pooling: true })")
         return f"gap({src})"
     if p.pool != 0:
-        raise fail(f"layer {layer.name!r}: pooling method {p.pool} (STOCHASTIC), expected MAX")
+        raise WeightsError(f"layer {layer.name!r}: pooling method {p.pool} (STOCHASTIC), expected "
+                           "MAX")
     kernel = p.kernel_size if p.HasField("kernel_size") else None
     if p.HasField("kernel_h") or p.HasField("kernel_w"):
         kernel = p.kernel_h if p.kernel_h == p.kernel_w else None
@@ -419,9 +419,9 @@ def _pool_value(layer: _Layer, src: str, fail) -> str:
         stride = p.stride_h if p.stride_h == p.stride_w else None
     pad = max(p.pad, p.pad_h, p.pad_w)
     if p.global_pooling or kernel != 3 or stride != 2 or pad != 0 or p.round_mode != 0:
-        raise fail(f"layer {layer.name!r}: max pooling kernel {kernel} stride {stride} pad "
-                   f"{pad} round_mode {'FLOOR' if p.round_mode else 'CEIL'}; SqueezeNet "
-                   "pools 3x3, stride 2, no padding, rounding up (CEIL)")
+        raise WeightsError(f"layer {layer.name!r}: max pooling kernel {kernel} stride {stride} pad "
+                           f"{pad} round_mode {'FLOOR' if p.round_mode else 'CEIL'}; SqueezeNet "
+                           "pools 3x3, stride 2, no padding, rounding up (CEIL)")
     return f"pool({src})"
 
 
@@ -455,28 +455,27 @@ def _spec_conv(variant: Variant, canonical: str) -> Conv:
     return next(c for c in variant.convs() if c.name == canonical)
 
 
-def _check_conv(layer: _Layer, spec: Conv, fail) -> None:
-    g = _conv_geometry(layer, fail)
+def _check_conv(layer: _Layer, spec: Conv) -> None:
+    g = _conv_geometry(layer)
     want = {"kernel": spec.kernel, "stride": spec.stride, "pad": spec.padding,
             "num_output": spec.out_channels, "bias_term": True, "group": 1, "dilation": 1,
             "axis": 1}
     bad = [f"{k} {g[k]} (expected {v})" for k, v in want.items()
            if g[k] != v and not (k == "num_output" and g[k] is None)]
     if bad:
-        raise fail(f"layer {layer.name!r} ({spec.name}): " + ", ".join(bad))
+        raise WeightsError(f"layer {layer.name!r} ({spec.name}): " + ", ".join(bad))
 
 
 # --- reading --------------------------------------------------------------------------------
-def _parse_binary(blob: bytes, path):
+def _parse_binary(blob: bytes):
     cs = _schema()
-    fail = failing(path, NAME)
     net = cs.NetParameter()
     try:
         net.ParseFromString(blob)
     except Exception as e:  # DecodeError, RuntimeError (upb), ...
-        raise fail(f"not a Caffe NetParameter protobuf ({type(e).__name__}: {e}); the file "
-                   "is truncated or corrupt") from None
-    return net, fail
+        raise WeightsError(f"not a Caffe NetParameter protobuf ({type(e).__name__}: {e}); the file "
+                           "is truncated or corrupt") from None
+    return net
 
 
 def read_net(path) -> tuple[NetInfo, str]:
@@ -485,45 +484,41 @@ def read_net(path) -> tuple[NetInfo, str]:
     path = os.fspath(path)
     size = os.path.getsize(path)
     if size > MAX_FILE:
-        raise WeightsError(f"file is {size} bytes, larger than any protobuf message",
-                           path=path, format=NAME)
+        raise WeightsError(f"file is {size} bytes, larger than any protobuf message")
     with open(path, "rb") as f:
         blob = f.read()
-    if path.lower().endswith(PROTOTXT):
-        net, fail = _parse_text(blob, path)
-    else:
-        net, fail = _parse_binary(blob, path)
-    layers, layout = _layers(net, fail)
-    return _analyse(layers, fail), layout
+    net = _parse_text(blob) if path.lower().endswith(PROTOTXT) else _parse_binary(blob)
+    layers, layout = _layers(net)
+    return _analyse(layers), layout
 
 
-def _parse_text(blob: bytes, path):
+def _parse_text(blob: bytes):
     cs = _schema()
     from google.protobuf import text_format
-
-    fail = failing(path, NAME + " prototxt")
 
     try:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise fail(f"not UTF-8 text: {e}") from None
+        raise WeightsError(f"not UTF-8 text: {e}") from None
     net = cs.NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True)
     except text_format.ParseError as e:
-        raise fail(f"not a Caffe net definition: {e}") from None
-    return net, fail
+        raise WeightsError(f"not a Caffe net definition: {e}") from None
+    return net
 
 
 def architecture(prototxt) -> Variant:
-    """The SqueezeNet variant a ``.prototxt`` describes (checked against the spec)."""
-    info, _ = read_net(prototxt)
-    try:
-        if info.version is None:
-            raise ValueError("conv1 states no num_output/kernel_size")
-        return info.variant()
-    except ValueError as e:
-        raise WeightsError(str(e), path=prototxt, format=NAME + " prototxt") from None
+    """The SqueezeNet variant a ``.prototxt`` describes (checked against the spec); a
+    problem names the file."""
+    with about(prototxt):
+        info, _ = read_net(prototxt)
+        try:
+            if info.version is None:
+                raise ValueError("conv1 states no num_output/kernel_size")
+            return info.variant()
+        except ValueError as e:
+            raise WeightsError(str(e)) from None
 
 
 def read(path, *, variant: Variant | None = None, prototxt=None) -> Weights:
@@ -537,55 +532,56 @@ def read(path, *, variant: Variant | None = None, prototxt=None) -> Weights:
     path = os.fspath(path)
     if path.lower().endswith(PROTOTXT):
         raise WeightsError("a .prototxt holds no weights; read the .caffemodel (pass the "
-                           "prototxt as its architecture)", path=path, format=NAME)
-    fail = failing(path, NAME)
+                           "prototxt as its architecture)")
     info, layout = read_net(path)
     if prototxt is not None:
-        other, _ = read_net(prototxt)
+        with about(prototxt):
+            other, _ = read_net(prototxt)
         for key in ("version", "num_classes", "final_conv_padding", "bypass"):
             mine, theirs = getattr(info, key), getattr(other, key)
             if mine is not None and theirs is not None and mine != theirs:
-                raise fail(f"{key} is {mine!r} here but {theirs!r} in {os.fspath(prototxt)}")
+                raise WeightsError(f"{key} is {mine!r} here but {theirs!r} in "
+                                   f"{os.fspath(prototxt)}")
             if mine is None:
                 setattr(info, key, theirs)
     if info.final_conv_padding is None and variant is None:
-        raise fail("the file does not state conv10's padding (no convolution_param); give "
-                   "the architecture (a .prototxt, or --variant e.g. 1_0-p1-none)")
+        raise WeightsError("the file does not state conv10's padding (no convolution_param); give "
+                           "the architecture (a .prototxt, or --variant e.g. 1_0-p1-none)")
     try:
         v = info.variant(variant)
     except ValueError as e:
-        raise fail(str(e)) from None
+        raise WeightsError(str(e)) from None
     tensors = {}
     for conv in v.convs():
         layer = info.convs.get(conv.name)
         if layer is None:
-            raise fail(f"no layer for {conv.name} (named {caffe_layer_name(conv.name)!r})")
-        tensors.update(_conv_tensors(layer, conv, fail))
+            raise WeightsError(f"no layer for {conv.name} (named {caffe_layer_name(conv.name)!r})")
+        tensors.update(_conv_tensors(layer, conv))
     extra = sorted(set(info.convs) - {c.name for c in v.convs()})
     if extra:
-        raise fail(f"layers {extra} are not part of SqueezeNet {v.id}")
-    return make(tensors, v, preprocessing="caffe", path=path, format=NAME,
+        raise WeightsError(f"layers {extra} are not part of SqueezeNet {v.id}")
+    return make(tensors, v, preprocessing="caffe",
                 source=f"Caffe .caffemodel ({os.path.basename(path)}, {layout} layout)")
 
 
-def _conv_tensors(layer: _Layer, conv: Conv, fail) -> dict[str, np.ndarray]:
+def _conv_tensors(layer: _Layer, conv: Conv) -> dict[str, np.ndarray]:
     """The weight [O,I,k,k] and bias [O] of one conv layer, shapes checked before use."""
     where = f"layer {layer.name!r} ({conv.name})"
     if len(layer.blobs) != 2:
-        raise fail(f"{where}: {len(layer.blobs)} blobs, expected 2 (weight and bias)")
+        raise WeightsError(f"{where}: {len(layer.blobs)} blobs, expected 2 (weight and bias)")
     out = {}
     for blob, what, shape in ((layer.blobs[0], "weight", conv.weight_shape),
                               (layer.blobs[1], "bias", (conv.out_channels,))):
         stored = _blob_shape(blob)
         if stored != shape and not (what == "bias" and stored == (1, 1, 1, shape[0])):
-            raise fail(f"{where}: {what} blob shape {list(stored)}, expected {list(shape)}")
+            raise WeightsError(f"{where}: {what} blob shape {list(stored)}, expected {list(shape)}")
         n = math.prod(shape)
         if len(blob.data) and len(blob.double_data):
-            raise fail(f"{where}: {what} blob has both float and double data")
+            raise WeightsError(f"{where}: {what} blob has both float and double data")
         values = blob.data if len(blob.data) else blob.double_data
         if len(values) != n:
-            raise fail(f"{where}: {what} blob holds {len(values)} values, shape "
-                       f"{list(shape)} needs {n}")
+            raise WeightsError(f"{where}: {what} blob holds {len(values)} values, shape "
+                               f"{list(shape)} needs {n}")
         dtype = np.float32 if len(blob.data) else np.float64
         out[f"{conv.name}.{what}"] = np.asarray(values, dtype=dtype).astype(
             np.float32).reshape(shape)
@@ -684,10 +680,10 @@ def encode(weights: Weights) -> tuple[bytes, bytes]:
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
     """Write ``path`` (``.caffemodel``) and the deploy ``.prototxt`` beside it, atomically."""
-    path, deploy_path = FORMATS[NAME].outputs(path)
+    path, deploy_path = Path(path), prototxt_path(path)
     if path.suffix.lower() == PROTOTXT:
         raise WeightsError("the weights go to a .caffemodel; its .prototxt is written beside "
-                           "it", path=path, format=NAME)
+                           "it")
     if not overwrite:
         for p in (path, deploy_path):
             if p.exists():

@@ -52,13 +52,11 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write, check_zip_member, zip_members
-from ..canonical import Weights, failing, infer_variant, key_problems, meta_variant, string_meta
+from ..canonical import Weights, infer_variant, key_problems, meta_variant, string_meta
 from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS
 
 NAME = "chainer"
-EXTENSIONS = FORMATS[NAME].extensions
 META_KEY = "squeezenet_meta"
 PARAM_SUFFIX = {"weight": "W", "bias": "b"}
 
@@ -90,63 +88,62 @@ def key_table(variant: Variant) -> dict[str, str]:
 def read(path, *, variant: Variant | None = None) -> Weights:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        return _decode(f, size, path=path, variant=variant)
+        return _decode(f, size, variant=variant)
 
 
-def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights:
+def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
     """:func:`read` from bytes."""
-    return _decode(io.BytesIO(blob), len(blob), path=path, variant=variant)
+    return _decode(io.BytesIO(blob), len(blob), variant=variant)
 
 
-def _decode(f, size: int, *, path, variant: Variant | None) -> Weights:
-    fail = failing(path, NAME)
+def _decode(f, size: int, *, variant: Variant | None) -> Weights:
     try:
         archive = zipfile.ZipFile(f)
     except Exception as e:  # BadZipFile, OSError, struct/Unicode errors on a damaged file
-        raise fail(f"not an .npz (zip) archive: {type(e).__name__}: {e}") from None
+        raise WeightsError(f"not an .npz (zip) archive: {type(e).__name__}: {e}") from None
     with archive:
         infos = archive.infolist()
         if len(infos) > MAX_MEMBERS:
-            raise fail(f"{len(infos)} archive members, more than {MAX_MEMBERS}")
-        zip_members(infos, fail)  # no name that points out of the archive
+            raise WeightsError(f"{len(infos)} archive members, more than {MAX_MEMBERS}")
+        zip_members(infos)  # no name that points out of the archive
         members: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             if not info.filename.endswith(".npy"):
-                raise fail(f"archive member {info.filename!r} is not an .npy array")
+                raise WeightsError(f"archive member {info.filename!r} is not an .npy array")
             key = info.filename[:-4]
             if key in members:
-                raise fail(f"key {key!r} appears twice in the archive")
-            check_zip_member(info, size, f"key {key!r}: member", fail)
+                raise WeightsError(f"key {key!r} appears twice in the archive")
+            check_zip_member(info, size, f"key {key!r}: member")
             members[key] = info
 
-        headers = {key: _read_header(archive, info, key, fail)
+        headers = {key: _read_header(archive, info, key)
                    for key, info in members.items()}
 
         meta: dict | None = None
         if META_KEY in members:
-            meta = _read_meta(archive, members[META_KEY], headers[META_KEY], fail)
+            meta = _read_meta(archive, members[META_KEY], headers[META_KEY])
 
-        prefix = _prefix(members, fail)
+        prefix = _prefix(members)
         params = {key[len(prefix):]: key for key in members
                   if key != META_KEY and key.startswith(prefix)}
         for full in params.values():
             if not _FLOAT_DESCR.match(headers[full][0].str):
-                raise fail(f"key {full!r}: dtype {headers[full][0].str!r}, expected "
-                           "float16/32/64")
+                raise WeightsError(f"key {full!r}: dtype {headers[full][0].str!r}, expected "
+                                   "float16/32/64")
         shapes = {key: headers[full][1] for key, full in params.items()}
         if meta is None:
-            meta = _infer_meta(shapes, variant, fail)
-        target = variant or meta_variant(meta, what=META_KEY, fail=fail)
+            meta = _infer_meta(shapes, variant)
+        target = variant or meta_variant(meta, what=META_KEY)
         # Every name and shape against the spec before any array is read.
-        _check_shapes(shapes, target, prefix, fail)
+        _check_shapes(shapes, target, prefix)
         reverse = {v: k for k, v in key_table(target).items()}
-        tensors = {reverse[key]: np.array(_read_array(archive, members[full], full, fail),
+        tensors = {reverse[key]: np.array(_read_array(archive, members[full], full),
                                           dtype=np.float32, order="C")
                    for key, full in params.items()}  # native-endian, writable copies
     return Weights(tensors, meta)
 
 
-def _check_shapes(shapes: dict, variant: Variant, prefix: str, fail) -> None:
+def _check_shapes(shapes: dict, variant: Variant, prefix: str) -> None:
     spec = variant.params()
     table = key_table(variant)
     reverse = {v: k for k, v in table.items()}
@@ -154,7 +151,7 @@ def _check_shapes(shapes: dict, variant: Variant, prefix: str, fail) -> None:
                             label=lambda k: f"{prefix + k!r}"
                             + (f" ({reverse[k]})" if k in reverse else ""))
     if problems:
-        raise fail(f"does not match SqueezeNet {variant.id}: " + "; ".join(problems))
+        raise WeightsError(f"does not match SqueezeNet {variant.id}: " + "; ".join(problems))
 
 
 class _Bounded:
@@ -172,61 +169,61 @@ class _Bounded:
         return data
 
 
-def _parse_member(archive, info, key: str, fail, parse, limit: int, what: str):
+def _parse_member(archive, info, key: str, parse, limit: int, what: str):
     """``parse(stream)`` of member ``info`` read through :class:`_Bounded` (``limit``
-    bytes); numpy's and zipfile's errors become ``fail``."""
+    bytes); numpy's and zipfile's errors become a :class:`WeightsError`."""
     try:
         with archive.open(info) as stream:
             return parse(_Bounded(stream, limit, what))
     except WeightsError:
         raise
     except Exception as e:  # ValueError (numpy), BadZipFile (CRC), zlib.error, EOFError ...
-        raise fail(f"key {key!r}: {type(e).__name__}: {e}"[:300]) from None
+        raise WeightsError(f"key {key!r}: {type(e).__name__}: {e}"[:300]) from None
 
 
-def _read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, fail):
+def _read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str):
     """(dtype, shape) of one ``.npy`` member, checked against the member's size; the data
     itself is not read."""
     def parse(stream):
         version = _NPY.read_magic(stream)
         if version not in _HEADER_READERS:
-            raise fail(f"key {key!r}: .npy format version {version} not supported")
+            raise WeightsError(f"key {key!r}: .npy format version {version} not supported")
         shape, _fortran, dtype = _HEADER_READERS[version](stream, **_HEADER_LIMIT)
         return shape, dtype, stream.pos
 
-    shape, dtype, offset = _parse_member(archive, info, key, fail, parse, MAX_HEADER + 12,
+    shape, dtype, offset = _parse_member(archive, info, key, parse, MAX_HEADER + 12,
                                          ".npy header")
     if dtype.hasobject or dtype.fields is not None:
-        raise fail(f"key {key!r}: object (pickled) or structured array refused "
-                   f"(dtype {dtype.str!r}); it was not unpickled")
+        raise WeightsError(f"key {key!r}: object (pickled) or structured array refused "
+                           f"(dtype {dtype.str!r}); it was not unpickled")
     if len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
-        raise fail(f"key {key!r}: shape {shape!r} is not a tuple of non-negative ints")
+        raise WeightsError(f"key {key!r}: shape {shape!r} is not a tuple of non-negative ints")
     nbytes = math.prod(shape) * dtype.itemsize
     if offset + nbytes != info.file_size:
-        raise fail(f"key {key!r}: shape {list(shape)} of {dtype.str} needs {nbytes} bytes, "
-                   f"the member holds {info.file_size - offset}")
+        raise WeightsError(f"key {key!r}: shape {list(shape)} of {dtype.str} needs {nbytes} bytes, "
+                           f"the member holds {info.file_size - offset}")
     return dtype, shape
 
 
-def _read_array(archive, info, key: str, fail, convert=np.asarray):
+def _read_array(archive, info, key: str, convert=np.asarray):
     """``convert`` of the array of a member whose header :func:`_read_header` checked."""
     def parse(stream):
         return convert(_NPY.read_array(stream, allow_pickle=False, **_HEADER_LIMIT))
 
-    return _parse_member(archive, info, key, fail, parse, info.file_size, ".npy member")
+    return _parse_member(archive, info, key, parse, info.file_size, ".npy member")
 
 
-def _read_meta(archive, info, header, fail) -> dict:
+def _read_meta(archive, info, header) -> dict:
     dtype, shape = header
     m = _TEXT_DESCR.match(dtype.str)
     if not m or shape != () or not 0 < int(m.group(1)) <= MAX_META:
-        raise fail(f"key {META_KEY!r}: expected a 0-d unicode string, got {dtype.str} "
-                   f"shape {list(shape)}")
-    text = _read_array(archive, info, META_KEY, fail, lambda a: str(a[()]))  # may not decode
-    return string_meta(text, f"key {META_KEY!r}", limit=MAX_META, fail=fail)
+        raise WeightsError(f"key {META_KEY!r}: expected a 0-d unicode string, got {dtype.str} "
+                           f"shape {list(shape)}")
+    text = _read_array(archive, info, META_KEY, lambda a: str(a[()]))  # may not decode
+    return string_meta(text, f"key {META_KEY!r}", limit=MAX_META)
 
 
-def _prefix(members: dict, fail) -> str:
+def _prefix(members: dict) -> str:
     """'' for a bare chain, else the unique path that ends in ``conv1/W``."""
     if "conv1/W" in members:
         return ""
@@ -235,17 +232,17 @@ def _prefix(members: dict, fail) -> str:
         return found[0]
     keys = ", ".join(sorted(k for k in members if k != META_KEY)[:8])
     if not found:
-        raise fail(f"missing key 'conv1/W': not a SqueezeNet chain (keys: {keys} ...)")
-    raise fail(f"several chains in one file ({', '.join(p + 'conv1/W' for p in found)})")
+        raise WeightsError(f"missing key 'conv1/W': not a SqueezeNet chain (keys: {keys} ...)")
+    raise WeightsError(f"several chains in one file ({', '.join(p + 'conv1/W' for p in found)})")
 
 
-def _infer_meta(shapes: dict, variant: Variant | None, fail) -> dict:
+def _infer_meta(shapes: dict, variant: Variant | None) -> dict:
     """Architecture from the header shapes (see the module docstring) or ``variant``."""
     if variant is None:
         complex_ = any(k.endswith("/bypass/W") for k in shapes)
         variant = infer_variant(shapes.get("conv1/W"), shapes.get("conv10/W"),
                                 names=("'conv1/W'", "'conv10/W'"),
-                                bypass="complex" if complex_ else "none", fail=fail)
+                                bypass="complex" if complex_ else "none")
     return {**variant.to_meta(), "preprocessing": "none", "source": "chainer npz"}
 
 

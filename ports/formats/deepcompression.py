@@ -36,13 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
-from ..canonical import Weights, failing, make
+from ..canonical import Weights, make
 from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS
 
 NAME = "deepcompression"
-EXTENSIONS = FORMATS[NAME].extensions
 BITS = 8
 # Variants a file with no explicit variant may be: told apart by conv1's bias length.
 DEFAULT_VARIANTS = (Variant("1_0", 1000, 1, "none"), Variant("1_1", 1000, 0, "none"))
@@ -89,8 +87,7 @@ def read(path, *, variant: Variant | None = None, bits: int = BITS) -> Weights:
     size = os.path.getsize(path)
     if size > largest:  # checked before reading: a wrong file may be huge
         raise WeightsError(f"file is {size} bytes; a .net of "
-                           f"{' or '.join(v.id for v in candidates)} has at most {largest}",
-                           path=path, format=NAME)
+                           f"{' or '.join(v.id for v in candidates)} has at most {largest}")
     with open(path, "rb") as f:
         blob = f.read(largest + 1)
     return decode(blob, path=path, variant=variant, bits=bits)
@@ -99,21 +96,21 @@ def read(path, *, variant: Variant | None = None, bits: int = BITS) -> Weights:
 def decode(blob: bytes, *, path=None, variant: Variant | None = None,
            bits: int = BITS) -> Weights:
     """Decode the bytes of a ``.net`` file; raises :class:`WeightsError` on any inconsistency."""
-    fail = failing(path, NAME)
     if bits not in (4, 8):
         raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
     candidates = (variant,) if variant is not None else DEFAULT_VARIANTS
     num_layers = len(list(candidates[0].convs()))
     if len(blob) < 4 * num_layers:
-        raise fail(f"file is {len(blob)} bytes, too short for the {num_layers}-entry "
-                   f"uint32 header ({4 * num_layers} bytes)")
+        raise WeightsError(f"file is {len(blob)} bytes, too short for the {num_layers}-entry "
+                           f"uint32 header ({4 * num_layers} bytes)")
     counts = np.frombuffer(blob, dtype="<u4", count=num_layers).astype(np.int64)
     sizes = {v: _expected_size(v, counts, bits) for v in candidates}
     matching = [v for v, size in sizes.items() if size == len(blob)]
     if not matching:
         expect = " or ".join(f"{size} ({v.id})" for v, size in sizes.items())
-        raise fail(f"file is {len(blob)} bytes; its header's entry counts imply {expect} "
-                   f"with {bits}-bit codebooks (truncated, extra bytes, or not a .net file)")
+        raise WeightsError(f"file is {len(blob)} bytes; its header's entry counts imply {expect} "
+                           f"with {bits}-bit codebooks (truncated, extra bytes, or not a .net "
+                           "file)")
     variant = matching[0]
 
     tensors: dict[str, np.ndarray] = {}
@@ -122,8 +119,8 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None,
         layer = f"layer {dc_layer_name(conv.name)} ({conv.name})"
         size = math.prod(conv.weight_shape)
         if n > size:
-            raise fail(f"{layer}: header counts {n} stored entries, more than the "
-                       f"{size} weights of shape {list(conv.weight_shape)}")
+            raise WeightsError(f"{layer}: header counts {n} stored entries, more than the "
+                               f"{size} weights of shape {list(conv.weight_shape)}")
         # All lengths were checked against the file size above; slices cannot overrun.
         codebook = np.frombuffer(blob, "<f4", 2 ** bits, offset).astype(np.float32)
         offset += 4 * 2 ** bits
@@ -140,11 +137,12 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None,
         positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
         if n and positions[-1] >= size:
             first = int(np.argmax(positions >= size))
-            raise fail(f"{layer}: entry {first} of {n} lands at flat position "
-                       f"{int(positions[first])}, past the end of its {size} weights")
+            raise WeightsError(f"{layer}: entry {first} of {n} lands at flat position "
+                               f"{int(positions[first])}, past the end of its {size} weights")
         for what, arr in (("codebook", codebook), ("bias", bias)):
             if not np.isfinite(arr).all():
-                raise fail(f"{layer}: {int((~np.isfinite(arr)).sum())} non-finite {what} values")
+                raise WeightsError(f"{layer}: {int((~np.isfinite(arr)).sum())} non-finite {what} "
+                                   "values")
         code = np.zeros(size, np.uint8)
         code[positions] = codes
         tensors[f"{conv.name}.weight"] = codebook[code].reshape(conv.weight_shape)
@@ -152,7 +150,7 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None,
     assert offset == len(blob)
     source = f"Deep Compression .net ({os.path.basename(os.fspath(path))})" if path else \
         "Deep Compression .net"
-    return make(tensors, variant, preprocessing="caffe", source=source, path=path, format=NAME)
+    return make(tensors, variant, preprocessing="caffe", source=source)
 
 
 def _nibbles(packed: np.ndarray, n: int) -> np.ndarray:
@@ -185,7 +183,7 @@ def encode(weights: Weights) -> bytes:
             raise WeightsError(
                 f"{conv.name}.weight has {len(values)} distinct non-zero values; the .net "
                 f"format stores at most {2 ** BITS - 1} per layer (an 8-bit codebook), so it "
-                "cannot hold these weights losslessly (quantize them first)", format=NAME)
+                "cannot hold these weights losslessly (quantize them first)")
         codebook = np.zeros(2 ** BITS, "<u4")
         codebook[1:len(values) + 1] = values
         nz = np.flatnonzero(bits_view)
@@ -207,8 +205,4 @@ def encode(weights: Weights) -> bytes:
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
     """Write ``weights`` as a ``.net`` file (see :func:`encode` for what can be written)."""
-    try:
-        blob = encode(weights)
-    except WeightsError as e:
-        raise WeightsError(e.reason, path=path, format=NAME) from None
-    return [atomic_write(path, blob, overwrite=overwrite)]
+    return [atomic_write(path, encode(weights), overwrite=overwrite)]

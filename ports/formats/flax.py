@@ -63,7 +63,6 @@ import numpy as np
 from .._io import atomic_write
 from ..canonical import (
     Weights,
-    failing,
     has_architecture,
     infer_variant,
     key_problems,
@@ -71,12 +70,12 @@ from ..canonical import (
     string_meta,
     widen_bfloat16,
 )
+from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
 from ..spec import Variant
-from . import FORMATS, dependency
+from ._library import dependency
 
 NAME = "flax"
-EXTENSIONS = FORMATS[NAME].extensions
 
 METADATA_KEY = "__metadata__"
 CHUNKED_KEY = "__msgpack_chunked_array__"
@@ -91,8 +90,8 @@ _DTYPES = {
     "bfloat16": np.dtype("<u2"),   # the upper half of a float32, widened below
 }
 
-__all__ = ["NAME", "EXTENSIONS", "key_table", "to_state", "from_state", "encode", "decode",
-           "read", "write"]
+__all__ = ["NAME", "key_table", "to_state", "from_state", "encode", "decode", "read",
+           "write"]
 
 
 # --- the key table --------------------------------------------------------------------------
@@ -141,20 +140,19 @@ def _flatten(tree: Any, prefix: str, out: dict[str, Any]) -> None:
 
 
 def from_state(state: dict, meta: dict | None = None, *,
-               variant: Variant | None = None, path=None) -> Weights:
+               variant: Variant | None = None) -> Weights:
     """The pure nested dict of an NNX state (NumPy or JAX arrays, kernels HWIO) -> canonical
     :class:`Weights`.  ``meta``: canonical metadata (missing architecture fields come from
     ``variant`` or are inferred from shapes)."""
-    fail = failing(path, NAME)
     flat: dict[str, Any] = {}
     _flatten(state, "", flat)
     arrays: dict[str, np.ndarray] = {}
     for key, value in flat.items():
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-            raise fail(f"{key}: expected an array, got {type(value).__name__}")
+            raise WeightsError(f"{key}: expected an array, got {type(value).__name__}")
         arr = np.asarray(value)
         if arr.dtype.kind != "f":
-            raise fail(f"{key}: expected a float array, got dtype {arr.dtype}")
+            raise WeightsError(f"{key}: expected a float array, got dtype {arr.dtype}")
         arrays[key] = arr
     meta = dict(meta or {})
     if not has_architecture(meta):
@@ -166,20 +164,20 @@ def from_state(state: dict, meta: dict | None = None, *,
             found = infer_variant(*(getattr(arrays.get(k), "shape", None)
                                     for k in ("conv1/kernel", "conv10/kernel")),
                                   names=("conv1/kernel", "conv10/kernel"), layout="HWIO",
-                                  bypass="complex" if complex_ else "none", fail=fail)
+                                  bypass="complex" if complex_ else "none")
             how = ("architecture inferred from shapes (final_conv_padding and simple "
                    "bypass cannot be)")
         meta = {**found.to_meta(), **meta}
         meta.setdefault("preprocessing", "none")
         meta.setdefault("source", f"flax msgpack without metadata; {how}")
-    v = meta_variant(meta, fail=fail)
+    v = meta_variant(meta)
     table = key_table(v)
     spec = v.params()
     problems = key_problems({k: a.shape for k, a in arrays.items()},
                             {key: _flax_shape(name, spec[name]) for name, key in table.items()},
                             note=lambda k: " (HWIO)" if k.endswith("/kernel") else "")
     if problems:
-        raise fail(f"does not match SqueezeNet {v.id}: " + "; ".join(problems))
+        raise WeightsError(f"does not match SqueezeNet {v.id}: " + "; ".join(problems))
     tensors = {name: (hwio_to_oihw if key.endswith("/kernel") else np.asarray)(
         arrays[key].astype(np.float32)) for name, key in table.items()}
     return Weights(tensors, {str(k): str(val) for k, val in meta.items()})
@@ -199,93 +197,92 @@ def _msgpack():
     return dependency("msgpack", NAME)
 
 
-def _decode_ext(ext: Any, key: str, fail) -> np.ndarray:
+def _decode_ext(ext: Any, key: str) -> np.ndarray:
     if not isinstance(ext, _Ext):
-        raise fail(f"{key}: expected an array (msgpack ext type {EXT_NDARRAY}), "
-                   f"got {type(ext).__name__}")
+        raise WeightsError(f"{key}: expected an array (msgpack ext type {EXT_NDARRAY}), "
+                           f"got {type(ext).__name__}")
     if ext.code != EXT_NDARRAY:
-        raise fail(f"{key}: msgpack ext type {ext.code}, expected {EXT_NDARRAY} (ndarray)")
+        raise WeightsError(f"{key}: msgpack ext type {ext.code}, expected {EXT_NDARRAY} (ndarray)")
     msgpack = _msgpack()
     try:
         inner = msgpack.unpackb(ext.data, raw=True)
     except Exception as e:
-        raise fail(f"{key}: array payload is not valid msgpack ({type(e).__name__}: {e})") \
+        raise WeightsError(f"{key}: array payload is not valid msgpack ({type(e).__name__}: {e})") \
             from None
     if not isinstance(inner, (list, tuple)) or len(inner) != 3:
-        raise fail(f"{key}: array payload must be [shape, dtype, data]")
+        raise WeightsError(f"{key}: array payload must be [shape, dtype, data]")
     shape, dtype_name, data = inner
     if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_NDIM
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2 ** 40
                        for d in shape)):
-        raise fail(f"{key}: shape {shape!r} is not a list of at most {MAX_NDIM} "
-                   "non-negative ints")
+        raise WeightsError(f"{key}: shape {shape!r} is not a list of at most {MAX_NDIM} "
+                           "non-negative ints")
     if isinstance(dtype_name, bytes):
         dtype_name = dtype_name.decode("ascii", "replace")
     if dtype_name not in _DTYPES:
-        raise fail(f"{key}: dtype {dtype_name!r}, expected one of {', '.join(_DTYPES)}")
+        raise WeightsError(f"{key}: dtype {dtype_name!r}, expected one of {', '.join(_DTYPES)}")
     if not isinstance(data, bytes):
-        raise fail(f"{key}: array data must be msgpack bin, got {type(data).__name__}")
+        raise WeightsError(f"{key}: array data must be msgpack bin, got {type(data).__name__}")
     dtype = _DTYPES[dtype_name]
     nbytes = math.prod(shape) * dtype.itemsize
     if len(data) != nbytes:
-        raise fail(f"{key}: shape {list(shape)} {dtype_name} needs {nbytes} bytes, "
-                   f"payload has {len(data)}")
+        raise WeightsError(f"{key}: shape {list(shape)} {dtype_name} needs {nbytes} bytes, "
+                           f"payload has {len(data)}")
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return widen_bfloat16(arr) if dtype_name == "bfloat16" else arr.astype(np.float32)
 
 
-def _unchunk(node: dict, key: str, fail) -> np.ndarray:
+def _unchunk(node: dict, key: str) -> np.ndarray:
     shape_d, chunks_d = node.get("shape"), node.get("chunks")
     if set(node) != {CHUNKED_KEY, "shape", "chunks"} or not isinstance(shape_d, dict) \
             or not isinstance(chunks_d, dict):
-        raise fail(f"{key}: chunked array must have exactly {CHUNKED_KEY}, shape, chunks")
+        raise WeightsError(f"{key}: chunked array must have exactly {CHUNKED_KEY}, shape, chunks")
     try:
         shape = [shape_d[str(i)] for i in range(len(shape_d))]
         chunks = [chunks_d[str(i)] for i in range(len(chunks_d))]
     except KeyError:
-        raise fail(f"{key}: chunked array keys must be '0', '1', ...") from None
+        raise WeightsError(f"{key}: chunked array keys must be '0', '1', ...") from None
     if len(shape) > MAX_NDIM or not all(isinstance(d, int) and not isinstance(d, bool)
                                         and 0 <= d < 2 ** 40 for d in shape):
-        raise fail(f"{key}: chunked shape {shape!r} is not a list of non-negative ints")
-    pieces = [_decode_ext(c, f"{key}/chunks/{i}", fail) for i, c in enumerate(chunks)]
+        raise WeightsError(f"{key}: chunked shape {shape!r} is not a list of non-negative ints")
+    pieces = [_decode_ext(c, f"{key}/chunks/{i}") for i, c in enumerate(chunks)]
     if any(p.ndim != 1 for p in pieces):
-        raise fail(f"{key}: chunks must be 1-D")
+        raise WeightsError(f"{key}: chunks must be 1-D")
     total = sum(p.size for p in pieces)
     if total != math.prod(shape):
-        raise fail(f"{key}: chunks hold {total} values, shape {shape} needs {math.prod(shape)}")
+        raise WeightsError(f"{key}: chunks hold {total} values, shape {shape} needs "
+                           f"{math.prod(shape)}")
     flat = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     return flat.reshape(shape)
 
 
-def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights:
+def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
     """Bytes of a Flax msgpack state file -> canonical :class:`Weights` (not yet checked
     against the spec beyond shapes and key paths)."""
-    fail = failing(path, NAME)
-
     msgpack = _msgpack()
     try:
         tree = msgpack.unpackb(blob, ext_hook=_Ext, raw=False, strict_map_key=False)
     except Exception as e:
-        raise fail(f"not a msgpack file ({type(e).__name__}: {e})") from None
+        raise WeightsError(f"not a msgpack file ({type(e).__name__}: {e})") from None
     if not isinstance(tree, dict):
-        raise fail(f"top level is a msgpack {type(tree).__name__}, expected a map of "
-                   "module names")
+        raise WeightsError(f"top level is a msgpack {type(tree).__name__}, expected a map of "
+                           "module names")
     meta = tree.pop(METADATA_KEY, None)
     if meta is not None:
-        meta = string_meta(meta, METADATA_KEY, fail=fail)
+        meta = string_meta(meta, METADATA_KEY)
 
     def arrays(node: Any, key: str, depth: int) -> Any:
         if isinstance(node, dict):
             if CHUNKED_KEY in node:
-                return _unchunk(node, key, fail)
+                return _unchunk(node, key)
             if depth >= MAX_DEPTH:
-                raise fail(f"{key}: maps nested deeper than {MAX_DEPTH} levels")
+                raise WeightsError(f"{key}: maps nested deeper than {MAX_DEPTH} levels")
             return {k: arrays(v, f"{key}/{k}" if key else str(k), depth + 1)
                     for k, v in node.items()}
-        return _decode_ext(node, key, fail)
+        return _decode_ext(node, key)
 
     state = arrays(tree, "", 0)
-    return from_state(state, meta, variant=variant, path=path)
+    return from_state(state, meta, variant=variant)
 
 
 def _ext(arr: np.ndarray):
@@ -328,7 +325,7 @@ def encode(weights: Weights, *, metadata: bool = True) -> bytes:
 def read(path, *, variant: Variant | None = None) -> Weights:
     with open(path, "rb") as f:
         blob = f.read()
-    return decode(blob, path=path, variant=variant)
+    return decode(blob, variant=variant)
 
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:

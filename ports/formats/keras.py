@@ -62,10 +62,10 @@ from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
-from . import FORMATS, _hdf5, dependency
+from . import _hdf5
+from ._library import dependency
 
 NAME = "keras"
-EXTENSIONS = FORMATS[NAME].extensions
 META_ATTR = "squeezenet_ports.metadata"
 MAX_LAYERS = 10_000          # groups under /layers before we give up on a file
 MAX_META = 1 << 20           # bytes of the metadata attribute
@@ -215,30 +215,30 @@ class _File:
     """The layer groups of an open file: by recorded layer name when every group has one,
     else by path only."""
 
-    def __init__(self, f, fail) -> None:
+    def __init__(self, f) -> None:
         h5py = _h5py()
 
-        self.f, self.fail = f, fail
+        self.f = f
         layers = f.get("layers")
         if not isinstance(layers, h5py.Group):
             hint = (" (this looks like a Keras 2 / tf.keras HDF5 file: read it as format "
                     "keras-h5, the format of a file named .h5)"
                     if "layer_names" in f.attrs or "model_weights" in f else "")
-            raise fail("no 'layers' group: not a Keras 3 .weights.h5 file" + hint)
+            raise WeightsError("no 'layers' group: not a Keras 3 .weights.h5 file" + hint)
         if len(layers) > MAX_LAYERS:
-            raise fail(f"{len(layers)} layer groups, more than {MAX_LAYERS}")
+            raise WeightsError(f"{len(layers)} layer groups, more than {MAX_LAYERS}")
         self.paths: dict[str, str | None] = {}   # group path -> recorded layer name
         for key in layers:
             group = layers.get(key)
             vars_ = group.get("vars") if isinstance(group, h5py.Group) else None
             if not isinstance(vars_, h5py.Group):
-                raise fail(f"layers/{key}: expected a group holding a 'vars' group")
+                raise WeightsError(f"layers/{key}: expected a group holding a 'vars' group")
             self.paths[f"layers/{key}"] = _text(vars_.attrs.get("name"))
         names = [n for n in self.paths.values() if n is not None]
         self.named = bool(self.paths) and len(names) == len(self.paths)
         if self.named and len(set(names)) != len(names):
             dup = sorted({str(n) for n in names if names.count(n) > 1})
-            raise fail(f"layer name(s) recorded twice: {', '.join(dup)}")
+            raise WeightsError(f"layer name(s) recorded twice: {', '.join(dup)}")
         self.by_name = {n: p for p, n in self.paths.items()} if self.named else {}
 
     def vars_of(self, name: str, path: str):
@@ -275,10 +275,9 @@ class _File:
         return ds, None
 
 
-def _meta(f, fail) -> dict[str, str]:
+def _meta(f) -> dict[str, str]:
     raw = f.attrs.get(META_ATTR)
-    return {} if raw is None else C.string_meta(raw, f"attribute {META_ATTR}", limit=MAX_META,
-                                                fail=fail)
+    return {} if raw is None else C.string_meta(raw, f"attribute {META_ATTR}", limit=MAX_META)
 
 
 def _shape_of(file: _File, name: str, path: str, index: str) -> tuple[int, ...] | None:
@@ -291,7 +290,7 @@ def infer_variant(file: _File) -> tuple[Variant, str]:
     """Architecture from the layer names and shapes; returns (variant, how)."""
     names = ("layer conv1's kernel", "layer conv10's kernel")
     conv1 = _shape_of(file, "conv1", layer_paths(Variant("1_1"))["conv1"], "0")
-    version = C.version_of(conv1, name=names[0], layout="HWIO", fail=file.fail)
+    version = C.version_of(conv1, name=names[0], layout="HWIO")
     if file.named:
         present = set(file.by_name)
         bypass = ("complex" if "fire2_bypass" in present else
@@ -307,7 +306,7 @@ def infer_variant(file: _File) -> tuple[Variant, str]:
     conv10 = _shape_of(file, "conv10", layer_paths(Variant(version, 1000, padding, bypass))
                        ["conv10"], "0")
     return C.infer_variant(conv1, conv10, names=names, layout="HWIO", bypass=bypass,
-                           final_conv_padding=padding, fail=file.fail), how
+                           final_conv_padding=padding), how
 
 
 def _layer_set_problems(file: _File, variant: Variant,
@@ -330,20 +329,19 @@ def _layer_set_problems(file: _File, variant: Variant,
     return problems, {label(k) for k in expected if k not in set(found)}
 
 
-def from_h5(f, *, variant: Variant | None = None, path=None,
+def from_h5(f, *, variant: Variant | None = None,
             layers: Sequence[tuple[str, str]] | None = None,
             what: str = "keras .weights.h5") -> Weights:
     """Canonical weights from an open ``h5py.File``: saved from a ``ports.keras`` model, or
     from the model whose ``model.layers`` are ``layers`` (as :func:`model_layers`: the
     graph of a ``.keras`` file).  ``what`` names the file kind in the ``source`` metadata of
     a file without metadata."""
-    fail = C.failing(path, NAME)
-    meta = _meta(f, fail)
-    file = _File(f, fail)
+    meta = _meta(f)
+    file = _File(f)
     if variant is not None:
         chosen, how = variant, f"architecture {variant.id} given by the caller"
     elif C.has_architecture(meta):
-        chosen, how = C.meta_variant(meta, fail=fail), "from the file's metadata"
+        chosen, how = C.meta_variant(meta), "from the file's metadata"
     else:
         chosen, how = infer_variant(file)
     set_problems, missing = _layer_set_problems(file, chosen, layers)
@@ -361,7 +359,8 @@ def from_h5(f, *, variant: Variant | None = None, path=None,
         datasets[canonical] = (kernel, bias)
     problems += set_problems
     if problems:
-        raise fail(f"does not match SqueezeNet {chosen.id} ({how}): " + "; ".join(problems))
+        raise WeightsError(f"does not match SqueezeNet {chosen.id} ({how}): "
+                           + "; ".join(problems))
     tensors = {}
     for canonical, (kernel, bias) in datasets.items():
         tensors[f"{canonical}.weight"] = hwio_to_oihw(_hdf5.array(kernel))
@@ -373,8 +372,8 @@ def from_h5(f, *, variant: Variant | None = None, path=None,
     return Weights(tensors, meta)
 
 
-def decode(blob: bytes, *, variant: Variant | None = None, path=None) -> Weights:
-    return _read(None, bytes(blob), len(blob), variant=variant, path=path)
+def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
+    return _read(None, bytes(blob), len(blob), variant=variant)
 
 
 # HDF5 is parsed by a C library that can crash, hang or allocate without bound on a crafted
@@ -393,19 +392,18 @@ def _read_in_process(source: str | None, variant: str | None,
     return weights.tensors, weights.meta
 
 
-def _read(source: str | None, data: bytes | None, size: int, *, variant: Variant | None,
-          path) -> Weights:
+def _read(source: str | None, data: bytes | None, size: int, *,
+          variant: Variant | None) -> Weights:
     from .._sandbox import SandboxError, isolated
 
     try:
         tensors, meta = isolated(_read_in_process, source, variant.id if variant else None,
                                  data=data, memory_bytes=SANDBOX_MEMORY + 16 * size,
                                  seconds=SANDBOX_SECONDS + size / 50e6, preload=("h5py",))
-    except SandboxError as e:
-        raise WeightsError(e.reason, path=path, format=NAME) from None
+    except SandboxError as e:  # the reader's own message, or why it died
+        raise WeightsError(e.reason) from None
     return Weights(tensors, meta)
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:
-    return _read(os.path.abspath(path), None, os.path.getsize(path), variant=variant,
-                 path=path)
+    return _read(os.path.abspath(path), None, os.path.getsize(path), variant=variant)

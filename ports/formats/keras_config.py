@@ -35,6 +35,7 @@ from typing import Any, Iterator
 
 from .. import canonical as C
 from .. import spec as S
+from ..errors import WeightsError
 from ..spec import Variant
 from .keras import KerasLayer, keras_layers, layer_name, model_name
 
@@ -255,21 +256,22 @@ class ModelConfig:
     graph: list[ConfigLayer] = field(default_factory=list)
 
 
-def parse_json(text: bytes | str, what: str, fail, *, limit: int = MAX_CONFIG) -> Any:
-    """JSON text of at most ``limit`` bytes; any problem is ``fail(...)`` naming ``what``."""
+def parse_json(text: bytes | str, what: str, *, limit: int = MAX_CONFIG) -> Any:
+    """JSON text of at most ``limit`` bytes; any problem is a :class:`WeightsError` naming
+    ``what``."""
     if isinstance(text, (bytes, bytearray)):
         if len(text) > limit:
-            raise fail(f"{what} is {len(text)} bytes, more than the {limit} allowed")
+            raise WeightsError(f"{what} is {len(text)} bytes, more than the {limit} allowed")
         try:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError:
-            raise fail(f"{what} is not UTF-8 text") from None
+            raise WeightsError(f"{what} is not UTF-8 text") from None
     if len(text) > limit:
-        raise fail(f"{what} is longer than {limit} characters")
+        raise WeightsError(f"{what} is longer than {limit} characters")
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise fail(f"{what} is not valid JSON: {type(e).__name__}: {e}"[:300]) from None
+        raise WeightsError(f"{what} is not valid JSON: {type(e).__name__}: {e}"[:300]) from None
 
 
 def _foreign(node: dict) -> str | None:
@@ -297,7 +299,7 @@ def _label(node: dict) -> str | None:
     return name[:100] if isinstance(name, str) else None
 
 
-def refuse_foreign(config: Any, what: str, fail) -> None:
+def refuse_foreign(config: Any, what: str) -> None:
     """Refuse a model config that names anything a SqueezeNet is not made of: a layer class
     outside :data:`LAYER_CLASSES`, a ``Lambda`` or any other code, a module outside Keras
     and ``ports.keras``, a custom object of another package.  Both Keras readers (``.keras``
@@ -308,19 +310,20 @@ def refuse_foreign(config: Any, what: str, fail) -> None:
     for k, entry in enumerate(layers[:MAX_CONFIG_LAYERS] if isinstance(layers, list) else []):
         cls = entry.get("class_name") if isinstance(entry, dict) else None
         if isinstance(cls, str) and cls.split(">")[-1] not in LAYER_CLASSES:
-            raise fail(f"{what}: layer {_label(entry) or '#' + str(k)} is a {cls[:100]}: "
-                       f"{FOREIGN}")
+            raise WeightsError(f"{what}: layer {_label(entry) or '#' + str(k)} is a {cls[:100]}: "
+                               f"{FOREIGN}")
     stack, seen = [config], 0
     while stack:
         node = stack.pop()
         seen += 1
         if seen > MAX_NODES:
-            raise fail(f"{what}: more than {MAX_NODES} JSON values")
+            raise WeightsError(f"{what}: more than {MAX_NODES} JSON values")
         if isinstance(node, dict):
             problem = _foreign(node)
             if problem is not None:
                 label = _label(node)
-                raise fail(f"{what}: {label + ' ' if label else ''}holds {problem}: {FOREIGN}")
+                raise WeightsError(f"{what}: {label + ' ' if label else ''}holds {problem}: "
+                                   f"{FOREIGN}")
             stack += node.values()
         elif isinstance(node, list):
             stack += node
@@ -347,14 +350,14 @@ def _names(node: Any, depth: int = 0) -> Iterator[str]:
             yield from _names(value, depth + 1)
 
 
-def graph_layers(config: Any, what: str, fail) -> list[ConfigLayer]:
+def graph_layers(config: Any, what: str) -> list[ConfigLayer]:
     """The layers of a functional (or sequential) model config, in order."""
     inner = config.get("config") if isinstance(config, dict) else None
     layers = inner.get("layers") if isinstance(inner, dict) else None
     if not isinstance(layers, list):
-        raise fail(f"{what}: no list of layers (config.layers)")
+        raise WeightsError(f"{what}: no list of layers (config.layers)")
     if len(layers) > MAX_CONFIG_LAYERS:
-        raise fail(f"{what}: {len(layers)} layers, more than {MAX_CONFIG_LAYERS}")
+        raise WeightsError(f"{what}: {len(layers)} layers, more than {MAX_CONFIG_LAYERS}")
     out, seen = [], set()
     for k, entry in enumerate(layers):
         cfg = entry.get("config") if isinstance(entry, dict) else None
@@ -363,9 +366,9 @@ def graph_layers(config: Any, what: str, fail) -> list[ConfigLayer]:
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             name = entry["name"]
         if not (isinstance(cls, str) and isinstance(cfg, dict) and isinstance(name, str)):
-            raise fail(f"{what}: layer #{k} lacks a class_name, config or name")
+            raise WeightsError(f"{what}: layer #{k} lacks a class_name, config or name")
         if name in seen:
-            raise fail(f"{what}: layer name {name[:100]!r} used twice")
+            raise WeightsError(f"{what}: layer name {name[:100]!r} used twice")
         seen.add(name)
         out.append(ConfigLayer(name, cls, cfg, list(_names(entry.get("inbound_nodes", [])))))
     return out
@@ -450,31 +453,31 @@ def is_ports_form(config: dict) -> bool:
                                                        and "layers" not in args)))
 
 
-def read_config(config: Any, fail, what: str = "config.json") -> ModelConfig:
+def read_config(config: Any, what: str = "config.json") -> ModelConfig:
     """Interpret a ``.keras`` file's config: the ``ports.keras`` form, or a functional model
     with ``ports.keras``'s layer names (built-in or custom layers)."""
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
-        raise fail(f"{what} is not a serialized Keras model (no class_name)")
-    refuse_foreign(config, what, fail)
+        raise WeightsError(f"{what} is not a serialized Keras model (no class_name)")
+    refuse_foreign(config, what)
     cls = config["class_name"]
     if is_ports_form(config):
         args = config.get("config")
         if not isinstance(args, dict):
-            raise fail(f"{what}: {PORTS_CLASS} without its arguments (config)")
+            raise WeightsError(f"{what}: {PORTS_CLASS} without its arguments (config)")
         try:
             variant = Variant(args.get("version"), args.get("num_classes"),
                               args.get("final_conv_padding"), args.get("bypass"))
         except (ValueError, TypeError) as e:
-            raise fail(f"{what}: {PORTS_CLASS} arguments: {e}"[:300]) from None
+            raise WeightsError(f"{what}: {PORTS_CLASS} arguments: {e}"[:300]) from None
         if args.get("dtype", "float32") not in ("float32", "float64", "float16", "bfloat16"):
-            raise fail(f"{what}: {PORTS_CLASS} dtype {str(args.get('dtype'))[:40]!r}")
+            raise WeightsError(f"{what}: {PORTS_CLASS} dtype {str(args.get('dtype'))[:40]!r}")
         pools = {layer.name: "ceil" for layer in variant.layers()
                  if isinstance(layer, S.MaxPool)}
         return ModelConfig(PORTS_CLASS, variant, None, [PORTS_CLASS], pools)
     if cls not in ("Functional", "Model", "Sequential"):
-        raise fail(f"{what} holds a {cls[:100]!r} model, not one this reader knows "
-                   f"({PORTS_CLASS} or a functional model with its layer names)")
-    graph = graph_layers(config, what, fail)
+        raise WeightsError(f"{what} holds a {cls[:100]!r} model, not one this reader knows "
+                           f"({PORTS_CLASS} or a functional model with its layer names)")
+    graph = graph_layers(config, what)
     by_name = {layer.name: layer for layer in graph}
     conv1, conv10 = by_name.get("conv1"), by_name.get("conv10")
 
@@ -489,8 +492,7 @@ def read_config(config: Any, fail, what: str = "config.json") -> ModelConfig:
     padding = 1 if "conv10_pad" in by_name else 0
     variant = C.infer_variant(kernel(conv1, 3), kernel(conv10, 512),
                               names=(f"{what} layer conv1", f"{what} layer conv10"),
-                              layout="HWIO", bypass=bypass, final_conv_padding=padding,
-                              fail=fail)
+                              layout="HWIO", bypass=bypass, final_conv_padding=padding)
     convs = set(layer_name(c.name) for c in variant.convs())
     problems = []
     for layer in graph:
@@ -504,7 +506,8 @@ def read_config(config: Any, fail, what: str = "config.json") -> ModelConfig:
     if missing:
         problems.append(f"no layer {', '.join(missing[:20])}")
     if problems:
-        raise fail(f"{what} does not describe SqueezeNet {variant.id}: " + "; ".join(problems))
+        raise WeightsError(f"{what} does not describe SqueezeNet {variant.id}: "
+                           + "; ".join(problems))
     custom = sorted({layer.cls for layer in graph if layer.kind in PORTS_KINDS})
     return ModelConfig("functional", variant, [(layer.name, layer.kind) for layer in graph],
                        custom, pooling(graph), graph)

@@ -38,17 +38,16 @@ import os
 import zipfile
 from pathlib import Path
 
-from .. import canonical as C
 from .._io import ZIP_ERRORS, atomic_write, read_zip_member, zip_error, zip_members
 from ..canonical import Weights
 from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS, _hdf5, dependency
+from . import _hdf5
 from . import keras as K3
 from . import keras_config as KC
+from ._library import dependency
 
 NAME = "keras-file"
-EXTENSIONS = FORMATS[NAME].extensions
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 MAX_MEMBERS = 1_000          # members of an archive (Keras writes 3 for a SqueezeNet)
 MAX_METADATA = 1 << 20       # bytes of metadata.json
@@ -97,39 +96,39 @@ def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
 
 
 # --- reading ---------------------------------------------------------------------------------
-def _members(source, size: int, fail) -> dict[str, bytes]:
+def _members(source, size: int) -> dict[str, bytes]:
     """config.json, model.weights.h5 and (if present) metadata.json of the archive."""
     head = source.read(4)
     source.seek(0)
     if head != b"PK\x03\x04":
         hint = (" (an HDF5 file: Keras weights are named .weights.h5 or .h5)"
                 if head == b"\x89HDF" else "")
-        raise fail(f"not a zip archive (a .keras file is one); first bytes {head!r}{hint}")
+        raise WeightsError(f"not a zip archive (a .keras file is one); first bytes {head!r}{hint}")
     try:
         archive = zipfile.ZipFile(source)
     except ZIP_ERRORS as e:
-        raise fail(f"bad zip archive: {zip_error(e)}") from None
+        raise WeightsError(f"bad zip archive: {zip_error(e)}") from None
     with archive:
-        by_name = zip_members(archive.infolist(), fail, limit=MAX_MEMBERS)
+        by_name = zip_members(archive.infolist(), limit=MAX_MEMBERS)
         if CONFIG not in by_name:
             listed = ", ".join(sorted(by_name)[:10]) or "none"
-            raise fail(f"no {CONFIG}: not a Keras 3 .keras file (members: {listed})"[:400])
+            raise WeightsError(f"no {CONFIG}: not a Keras 3 .keras file (members: {listed})"[:400])
         if WEIGHTS not in by_name:
             other = ("model.weights.npz" in by_name and
                      " (weights saved as .npz, weights_format='npz': not read here)")
-            raise fail(f"no {WEIGHTS}{other or ''}")
+            raise WeightsError(f"no {WEIGHTS}{other or ''}")
         unknown = sorted(set(by_name) - {CONFIG, METADATA, WEIGHTS})
         if unknown:
-            raise fail(f"archive member(s) {', '.join(repr(n[:100]) for n in unknown[:5])} "
-                       f"that a .keras file of a SqueezeNet does not have (it holds {METADATA}, "
-                       f"{CONFIG} and {WEIGHTS}; SqueezeNet has no assets)")
+            raise WeightsError(f"archive member(s) {', '.join(repr(n[:100]) for n in unknown[:5])} "
+                               "that a .keras file of a SqueezeNet does not have (it holds "
+                               f"{METADATA}, {CONFIG} and {WEIGHTS}; SqueezeNet has no assets)")
         out = {CONFIG: read_zip_member(archive, by_name[CONFIG], size, f"member {CONFIG}",
-                                       fail, limit=KC.MAX_CONFIG),
+                                       limit=KC.MAX_CONFIG),
                WEIGHTS: read_zip_member(archive, by_name[WEIGHTS], size, f"member {WEIGHTS}",
-                                        fail, limit=MAX_WEIGHTS)}
+                                        limit=MAX_WEIGHTS)}
         if METADATA in by_name:
             out[METADATA] = read_zip_member(archive, by_name[METADATA], size,
-                                            f"member {METADATA}", fail, limit=MAX_METADATA)
+                                            f"member {METADATA}", limit=MAX_METADATA)
     return out
 
 
@@ -153,19 +152,18 @@ def _read_in_process(variant: str, layers: list | None, data: bytes | None = Non
     return weights.tensors, weights.meta
 
 
-def decode(blob: bytes, *, variant: Variant | None = None, path=None) -> Weights:
-    return _decode(io.BytesIO(bytes(blob)), len(blob), variant=variant, path=path)
+def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
+    return _decode(io.BytesIO(bytes(blob)), len(blob), variant=variant)
 
 
-def _decode(source, size: int, *, variant: Variant | None, path) -> Weights:
+def _decode(source, size: int, *, variant: Variant | None) -> Weights:
     from .._sandbox import SandboxError, isolated
 
-    fail = C.failing(path, NAME)
     dependency("h5py", NAME)
-    members = _members(source, size, fail)
-    model = KC.read_config(KC.parse_json(members[CONFIG], CONFIG, fail), fail)
+    members = _members(source, size)
+    model = KC.read_config(KC.parse_json(members[CONFIG], CONFIG))
     if variant is not None and model.variant != variant:
-        raise fail(f"{CONFIG} describes SqueezeNet {model.variant.id}, not {variant.id}")
+        raise WeightsError(f"{CONFIG} describes SqueezeNet {model.variant.id}, not {variant.id}")
     chosen = model.variant
     blob = members[WEIGHTS]
     try:
@@ -173,8 +171,8 @@ def _decode(source, size: int, *, variant: Variant | None, path) -> Weights:
                                  memory_bytes=K3.SANDBOX_MEMORY + 16 * len(blob),
                                  seconds=K3.SANDBOX_SECONDS + len(blob) / 50e6,
                                  preload=("h5py",))
-    except SandboxError as e:
-        raise WeightsError(e.reason, path=path, format=NAME) from None
+    except SandboxError as e:  # the reader's own message, or why it died
+        raise WeightsError(e.reason) from None
     if not meta.get("source", "").startswith("keras .keras file without metadata"):
         return Weights(tensors, meta)   # ours: the metadata it was written with
     version = _keras_version(members.get(METADATA))
@@ -189,10 +187,9 @@ def _decode(source, size: int, *, variant: Variant | None, path) -> Weights:
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:
-    fail = C.failing(path, NAME)
     try:
         source = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as e:
-        raise fail(f"cannot open: {e.strerror or e}") from None
+        raise WeightsError(f"cannot open: {e.strerror or e}") from None
     with source:
-        return _decode(source, os.fstat(source.fileno()).st_size, variant=variant, path=path)
+        return _decode(source, os.fstat(source.fileno()).st_size, variant=variant)

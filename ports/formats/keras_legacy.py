@@ -53,12 +53,12 @@ from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
-from . import FORMATS, _hdf5, dependency
+from . import _hdf5
 from . import keras as K3
 from . import keras_config as KC
+from ._library import dependency
 
 NAME = "keras-h5"
-EXTENSIONS = FORMATS[NAME].extensions
 KERAS_VERSION = "2.21.0"     # the tf_keras release whose save_weights layout is written
 BACKEND = "tensorflow"
 META_ATTR = K3.META_ATTR
@@ -189,20 +189,20 @@ def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
 
 
 # --- reading ---------------------------------------------------------------------------------
-def _text(value, what: str, fail) -> str:
+def _text(value, what: str) -> str:
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
     if isinstance(value, (bytes, np.bytes_)):
         try:
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise fail(f"{what} is not UTF-8 text") from None
+            raise WeightsError(f"{what} is not UTF-8 text") from None
     if not isinstance(value, str):
-        raise fail(f"{what} is not a string")
+        raise WeightsError(f"{what} is not a string")
     return value
 
 
-def _strings(group, name: str, what: str, fail, *, limit: int) -> list[str] | None:
+def _strings(group, name: str, what: str, *, limit: int) -> list[str] | None:
     """The string list attribute ``name`` of ``group`` (joined from ``name0``, ``name1``,
     ... when Keras split it), or None when absent."""
     attrs = group.attrs
@@ -212,7 +212,7 @@ def _strings(group, name: str, what: str, fail, *, limit: int) -> list[str] | No
         parts = []
         while f"{name}{len(parts)}" in attrs:
             if len(parts) >= MAX_CHUNKS:
-                raise fail(f"{what}: more than {MAX_CHUNKS} chunks")
+                raise WeightsError(f"{what}: more than {MAX_CHUNKS} chunks")
             parts.append(attrs[f"{name}{len(parts)}"])
     else:
         return None
@@ -222,29 +222,30 @@ def _strings(group, name: str, what: str, fail, *, limit: int) -> list[str] | No
         if values.ndim != 1 or (values.size == 0 and values.dtype.kind == "f"):
             if values.size == 0:
                 continue
-            raise fail(f"{what} is not a list of strings")
+            raise WeightsError(f"{what} is not a list of strings")
         if len(out) + values.size > limit:
-            raise fail(f"{what} has more than {limit} entries")
+            raise WeightsError(f"{what} has more than {limit} entries")
         for value in values:
-            text = _text(value, what, fail)
+            text = _text(value, what)
             if not text or len(text) > MAX_NAME:
-                raise fail(f"{what}: a name that is empty or longer than {MAX_NAME} characters")
+                raise WeightsError(f"{what}: a name that is empty or longer than {MAX_NAME} "
+                                   "characters")
             out.append(text)
     return out
 
 
-def _graph(f, fail) -> list[KC.ConfigLayer] | KC.ModelConfig | None:
+def _graph(f) -> list[KC.ConfigLayer] | KC.ModelConfig | None:
     """A whole-model file's ``model_config``: its layers (a functional model, any naming),
     or what a ``ports.keras.SqueezeNet``'s config says (its variant; no graph); None
     without one."""
     if "model_config" not in f.attrs:
         return None
     what = "attribute model_config"
-    config = KC.parse_json(_text(f.attrs["model_config"], what, fail), what, fail)
+    config = KC.parse_json(_text(f.attrs["model_config"], what), what)
     if isinstance(config, dict) and KC.is_ports_form(config):
-        return KC.read_config(config, fail, what)   # which refuses what is foreign first
-    KC.refuse_foreign(config, what, fail)
-    return KC.graph_layers(config, what, fail)
+        return KC.read_config(config, what)   # which refuses what is foreign first
+    KC.refuse_foreign(config, what)
+    return KC.graph_layers(config, what)
 
 
 class _Layer:
@@ -253,7 +254,7 @@ class _Layer:
     def __init__(self, name: str, group, weight_names: list[str]) -> None:
         self.name, self.group, self.weight_names = name, group, weight_names
 
-    def weight(self, which: str, fail):
+    def weight(self, which: str):
         """The dataset of the kernel or the bias (by weight name, else by position)."""
         h5py = _h5py()
 
@@ -284,7 +285,7 @@ def _naming(layers: dict[str, _Layer]) -> str:
     return "layer names " + ", ".join(names[:3]) + ", ..."
 
 
-def _infer(layers: dict[str, _Layer], listed: set[str], graph, fail) -> tuple[Variant, str]:
+def _infer(layers: dict[str, _Layer], listed: set[str], graph) -> tuple[Variant, str]:
     """Variant from the shapes, the layer names and a whole-model file's config; returns it
     and how it was found.  A file listing ``ports.keras``'s weightless layers
     (``fireN_concat``) records a simple bypass (``fireN_add``) and conv10's padding
@@ -292,12 +293,13 @@ def _infer(layers: dict[str, _Layer], listed: set[str], graph, fail) -> tuple[Va
     ``ZeroPadding2D`` before conv10); otherwise they are assumed none and 0."""
     def shape(canonical):
         layer = layers.get(canonical)
-        ds = None if layer is None else layer.weight("kernel", fail)[0]
+        ds = None if layer is None else layer.weight("kernel")[0]
         return None if ds is None else tuple(ds.shape)
 
     if "conv10" not in layers and "conv1" in layers:
-        raise fail("no conv10 layer: a file saved without the classifier (include_top=False, "
-                   "'notop') holds only the features, not a whole SqueezeNet")
+        raise WeightsError("no conv10 layer: a file saved without the classifier "
+                           "(include_top=False, "
+                           "'notop') holds only the features, not a whole SqueezeNet")
     ours = any(re.fullmatch(r"fire\d+_concat", n) for n in listed)
     conv10_pad = "conv10_pad" in listed
     simple = any(re.fullmatch(r"fire\d+_add", n) for n in listed)
@@ -315,7 +317,7 @@ def _infer(layers: dict[str, _Layer], listed: set[str], graph, fail) -> tuple[Va
     variant = C.infer_variant(shape("conv1"), shape("conv10"),
                               names=("layer conv1's kernel", "layer conv10's kernel"),
                               layout="HWIO", bypass=bypass,
-                              final_conv_padding=1 if conv10_pad else 0, fail=fail)
+                              final_conv_padding=1 if conv10_pad else 0)
     how = "version and classes from the shapes"
     if bypass == "complex":
         how += ", complex bypass from its convolutions"
@@ -331,31 +333,30 @@ def _infer(layers: dict[str, _Layer], listed: set[str], graph, fail) -> tuple[Va
     return variant, how
 
 
-def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
+def from_h5(f, *, variant: Variant | None = None) -> Weights:
     """Canonical weights from an open legacy Keras HDF5 ``h5py.File``."""
     h5py = _h5py()
-    fail = C.failing(path, NAME)
 
     root = f
     if "layer_names" not in f.attrs and "layer_names0" not in f.attrs and "model_weights" in f:
         root = f["model_weights"]
         if not isinstance(root, h5py.Group):
-            raise fail("model_weights is not a group")
-    listed = _strings(root, "layer_names", "attribute layer_names", fail, limit=MAX_LAYERS)
+            raise WeightsError("model_weights is not a group")
+    listed = _strings(root, "layer_names", "attribute layer_names", limit=MAX_LAYERS)
     if listed is None:
         hint = (" (this is a Keras 3 .weights.h5 file: name it .weights.h5, format keras)"
                 if "layers" in f and "vars" in f else "")
-        raise fail("no layer_names attribute: not a Keras HDF5 weights file" + hint)
-    backend = _text(root.attrs["backend"], "attribute backend", fail) \
+        raise WeightsError("no layer_names attribute: not a Keras HDF5 weights file" + hint)
+    backend = _text(root.attrs["backend"], "attribute backend") \
         if "backend" in root.attrs else None
-    version = _text(root.attrs["keras_version"], "attribute keras_version", fail) \
+    version = _text(root.attrs["keras_version"], "attribute keras_version") \
         if "keras_version" in root.attrs else None
     if backend == "theano":
-        raise fail("saved with the Theano backend (channels-first, flipped kernels): not "
-                   "supported; load it in Keras and save it with TensorFlow")
+        raise WeightsError("saved with the Theano backend (channels-first, flipped kernels): not "
+                           "supported; load it in Keras and save it with TensorFlow")
     meta = {} if META_ATTR not in f.attrs else C.string_meta(
-        f.attrs[META_ATTR], f"attribute {META_ATTR}", limit=K3.MAX_META, fail=fail)
-    graph = _graph(f, fail)
+        f.attrs[META_ATTR], f"attribute {META_ATTR}", limit=K3.MAX_META)
+    graph = _graph(f)
 
     layers: dict[str, _Layer] = {}
     problems, unknown = [], []
@@ -363,11 +364,11 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
         try:
             group = root.get(name)
         except (ValueError, KeyError, OSError, RuntimeError) as e:
-            raise fail(f"layer {name[:100]}: {e}"[:300]) from None
+            raise WeightsError(f"layer {name[:100]}: {e}"[:300]) from None
         if not isinstance(group, h5py.Group):
-            raise fail(f"layer {name[:100]} is listed in layer_names but has no group")
+            raise WeightsError(f"layer {name[:100]} is listed in layer_names but has no group")
         weight_names = _strings(group, "weight_names", f"layer {name[:100]}: weight_names",
-                                fail, limit=64) or []
+                                limit=64) or []
         if not weight_names:
             continue
         canonical = canonical_conv(name)
@@ -381,9 +382,9 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
     if variant is not None:
         chosen, how = variant, f"architecture {variant.id} given by the caller"
     elif C.has_architecture(meta):
-        chosen, how = C.meta_variant(meta, fail=fail), "from the file's metadata"
+        chosen, how = C.meta_variant(meta), "from the file's metadata"
     else:
-        chosen, how = _infer(layers, set(listed), graph, fail)
+        chosen, how = _infer(layers, set(listed), graph)
 
     specs = chosen.params()
     expected = [c.name for c in chosen.convs()]
@@ -399,7 +400,7 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
             continue
         o, i, kh, kw = specs[f"{canonical}.weight"]
         for which, shape in (("kernel", (kh, kw, i, o)), ("bias", (o,))):
-            ds, problem = layer.weight(which, fail)
+            ds, problem = layer.weight(which)
             if problem is None and tuple(ds.shape) != shape:
                 problem = (f"layer {layer.name}: {which} has shape {list(ds.shape)}, expected "
                            f"{list(shape)}")
@@ -412,8 +413,8 @@ def from_h5(f, *, variant: Variant | None = None, path=None) -> Weights:
                 problems.append(problem)
             datasets[(canonical, which)] = ds
     if problems:
-        raise fail(f"does not match SqueezeNet {chosen.id} ({how}): "
-                   + "; ".join(problems))
+        raise WeightsError(f"does not match SqueezeNet {chosen.id} ({how}): "
+                           + "; ".join(problems))
     tensors = {}
     for canonical in expected:
         tensors[f"{canonical}.weight"] = hwio_to_oihw(_hdf5.array(datasets[(canonical, "kernel")]))
@@ -449,23 +450,22 @@ def _read_in_process(source: str | None, variant: str | None,
     return weights.tensors, weights.meta
 
 
-def _read(source: str | None, data: bytes | None, size: int, *, variant: Variant | None,
-          path) -> Weights:
+def _read(source: str | None, data: bytes | None, size: int, *,
+          variant: Variant | None) -> Weights:
     from .._sandbox import SandboxError, isolated
 
     try:
         tensors, meta = isolated(_read_in_process, source, variant.id if variant else None,
                                  data=data, memory_bytes=K3.SANDBOX_MEMORY + 16 * size,
                                  seconds=K3.SANDBOX_SECONDS + size / 50e6, preload=("h5py",))
-    except SandboxError as e:
-        raise WeightsError(e.reason, path=path, format=NAME) from None
+    except SandboxError as e:  # the reader's own message, or why it died
+        raise WeightsError(e.reason) from None
     return Weights(tensors, meta)
 
 
-def decode(blob: bytes, *, variant: Variant | None = None, path=None) -> Weights:
-    return _read(None, bytes(blob), len(blob), variant=variant, path=path)
+def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
+    return _read(None, bytes(blob), len(blob), variant=variant)
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:
-    return _read(os.path.abspath(path), None, os.path.getsize(path), variant=variant,
-                 path=path)
+    return _read(os.path.abspath(path), None, os.path.getsize(path), variant=variant)

@@ -71,13 +71,12 @@ import numpy as np
 
 from .. import spec as S
 from .._io import atomic_write
-from ..canonical import Weights, failing, key_problems
+from ..canonical import Weights, key_problems
 from ..canonical import infer_variant as infer_variant_of
+from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS
 
 NAME = "mxnet"
-EXTENSIONS = FORMATS[NAME].extensions
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -129,8 +128,8 @@ def key_table(variant: Variant) -> dict[str, str]:
 
 # --- the NDArray list ----------------------------------------------------------------------
 class _Reader:
-    def __init__(self, blob: bytes, fail) -> None:
-        self.blob, self.pos, self.fail = memoryview(blob), 0, fail
+    def __init__(self, blob: bytes) -> None:
+        self.blob, self.pos = memoryview(blob), 0
 
     @property
     def left(self) -> int:
@@ -138,8 +137,8 @@ class _Reader:
 
     def take(self, n: int, what: str) -> memoryview:
         if n > self.left:
-            raise self.fail(f"file ends inside {what}: needs {n} bytes at offset {self.pos}, "
-                            f"{self.left} left (truncated?)")
+            raise WeightsError(f"file ends inside {what}: needs {n} bytes at offset {self.pos}, "
+                               f"{self.left} left (truncated?)")
         out = self.blob[self.pos:self.pos + n]
         self.pos += n
         return out
@@ -158,10 +157,11 @@ def _read_shape(r: _Reader, what: str, legacy_ndim: int | None = None):
     if ndim == -1 and legacy_ndim is None:
         return None
     if not 0 <= ndim <= MAX_NDIM:
-        raise r.fail(f"{what}: ndim {ndim} outside 0..{MAX_NDIM} (not a .params file?)")
+        raise WeightsError(f"{what}: ndim {ndim} outside 0..{MAX_NDIM} (not a .params file?)")
     dims = r.unpack(f"<{ndim}{'q' if wide else 'I'}", f"{what} dims")
     if any(not 0 <= d <= MAX_DIM for d in dims):
-        raise r.fail(f"{what}: absurd shape {list(dims)} (each dimension must be 0..{MAX_DIM})")
+        raise WeightsError(f"{what}: absurd shape {list(dims)} (each dimension must be "
+                           f"0..{MAX_DIM})")
     return tuple(int(d) for d in dims)
 
 
@@ -172,7 +172,7 @@ def _read_ndarray(r: _Reader, index: int) -> np.ndarray:
     if magic in (V2_MAGIC, V3_MAGIC):
         (stype,) = r.unpack("<i", f"{what} storage type")
         if stype != 0:
-            raise r.fail(f"{what}: storage type {stype} "
+            raise WeightsError(f"{what}: storage type {stype} "
                          f"({STORAGE_NAMES.get(stype, 'unknown')}); only dense arrays are "
                          "supported")
         shape = _read_shape(r, what)
@@ -185,71 +185,72 @@ def _read_ndarray(r: _Reader, index: int) -> np.ndarray:
         shape = _read_shape(r, what, legacy_ndim=magic)
         none = not shape
     else:
-        raise r.fail(f"{what} at offset {start}: magic 0x{magic:08X} is not an NDArray "
+        raise WeightsError(f"{what} at offset {start}: magic 0x{magic:08X} is not an NDArray "
                      f"(expected 0x{V2_MAGIC:08X})")
     if none:
-        raise r.fail(f"{what} is an empty ('none') array")
+        raise WeightsError(f"{what} is an empty ('none') array")
     dev_type, dev_id = r.unpack("<ii", f"{what} context")
     if dev_type not in (1, 2, 3, 5) or dev_id < 0:
-        raise r.fail(f"{what}: bad context ({dev_type}, {dev_id})")
+        raise WeightsError(f"{what}: bad context ({dev_type}, {dev_id})")
     (flag,) = r.unpack("<i", f"{what} type flag")
     if flag not in TYPE_FLAGS:
-        raise r.fail(f"{what}: unsupported type flag {flag} (known: "
+        raise WeightsError(f"{what}: unsupported type flag {flag} (known: "
                      f"{', '.join(f'{k}={np.dtype(v).name}' for k, v in TYPE_FLAGS.items())})")
     dtype = np.dtype(TYPE_FLAGS[flag])
     count = math.prod(shape)  # exact (Python ints): never wraps
     nbytes = count * dtype.itemsize
     if nbytes > r.left:
-        raise r.fail(f"{what}: shape {list(shape)} of {dtype.name} needs {nbytes} bytes, "
+        raise WeightsError(f"{what}: shape {list(shape)} of {dtype.name} needs {nbytes} bytes, "
                      f"only {r.left} left in the file (truncated?)")
     # A zero dimension makes the byte count 0 whatever the others say; the others must
     # still describe an array NumPy can index (and no real file has more than this).
     if count == 0 and math.prod(d for d in shape if d) > MAX_EMPTY_SPAN:
-        raise r.fail(f"{what}: absurd shape {list(shape)}: empty, but its other dimensions "
+        raise WeightsError(f"{what}: absurd shape {list(shape)}: empty, but its other dimensions "
                      f"multiply to more than {MAX_EMPTY_SPAN}")
     flat = np.frombuffer(r.take(nbytes, f"{what} data"), dtype=dtype)
     if flat.size != count:  # cannot happen after the checks above; never reshape blindly
-        raise r.fail(f"{what}: {flat.size} elements read for shape {list(shape)}")
+        raise WeightsError(f"{what}: {flat.size} elements read for shape {list(shape)}")
     return flat.reshape(shape)
 
 
-def decode_ndarrays(blob: bytes, *, path=None) -> dict[str, np.ndarray]:
+def decode_ndarrays(blob: bytes) -> dict[str, np.ndarray]:
     """The named arrays of an NDArray list file, in file order (read-only views into
     ``blob``, little-endian).  Every length is checked against the bytes left before any
     array is made; any inconsistency raises :class:`WeightsError`."""
-    fail = failing(path, NAME)
-    r = _Reader(blob, fail)
+    r = _Reader(blob)
     if len(blob) < 24:
-        raise fail(f"file is {len(blob)} bytes, too short for the 24-byte NDArray list header")
+        raise WeightsError(f"file is {len(blob)} bytes, too short for the 24-byte NDArray list "
+                           "header")
     magic, _reserved, count = r.unpack("<QQQ", "header")
     if magic != LIST_MAGIC:
-        raise fail(f"list magic 0x{magic:X}, expected 0x{LIST_MAGIC:X}: not an MXNet "
-                   ".params (NDArray list) file")
+        raise WeightsError(f"list magic 0x{magic:X}, expected 0x{LIST_MAGIC:X}: not an MXNet "
+                           ".params (NDArray list) file")
     if count > r.left // 16:  # every NDArray takes at least 16 bytes
-        raise fail(f"header claims {count} arrays, more than the {r.left} bytes left can "
-                   "hold (truncated or not a .params file?)")
+        raise WeightsError(f"header claims {count} arrays, more than the {r.left} bytes left can "
+                           "hold (truncated or not a .params file?)")
     arrays = [_read_ndarray(r, i) for i in range(count)]
     (n_names,) = r.unpack("<Q", "name count")
     if n_names == 0:
-        raise fail(f"the file holds {count} arrays without names (an mx.nd.save list); "
-                   "parameters need names")
+        raise WeightsError(f"the file holds {count} arrays without names (an mx.nd.save list); "
+                           "parameters need names")
     if n_names != count:
-        raise fail(f"{n_names} names for {count} arrays")
+        raise WeightsError(f"{n_names} names for {count} arrays")
     names = []
     for i in range(n_names):
         (length,) = r.unpack("<Q", f"name {i} length")
         if length > MAX_NAME:
-            raise fail(f"name {i}: length {length} exceeds {MAX_NAME} (not a .params file?)")
+            raise WeightsError(f"name {i}: length {length} exceeds {MAX_NAME} (not a .params "
+                               "file?)")
         try:
             names.append(bytes(r.take(length, f"name {i}")).decode("utf-8"))
         except UnicodeDecodeError:
-            raise fail(f"name {i} is not UTF-8") from None
+            raise WeightsError(f"name {i} is not UTF-8") from None
     if r.left:
-        raise fail(f"{r.left} unexpected bytes after the name list")
+        raise WeightsError(f"{r.left} unexpected bytes after the name list")
     if len(set(names)) != len(names):
         dup = sorted(n for n, k in Counter(names).items() if k > 1)
-        raise fail(f"duplicate names: {', '.join(dup[:10])}"
-                   + (f" and {len(dup) - 10} more" if len(dup) > 10 else ""))
+        raise WeightsError(f"duplicate names: {', '.join(dup[:10])}"
+                           + (f" and {len(dup) - 10} more" if len(dup) > 10 else ""))
     return dict(zip(names, arrays))
 
 
@@ -275,28 +276,29 @@ def encode_ndarrays(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 # --- canonical <-> Gluon -------------------------------------------------------------------
-def _symbol_table(names: list[str], variant: Variant, fail) -> dict[str, str]:
+def _symbol_table(names: list[str], variant: Variant) -> dict[str, str]:
     """Canonical name -> exported global name (``<prefix>conv<i>_weight``)."""
     found: dict[int, dict[str, str]] = {}
     prefixes = set()
     for name in names:
         m = _SYMBOL_NAME.match(name)
         if m is None:
-            raise fail(f"name {name!r} is neither a Gluon structural name nor "
-                       "'<prefix>conv<i>_weight|bias'")
+            raise WeightsError(f"name {name!r} is neither a Gluon structural name nor "
+                               "'<prefix>conv<i>_weight|bias'")
         prefixes.add(m.group(1))
         found.setdefault(int(m.group(2)), {})[m.group(3)] = name
     if len(prefixes) > 1:
-        raise fail(f"exported names mix prefixes {sorted(prefixes)}")
+        raise WeightsError(f"exported names mix prefixes {sorted(prefixes)}")
     convs = list(variant.convs())
     if sorted(found) != list(range(len(found))) or len(found) != len(convs):
-        raise fail(f"exported convolutions numbered {sorted(found)}, expected 0..{len(convs) - 1}"
-                   f" for SqueezeNet {variant.id}")
+        raise WeightsError(f"exported convolutions numbered {sorted(found)}, expected "
+                           f"0..{len(convs) - 1}"
+                           f" for SqueezeNet {variant.id}")
     table = {}
     for i, conv in enumerate(convs):
         for p in ("weight", "bias"):
             if p not in found[i]:
-                raise fail(f"exported conv{i} ({conv.name}) lacks its {p}")
+                raise WeightsError(f"exported conv{i} ({conv.name}) lacks its {p}")
             table[f"{conv.name}.{p}"] = found[i][p]
     return table
 
@@ -317,47 +319,45 @@ def _conv_names(arrays: Mapping[str, np.ndarray]) -> tuple[str, str, bool]:
         len(indexed) > len(list(Variant().convs()))
 
 
-def infer_variant(arrays: Mapping[str, np.ndarray], *, fail=None) -> Variant:
+def infer_variant(arrays: Mapping[str, np.ndarray]) -> Variant:
     """The architecture a Gluon name -> array mapping implies (see the module docstring)."""
-    fail = fail or failing(None, NAME)
     first, last, bypass_convs = _conv_names(arrays)
     if not first or first not in arrays or last not in arrays:
-        raise fail("cannot find conv1 ('features.0.weight') and conv10 ('output.0.weight') "
-                   f"among the names: {', '.join(list(arrays)[:8])}"
-                   + (" ..." if len(arrays) > 8 else ""))
+        raise WeightsError("cannot find conv1 ('features.0.weight') and conv10 ('output.0.weight') "
+                           f"among the names: {', '.join(list(arrays)[:8])}"
+                           + (" ..." if len(arrays) > 8 else ""))
     return infer_variant_of(arrays[first].shape, arrays[last].shape,
                             names=(repr(first), repr(last)),
-                            bypass="complex" if bypass_convs else "none", fail=fail)
+                            bypass="complex" if bypass_convs else "none")
 
 
-def to_canonical(arrays: Mapping[str, np.ndarray], variant: Variant | None = None, *,
-                 path=None) -> tuple[dict[str, np.ndarray], Variant]:
+def to_canonical(arrays: Mapping[str, np.ndarray], variant: Variant | None = None
+                 ) -> tuple[dict[str, np.ndarray], Variant]:
     """Gluon-named arrays (structural, or ``arg:``/``aux:`` exported names) -> canonical
     float32 tensors and the variant (``variant`` if given, else inferred)."""
-    fail = failing(path, NAME)
     names = list(arrays)
     if names and all(n.startswith(("arg:", "aux:")) for n in names):
         arrays = {n[4:]: a for n, a in arrays.items()}
     elif any(n.startswith(("arg:", "aux:")) for n in names):
-        raise fail("names mix 'arg:'/'aux:' prefixed and plain names")
+        raise WeightsError("names mix 'arg:'/'aux:' prefixed and plain names")
     for name, arr in arrays.items():
         if arr.dtype.kind != "f":
-            raise fail(f"{name}: dtype {arr.dtype.name}, expected a floating type")
-    v = variant or infer_variant(arrays, fail=fail)
+            raise WeightsError(f"{name}: dtype {arr.dtype.name}, expected a floating type")
+    v = variant or infer_variant(arrays)
     structural = "features.0.weight" in arrays
-    table = key_table(v) if structural else _symbol_table(list(arrays), v, fail)
+    table = key_table(v) if structural else _symbol_table(list(arrays), v)
     # shapes are checked afterwards, under canonical names, by ports.canonical.check
     problems = key_problems(list(arrays), list(table.values()), noun="")
     if problems:
-        raise fail(f"names do not match SqueezeNet {v.id} in Gluon naming: "
-                   + "; ".join(problems))
+        raise WeightsError(f"names do not match SqueezeNet {v.id} in Gluon naming: "
+                           + "; ".join(problems))
     tensors = {c: np.array(arrays[g], dtype=np.float32) for c, g in table.items()}
     return tensors, v
 
 
 def decode(blob: bytes, *, path=None, variant: Variant | None = None,
            preprocessing: str = "torchvision") -> Weights:
-    tensors, v = to_canonical(decode_ndarrays(blob, path=path), variant, path=path)
+    tensors, v = to_canonical(decode_ndarrays(blob), variant)
     source = f"mxnet .params file {Path(path).name}" if path is not None else "mxnet .params"
     return Weights(tensors, {**v.to_meta(), "preprocessing": preprocessing, "source": source})
 

@@ -66,14 +66,14 @@ from .. import canonical
 from .. import spec as S
 from .._folder import read_file
 from .._io import atomic_write
-from ..canonical import Weights, failing, key_problems
+from ..canonical import Weights, key_problems
+from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS
+from ._library import about
 from .mxnet import decode_ndarrays, encode_ndarrays
 
 NAME = "mxnet-export"
-EXTENSIONS = FORMATS[NAME].extensions
-SYMBOL, PARAMS = FORMATS[NAME].extensions[0], FORMATS[NAME].companions[0]
+SYMBOL, PARAMS = "-symbol.json", "-0000.params"  # PREFIX + each: the pair an export writes
 
 PREFIX = "squeezenet0_"
 MXNET_VERSION = 10901
@@ -87,7 +87,7 @@ ADD_OPS = ("elemwise_add", "_Plus", "_plus", "broadcast_add", "_add")
 _TUPLE = re.compile(r"^\(?\s*(\d{1,9}(?:\s*,\s*\d{1,9}){0,7})?\s*,?\s*\)?$")
 _EPOCH_PARAMS = re.compile(r"^-(\d{4,})\.params$")
 
-__all__ = ["NAME", "EXTENSIONS", "graph", "symbol", "param_names", "encode", "paths",
+__all__ = ["NAME", "graph", "symbol", "param_names", "encode", "paths",
            "parse_symbol", "read", "write"]
 
 
@@ -256,8 +256,9 @@ def encode(weights: Weights) -> tuple[bytes, bytes]:
 
 def paths(path) -> tuple[Path, Path]:
     """(symbol file, params file) of ``path``: a prefix, or either file of the pair."""
-    symbol_path, params_path = FORMATS[NAME].outputs(path)
-    return symbol_path, params_path
+    text = os.fspath(path)
+    stem = next((text[:-len(e)] for e in (SYMBOL, PARAMS) if text.lower().endswith(e)), text)
+    return Path(stem + SYMBOL), Path(stem + PARAMS)
 
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
@@ -281,38 +282,38 @@ def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
 
 
 # --- reading ----------------------------------------------------------------------------------
-def _ints(text: str, what: str, fail) -> tuple[int, ...]:
+def _ints(text: str, what: str) -> tuple[int, ...]:
     m = _TUPLE.match(text) if isinstance(text, str) and len(text) < 200 else None
     if m is None:
-        raise fail(f"{what}: {str(text)[:40]!r} is not a tuple of integers")
+        raise WeightsError(f"{what}: {str(text)[:40]!r} is not a tuple of integers")
     return tuple(int(v) for v in re.findall(r"\d+", text))
 
 
 class _Conv:
-    def __init__(self, index: int, node: dict, nodes: list[dict], fail) -> None:
+    def __init__(self, index: int, node: dict, nodes: list[dict]) -> None:
         name = node["name"]
         attrs = node["attrs"]
         inputs = node["inputs"]
         self.name = name
         if len(inputs) != 3 or attrs.get("no_bias", "False") not in ("False", "false", "0"):
-            raise fail(f"Convolution node {index} ({name[:60]}) has no bias (SqueezeNet's "
-                       "convolutions all have one)")
+            raise WeightsError(f"Convolution node {index} ({name[:60]}) has no bias (SqueezeNet's "
+                               "convolutions all have one)")
         self.weight, self.bias = (nodes[i[0]]["name"] for i in inputs[1:])
         for i in inputs[1:]:
             if nodes[i[0]]["op"] != "null":
-                raise fail(f"Convolution node {index} ({name[:60]}) takes its parameters from "
-                           f"op {nodes[i[0]]['op'][:40]!r}, not from a variable")
-        self.kernel = _ints(attrs.get("kernel", ""), f"{name[:60]} kernel", fail)
-        self.stride = _ints(attrs.get("stride", "(1, 1)"), f"{name[:60]} stride", fail)
-        self.pad = _ints(attrs.get("pad", "(0, 0)"), f"{name[:60]} pad", fail)
+                raise WeightsError(f"Convolution node {index} ({name[:60]}) takes its parameters "
+                                   f"from op {nodes[i[0]]['op'][:40]!r}, not from a variable")
+        self.kernel = _ints(attrs.get("kernel", ""), f"{name[:60]} kernel")
+        self.stride = _ints(attrs.get("stride", "(1, 1)"), f"{name[:60]} stride")
+        self.pad = _ints(attrs.get("pad", "(0, 0)"), f"{name[:60]} pad")
         filters = attrs.get("num_filter", "")
         if not (isinstance(filters, str) and filters.isdigit() and len(filters) < 10):
-            raise fail(f"{name[:60]}: num_filter {str(filters)[:20]!r} is not an integer")
+            raise WeightsError(f"{name[:60]}: num_filter {str(filters)[:20]!r} is not an integer")
         self.filters = int(filters)
         groups, dilate = attrs.get("num_group", "1"), attrs.get("dilate", "(1, 1)")
-        if groups != "1" or _ints(dilate, f"{name[:60]} dilate", fail) not in ((1, 1), (1,), ()):
-            raise fail(f"{name[:60]}: grouped or dilated convolution (num_group {groups[:9]}, "
-                       f"dilate {dilate[:20]})")
+        if groups != "1" or _ints(dilate, f"{name[:60]} dilate") not in ((1, 1), (1,), ()):
+            raise WeightsError(f"{name[:60]}: grouped or dilated convolution (num_group "
+                               f"{groups[:9]}, dilate {dilate[:20]})")
 
     def problems(self, c: S.Conv) -> list[str]:
         want = {"kernel": (c.kernel,) * 2, "stride": (c.stride,) * 2, "pad": (c.padding,) * 2,
@@ -323,43 +324,43 @@ class _Conv:
                 for k in want if got[k] != want[k]]
 
 
-def parse_symbol(blob: bytes, fail) -> tuple[list[dict], dict]:
+def parse_symbol(blob: bytes) -> tuple[list[dict], dict]:
     """The checked nodes (``op``, ``name``, ``attrs``, ``inputs``) and graph attrs."""
     try:
         top = json.loads(blob.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise fail(f"symbol file is not JSON: {type(e).__name__}: {e}"[:300]) from None
+        raise WeightsError(f"symbol file is not JSON: {type(e).__name__}: {e}"[:300]) from None
     if not isinstance(top, dict) or not isinstance(top.get("nodes"), list):
-        raise fail("symbol file has no 'nodes' list: not an MXNet symbol")
+        raise WeightsError("symbol file has no 'nodes' list: not an MXNet symbol")
     raw = top["nodes"]
     if not 0 < len(raw) <= MAX_NODES:
-        raise fail(f"symbol file has {len(raw)} nodes, expected 1 to {MAX_NODES}")
+        raise WeightsError(f"symbol file has {len(raw)} nodes, expected 1 to {MAX_NODES}")
     nodes = []
     for i, node in enumerate(raw):
         if not isinstance(node, dict) or not isinstance(node.get("op"), str) \
                 or not isinstance(node.get("name"), str):
-            raise fail(f"node {i} lacks a string 'op' and 'name'")
+            raise WeightsError(f"node {i} lacks a string 'op' and 'name'")
         attrs = node.get("attrs", node.get("attr", node.get("param", {}))) or {}
         if not isinstance(attrs, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_ATTR
                 for k, v in attrs.items()):
-            raise fail(f"node {i} ({node['name'][:60]}): attrs must map strings to strings")
+            raise WeightsError(f"node {i} ({node['name'][:60]}): attrs must map strings to strings")
         inputs = node.get("inputs", [])
         if not isinstance(inputs, list) or len(inputs) > MAX_INPUTS or not all(
                 isinstance(e, list) and 2 <= len(e) <= 3
                 and all(type(v) is int for v in e) and 0 <= e[0] < i for e in inputs):
-            raise fail(f"node {i} ({node['name'][:60]}): inputs must be [node, output, "
-                       "version] of earlier nodes")
+            raise WeightsError(f"node {i} ({node['name'][:60]}): inputs must be [node, output, "
+                               "version] of earlier nodes")
         nodes.append({"op": node["op"], "name": node["name"], "attrs": attrs,
                       "inputs": inputs})
     attrs = top.get("attrs", {})
     return nodes, attrs if isinstance(attrs, dict) else {}
 
 
-def _params_path(symbol_path: Path, params_path: Path, epoch: int | None, fail) -> Path:
+def _params_path(symbol_path: Path, params_path: Path, epoch: int | None) -> Path:
     if epoch is not None:
         if not 0 <= epoch <= 99_999_999:
-            raise fail(f"epoch {epoch} out of range")
+            raise WeightsError(f"epoch {epoch} out of range")
         return params_path.with_name(f"{symbol_path.name[:-len(SYMBOL)]}-{epoch:04d}.params")
     if os.path.lexists(params_path):
         return params_path
@@ -372,49 +373,48 @@ def _params_path(symbol_path: Path, params_path: Path, epoch: int | None, fail) 
                     and _EPOCH_PARAMS.match(n[len(stem):]))[:10]
     hint = (f"; beside it: {', '.join(epochs)} (read one with epoch=N, --epoch N)"
             if epochs else "")
-    raise fail(f"params file {params_path.name} is missing{hint}")
+    raise WeightsError(f"params file {params_path.name} is missing{hint}")
 
 
 def read(path, *, variant: Variant | None = None, epoch: int | None = None) -> Weights:
     """Canonical weights from an export pair (``path``: the symbol file, a prefix or the
     params file), checked against the spec by :func:`ports.formats.read`."""
     symbol_path, params_path = paths(path)
-    fail = failing(symbol_path, NAME)
-    blob = read_file(symbol_path, "symbol file", fail, limit=MAX_SYMBOL, noun=PAIR)
-    nodes, graph_attrs = parse_symbol(blob, fail)
+    blob = read_file(symbol_path, "symbol file", limit=MAX_SYMBOL, noun=PAIR)
+    nodes, graph_attrs = parse_symbol(blob)
     meta = None
     if META_ATTR in graph_attrs:
         value = graph_attrs[META_ATTR]
         if not (isinstance(value, list) and len(value) == 2 and value[0] == "str"):
-            raise fail(f"graph attribute {META_ATTR} must be [\"str\", JSON text]")
-        meta = canonical.string_meta(value[1], f"graph attribute {META_ATTR}", fail=fail)
-    convs = [_Conv(i, n, nodes, fail) for i, n in enumerate(nodes) if n["op"] == "Convolution"]
+            raise WeightsError(f"graph attribute {META_ATTR} must be [\"str\", JSON text]")
+        meta = canonical.string_meta(value[1], f"graph attribute {META_ATTR}")
+    convs = [_Conv(i, n, nodes) for i, n in enumerate(nodes) if n["op"] == "Convolution"]
     adds = sum(n["op"] in ADD_OPS for n in nodes)
-    params_path = _params_path(symbol_path, params_path, epoch, fail)
-    pfail = failing(params_path, NAME)
-    blob = read_file(params_path, f"params file {params_path.name}", pfail, noun=PAIR)
-    arrays = decode_ndarrays(blob, path=params_path)
+    params_path = _params_path(symbol_path, params_path, epoch)
     args = {}
-    for name, arr in arrays.items():
-        if not name.startswith("arg:"):
-            raise pfail(f"{name[:60]!r}: an export's parameters are named 'arg:NAME' "
-                        "(SqueezeNet has no 'aux:' states)")
-        if arr.dtype.kind != "f":
-            raise pfail(f"{name[:60]}: dtype {arr.dtype.name}, expected a floating type")
-        args[name[4:]] = arr
+    with about(params_path):  # its problems name the params file
+        blob = read_file(params_path, f"params file {params_path.name}", noun=PAIR)
+        for name, arr in decode_ndarrays(blob).items():
+            if not name.startswith("arg:"):
+                raise WeightsError(f"{name[:60]!r}: an export's parameters are named "
+                                   "'arg:NAME' (SqueezeNet has no 'aux:' states)")
+            if arr.dtype.kind != "f":
+                raise WeightsError(f"{name[:60]}: dtype {arr.dtype.name}, expected a floating "
+                                   "type")
+            args[name[4:]] = arr
     if len(convs) < 2:
-        raise fail(f"the graph has {len(convs)} Convolution nodes: not a SqueezeNet")
+        raise WeightsError(f"the graph has {len(convs)} Convolution nodes: not a SqueezeNet")
     first, last = (args.get(c.weight) for c in (convs[0], convs[-1]))
     padding = convs[-1].pad[0] if convs[-1].pad and len(set(convs[-1].pad)) == 1 else -1
     if padding not in (0, 1):
-        raise fail(f"conv10 ({convs[-1].name[:60]}) pad {convs[-1].pad}, expected (0, 0) or "
-                   "(1, 1)")
+        raise WeightsError(f"conv10 ({convs[-1].name[:60]}) pad {convs[-1].pad}, expected (0, 0) "
+                           "or (1, 1)")
     bypass = "none" if not adds else \
         "complex" if len(convs) == len(list(Variant(bypass="complex").convs())) else "simple"
     v = canonical.infer_variant(
         getattr(first, "shape", None), getattr(last, "shape", None),
         names=(repr("arg:" + convs[0].weight), repr("arg:" + convs[-1].weight)),
-        bypass=bypass, final_conv_padding=padding, fail=fail)
+        bypass=bypass, final_conv_padding=padding)
     spec_convs = list(v.convs())
     problems = [] if len(convs) == len(spec_convs) else [
         f"{len(convs)} Convolution nodes, SqueezeNet {v.id} has {len(spec_convs)}"]
@@ -424,18 +424,19 @@ def read(path, *, variant: Variant | None = None, epoch: int | None = None) -> W
     if not problems:
         problems = [p for c, s in zip(convs, spec_convs) for p in c.problems(s)]
     if problems:
-        raise fail("the graph is not SqueezeNet's: " + "; ".join(problems[:20]))
+        raise WeightsError("the graph is not SqueezeNet's: " + "; ".join(problems[:20]))
     table = {f"{s.name}.{p}": getattr(c, p) for c, s in zip(convs, spec_convs)
              for p in ("weight", "bias")}
     names = key_problems(["arg:" + a for a in args], ["arg:" + n for n in table.values()],
                          noun=("parameter", "parameters"))
     if names:
-        raise pfail("does not match the symbol file's variables: " + "; ".join(names))
+        raise WeightsError("does not match the symbol file's variables: " + "; ".join(names),
+                           path=params_path)
     if meta is not None and canonical.has_architecture(meta):
-        named = canonical.meta_variant(meta, what=f"graph attribute {META_ATTR}", fail=fail)
+        named = canonical.meta_variant(meta, what=f"graph attribute {META_ATTR}")
         if named != v:
-            raise fail(f"graph attribute {META_ATTR} names SqueezeNet {named.id}, the graph "
-                       f"is {v.id}")
+            raise WeightsError(f"graph attribute {META_ATTR} names SqueezeNet {named.id}, the "
+                               f"graph is {v.id}")
     meta = {**(meta or {}), **v.to_meta()}
     meta.setdefault("preprocessing", "torchvision")
     meta.setdefault("source", f"mxnet export {symbol_path.name}")

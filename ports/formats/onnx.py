@@ -39,13 +39,12 @@ import numpy as np
 
 from .. import spec as S
 from .._io import atomic_write
-from ..canonical import Weights, failing, infer_variant, make
+from ..canonical import Weights, infer_variant, make
 from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS, dependency
+from ._library import dependency
 
 NAME = "onnx"
-EXTENSIONS = FORMATS[NAME].extensions
 OPSET = 13
 IR_VERSION = 7
 MAX_BYTES = 512 * 1024**2
@@ -160,8 +159,7 @@ def read(path, *, variant: Variant | None = None) -> Weights:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size > MAX_BYTES:
-            raise WeightsError(f"file is {size} bytes, more than the {MAX_BYTES} allowed",
-                               path=path, format=NAME)
+            raise WeightsError(f"file is {size} bytes, more than the {MAX_BYTES} allowed")
         blob = f.read(size)  # exactly the file's size: nothing reserved beyond it
     return decode(blob, path=path, variant=variant)
 
@@ -188,20 +186,18 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
-    fail = failing(path, NAME)
-
     if len(blob) > MAX_BYTES:
-        raise fail(f"file is {len(blob)} bytes, more than the {MAX_BYTES} allowed")
+        raise WeightsError(f"file is {len(blob)} bytes, more than the {MAX_BYTES} allowed")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(bytes(blob))
     except MemoryError:
         raise  # never reported as a bad file: the reader must not need that much
     except Exception as e:  # google.protobuf.message.DecodeError and friends
-        raise fail(f"not an ONNX model (protobuf parse failed: {e})") from None
+        raise WeightsError(f"not an ONNX model (protobuf parse failed: {e})") from None
     graph = model.graph
     if not graph.node:
-        raise fail("the model has an empty graph (not an ONNX model?)")
+        raise WeightsError("the model has an empty graph (not an ONNX model?)")
 
     # Constants: initializers and Constant nodes, through Identity nodes.
     consts: dict[str, object] = {i.name: i for i in graph.initializer}
@@ -218,8 +214,8 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             alias[n.output[0]] = n.input[0]
     for t in consts.values():
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-            raise fail(f"tensor {t.name!r} is stored as external data; refusing to open other "
-                       "files (save the model with its weights inside)")
+            raise WeightsError(f"tensor {t.name!r} is stored as external data; refusing to open "
+                               "other files (save the model with its weights inside)")
 
     def resolve(name: str) -> str:
         seen = 0
@@ -235,17 +231,20 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             return converted[key]
         t = consts.get(key)
         if t is None:
-            raise fail(f"{what} {name!r} is not a constant (initializer or Constant node)")
+            raise WeightsError(f"{what} {name!r} is not a constant (initializer or Constant node)")
         dims = list(t.dims)
         if len(dims) > 8 or any(not 0 <= d <= MAX_DIM for d in dims):
-            raise fail(f"{what} {name!r}: bad dims {dims[:16]} (at most 8, each 0..{MAX_DIM})")
+            raise WeightsError(f"{what} {name!r}: bad dims {dims[:16]} (at most 8, each "
+                               f"0..{MAX_DIM})")
         kind = _type_name(onnx, t.data_type)
         if kind not in FLOAT_TYPES:
-            raise fail(f"{what} {name!r}: data type {kind}, expected FLOAT (or FLOAT16, DOUBLE)")
+            raise WeightsError(f"{what} {name!r}: data type {kind}, expected FLOAT (or FLOAT16, "
+                               "DOUBLE)")
         try:  # external data was refused above: to_array opens no file
             arr = numpy_helper.to_array(t)
         except (ValueError, OverflowError, TypeError) as e:  # data that does not fit the dims
-            raise fail(f"{what} {name!r}: dims {dims}: {type(e).__name__}: {e}"[:300]) from None
+            raise WeightsError(f"{what} {name!r}: dims {dims}: {type(e).__name__}: "
+                               f"{e}"[:300]) from None
         converted[key] = np.ascontiguousarray(arr, dtype=np.float32)
         return converted[key]
 
@@ -254,19 +253,20 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         unless it is one attribute of type ``kind`` (``"INT"``, ``"INTS"``, ``"STRING"``)."""
         found = [a for a in n.attribute if a.name == name]
         if len(found) > 1:
-            raise fail(f"{n.op_type} {label!r}: attribute {name!r} appears {len(found)} times")
+            raise WeightsError(f"{n.op_type} {label!r}: attribute {name!r} appears {len(found)} "
+                               "times")
         if not found:
             return default
         if found[0].type != getattr(onnx.AttributeProto, kind):
-            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is of type "
-                       f"{attr_type(found[0].type)}, expected {kind}")
+            raise WeightsError(f"{n.op_type} {label!r}: attribute {name!r} is of type "
+                               f"{attr_type(found[0].type)}, expected {kind}")
         return helper.get_attribute_value(found[0])
 
     def ints_attr(n, label, name: str, default: list[int], length: int) -> list[int]:
         values = list(attribute(n, label, name, "INTS", default))
         if len(values) != length:
-            raise fail(f"{n.op_type} {label!r}: attribute {name!r} is {values[:16]}, "
-                       f"expected {length} ints")
+            raise WeightsError(f"{n.op_type} {label!r}: attribute {name!r} is {values[:16]}, "
+                               f"expected {length} ints")
         return values
 
     def attr_type(code: int) -> str:
@@ -278,23 +278,24 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
     # Every Conv in graph order, with its weights and geometry.
     conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
     if len(conv_nodes) not in (26, 30):
-        raise fail(f"graph has {len(conv_nodes)} Conv nodes; SqueezeNet has 26 (30 with the "
-                   "complex bypass)")
+        raise WeightsError(f"graph has {len(conv_nodes)} Conv nodes; SqueezeNet has 26 (30 with "
+                           "the complex bypass)")
     convs = []
     for n in conv_nodes:
         label = _text(n.name) or (_text(n.output[0]) if n.output else "(unnamed)")
         if len(n.input) < 2:
-            raise fail(f"Conv {label!r} has no weight input")
+            raise WeightsError(f"Conv {label!r} has no weight input")
         w = tensor(n.input[1], f"Conv {label!r} weight")
         if w.ndim != 4:
-            raise fail(f"Conv {label!r}: weight shape {list(w.shape)}, expected 4-D OIHW")
+            raise WeightsError(f"Conv {label!r}: weight shape {list(w.shape)}, expected 4-D OIHW")
         if len(n.input) > 2 and n.input[2]:
             b = tensor(n.input[2], f"Conv {label!r} bias")
         else:
             b = np.zeros(w.shape[0], np.float32)
         if attribute(n, label, "group", "INT", 1) != 1 or \
                 set(ints_attr(n, label, "dilations", [1, 1], 2)) != {1}:
-            raise fail(f"Conv {label!r}: grouped or dilated convolution is not SqueezeNet's")
+            raise WeightsError(f"Conv {label!r}: grouped or dilated convolution is not "
+                               "SqueezeNet's")
         stride = ints_attr(n, label, "strides", [1, 1], 2)
         kernel = list(w.shape[2:])
         pads = ints_attr(n, label, "pads", [0, 0, 0, 0], 4)
@@ -302,11 +303,11 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         if auto in ("SAME_UPPER", "SAME_LOWER") and set(stride) == {1} and kernel[0] % 2:
             pads = [(kernel[0] - 1) // 2] * 4
         elif auto not in ("NOTSET", "VALID"):
-            raise fail(f"Conv {label!r}: auto_pad={auto} with stride {stride} is not "
-                       "SqueezeNet's geometry")
+            raise WeightsError(f"Conv {label!r}: auto_pad={auto} with stride {stride} is not "
+                               "SqueezeNet's geometry")
         if len(set(stride)) != 1 or len(set(pads)) != 1 or kernel[0] != kernel[1]:
-            raise fail(f"Conv {label!r}: non-square stride {stride}, pads {pads} or kernel "
-                       f"{kernel}")
+            raise WeightsError(f"Conv {label!r}: non-square stride {stride}, pads {pads} or kernel "
+                               f"{kernel}")
         convs.append({"node": n, "label": label, "w": w, "b": b, "stride": stride[0],
                       "pad": pads[0], "wname": resolve(n.input[1])})
 
@@ -320,13 +321,13 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
                 and len(n.input) >= 2 and all(computed(i) for i in n.input)]
         bypass = "simple" if adds else "none"
     if head["pad"] not in (0, 1):
-        raise fail(f"last Conv {head['label']!r} (conv10) has pads {head['pad']}, expected 0 "
-                   "or 1")
+        raise WeightsError(f"last Conv {head['label']!r} (conv10) has pads {head['pad']}, expected "
+                           "0 or 1")
     found = infer_variant(stem["w"].shape, head["w"].shape,
                           names=(f"first Conv {stem['label']!r}", f"last Conv {head['label']!r}"),
-                          bypass=bypass, final_conv_padding=int(head["pad"]), fail=fail)
+                          bypass=bypass, final_conv_padding=int(head["pad"]))
     if variant is not None and variant != found:
-        raise fail(f"the graph is SqueezeNet {found.id}, not the requested {variant.id}")
+        raise WeightsError(f"the graph is SqueezeNet {found.id}, not the requested {variant.id}")
     variant = found
 
     # Spec groups, matched in graph order; inside a group by shape and geometry.
@@ -348,16 +349,17 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             if len(hits) != 1:
                 seen = ", ".join(f"{g['label']} {list(g['w'].shape)} stride {g['stride']} pad "
                                  f"{g['pad']}" for g in pool)
-                raise fail(f"{c.name}: expected one Conv with weight {list(c.weight_shape)}, "
-                           f"stride {c.stride}, pad {c.padding} among [{seen}]")
+                raise WeightsError(f"{c.name}: expected one Conv with weight "
+                                   f"{list(c.weight_shape)}, "
+                                   f"stride {c.stride}, pad {c.padding} among [{seen}]")
             g = hits[0]
             if g["b"].shape != (c.out_channels,):
-                raise fail(f"{c.name}: bias shape {list(g['b'].shape)}, expected "
-                           f"[{c.out_channels}]")
+                raise WeightsError(f"{c.name}: bias shape {list(g['b'].shape)}, expected "
+                                   f"[{c.out_channels}]")
             other = known.get(g["wname"])
             if other is not None and other != c.name:
-                raise fail(f"weight {g['wname']!r} sits where {c.name} belongs, but that name "
-                           f"is {other}'s")
+                raise WeightsError(f"weight {g['wname']!r} sits where {c.name} belongs, but that "
+                                   f"name is {other}'s")
             matched[c.name] = g
             pool.remove(g)
 
@@ -385,7 +387,7 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         a = concat_pos.get(id(matched[fire.expand1x1.name]["node"]))
         b = concat_pos.get(id(matched[fire.expand3x3.name]["node"]))
         if a and b and a[0] == b[0] and a[1] > b[1]:
-            raise fail(f"{fire.name}: the graph concatenates expand3x3 before expand1x1")
+            raise WeightsError(f"{fire.name}: the graph concatenates expand3x3 before expand1x1")
 
     tensors = {}
     for name, g in matched.items():
@@ -396,12 +398,10 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         preprocessing, source = props["preprocessing"], props.get("source", "ONNX")
         # make()'s own parameter names cannot be metadata keys
         extra = {k: v for k, v in props.items() if k not in variant.to_meta()
-                 and k not in ("preprocessing", "source", "tensors", "variant", "path",
-                               "format")}
+                 and k not in ("preprocessing", "source", "tensors", "variant")}
     else:
         producer_name = " ".join(filter(None, [_text(model.producer_name),
                                                _text(model.producer_version)]))
         preprocessing, extra = "torchvision", {}
         source = f"ONNX {label}" + (f" (producer {producer_name})" if producer_name else "")
-    return make(tensors, variant, preprocessing=preprocessing, source=source, path=path,
-                format=NAME, **extra)
+    return make(tensors, variant, preprocessing=preprocessing, source=source, **extra)

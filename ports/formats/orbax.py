@@ -90,15 +90,13 @@ import numpy as np
 from .. import canonical
 from .._folder import Folder
 from .._io import STALE_AFTER, _fsync_dir, _pid_alive, temp_prefix
-from ..canonical import Weights, failing, key_problems
+from ..canonical import Weights, key_problems
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
 from ..spec import Variant
-from . import FORMATS
 from .flax import key_table as flax_key_table
 
 NAME = "orbax"
-EXTENSIONS = FORMATS[NAME].extensions
 
 CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
 TREE_METADATA = "_METADATA"
@@ -120,7 +118,7 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_]{1,128}$")
 _DTYPES = {"<f4": "<f4", ">f4": ">f4", "<f8": "<f8", ">f8": ">f8", "<f2": "<f2",
            ">f2": ">f2", "bfloat16": "<u2"}  # zarr v2 dtype -> NumPy dtype of the bytes
 
-__all__ = ["NAME", "EXTENSIONS", "key_table", "encode", "read", "write"]
+__all__ = ["NAME", "key_table", "encode", "read", "write"]
 
 
 # --- the key table --------------------------------------------------------------------------
@@ -261,109 +259,109 @@ def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
 
 
 # --- reading: files and metadata --------------------------------------------------------------
-def _load_json(folder: Folder, rel: str, limit: int, what: str, fail) -> Any:
+def _load_json(folder: Folder, rel: str, limit: int, what: str) -> Any:
     data = folder.read(rel, what, limit=limit)
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise fail(f"{what} is not JSON: {type(e).__name__}: {e}"[:300]) from None
+        raise WeightsError(f"{what} is not JSON: {type(e).__name__}: {e}"[:300]) from None
 
 
-def _int_list(value, what: str, fail, *, positive: bool = False) -> tuple[int, ...]:
+def _int_list(value, what: str, *, positive: bool = False) -> tuple[int, ...]:
     low = 1 if positive else 0
     if (not isinstance(value, list) or len(value) > MAX_NDIM
             or not all(type(d) is int and low <= d < 2 ** 40 for d in value)):
-        raise fail(f"{what} must be a list of at most {MAX_NDIM} integers >= {low}, "
-                   f"got {str(value)[:80]}")
+        raise WeightsError(f"{what} must be a list of at most {MAX_NDIM} integers >= {low}, "
+                           f"got {str(value)[:80]}")
     return tuple(value)
 
 
-def _tree(folder: Folder, fail) -> tuple[dict[tuple[str, ...], dict], dict]:
+def _tree(folder: Folder) -> tuple[dict[tuple[str, ...], dict], dict]:
     """``_METADATA``: key path -> its value metadata, and the top-level fields."""
-    meta = _load_json(folder, TREE_METADATA, MAX_JSON, TREE_METADATA, fail)
+    meta = _load_json(folder, TREE_METADATA, MAX_JSON, TREE_METADATA)
     if not isinstance(meta, dict) or not isinstance(meta.get("tree_metadata"), dict):
-        raise fail(f"{TREE_METADATA} has no 'tree_metadata' map: not an Orbax PyTree "
-                   "checkpoint")
+        raise WeightsError(f"{TREE_METADATA} has no 'tree_metadata' map: not an Orbax PyTree "
+                           "checkpoint")
     entries = meta["tree_metadata"]
     if len(entries) > MAX_LEAVES:
-        raise fail(f"{TREE_METADATA} lists {len(entries)} leaves, more than {MAX_LEAVES}")
+        raise WeightsError(f"{TREE_METADATA} lists {len(entries)} leaves, more than {MAX_LEAVES}")
     tree: dict[tuple[str, ...], dict] = {}
     for label, entry in entries.items():
         where = f"{TREE_METADATA} entry {label[:80]!r}"
         keys = entry.get("key_metadata") if isinstance(entry, dict) else None
         if not isinstance(keys, list) or not 0 < len(keys) <= MAX_DEPTH:
-            raise fail(f"{where}: key_metadata must be a list of 1 to {MAX_DEPTH} keys")
+            raise WeightsError(f"{where}: key_metadata must be a list of 1 to {MAX_DEPTH} keys")
         path = []
         for k in keys:
             key = k.get("key") if isinstance(k, dict) else None
             if not isinstance(key, str) or not _PLAIN.match(key):
-                raise fail(f"{where}: key {str(key)[:40]!r} is not a plain name (letters, "
-                           "digits, '_'): not an NNX state")
+                raise WeightsError(f"{where}: key {str(key)[:40]!r} is not a plain name (letters, "
+                                   "digits, '_'): not an NNX state")
             path.append(key)
         value = entry.get("value_metadata", {})
         if tuple(path) in tree:
-            raise fail(f"{where}: key path listed twice")
+            raise WeightsError(f"{where}: key path listed twice")
         tree[tuple(path)] = value if isinstance(value, dict) else {}
     if not tree:
-        raise fail(f"{TREE_METADATA} lists no arrays")
+        raise WeightsError(f"{TREE_METADATA} lists no arrays")
     return tree, meta
 
 
-def _our_meta(folder: Folder, fail) -> dict[str, str] | None:
+def _our_meta(folder: Folder) -> dict[str, str] | None:
     """The canonical metadata in ``_CHECKPOINT_METADATA``'s ``custom_metadata``, if any."""
     if not folder.exists(CHECKPOINT_METADATA):
         return None
-    meta = _load_json(folder, CHECKPOINT_METADATA, MAX_JSON, CHECKPOINT_METADATA, fail)
+    meta = _load_json(folder, CHECKPOINT_METADATA, MAX_JSON, CHECKPOINT_METADATA)
     if not isinstance(meta, dict):
-        raise fail(f"{CHECKPOINT_METADATA} is not a JSON object")
+        raise WeightsError(f"{CHECKPOINT_METADATA} is not a JSON object")
     custom = meta.get("custom_metadata") or {}
     if not isinstance(custom, dict) or METADATA_KEY not in custom:
         return None
     return canonical.string_meta(custom[METADATA_KEY], f"{CHECKPOINT_METADATA} "
-                                 f"custom_metadata[{METADATA_KEY!r}]", fail=fail)
+                                 f"custom_metadata[{METADATA_KEY!r}]")
 
 
-def _canonical_paths(tree: dict[tuple[str, ...], Any], fail) -> dict[str, tuple[str, ...]]:
+def _canonical_paths(tree: dict[tuple[str, ...], Any]) -> dict[str, tuple[str, ...]]:
     """Flax state path (``conv1/kernel``) -> the checkpoint's key path."""
     values = [keys[-1] == VALUE and len(keys) > 1 for keys in tree]
     if any(values) and not all(values):
-        raise fail(f"some key paths end in {VALUE!r} (an NNX state) and some do not")
+        raise WeightsError(f"some key paths end in {VALUE!r} (an NNX state) and some do not")
     cut = -1 if all(values) else None
     return {"/".join(keys[:cut]): keys for keys in tree}
 
 
 # --- reading: the arrays ----------------------------------------------------------------------
-def _zarr_header(folder: Folder, keys: tuple[str, ...], fail) -> dict:
+def _zarr_header(folder: Folder, keys: tuple[str, ...]) -> dict:
     """The checked ``.zarray`` of the leaf at ``keys``."""
     base = param_name(keys)
     what = f"{base}/{ZARRAY}"
-    z = _load_json(folder, what, MAX_ZARRAY, what, fail)
+    z = _load_json(folder, what, MAX_ZARRAY, what)
     if not isinstance(z, dict) or z.get("zarr_format") != 2:
-        raise fail(f"{what}: not zarr v2 metadata (zarr_format 2)")
-    shape = _int_list(z.get("shape"), f"{what}: shape", fail)
-    chunks = _int_list(z.get("chunks"), f"{what}: chunks", fail, positive=True)
+        raise WeightsError(f"{what}: not zarr v2 metadata (zarr_format 2)")
+    shape = _int_list(z.get("shape"), f"{what}: shape")
+    chunks = _int_list(z.get("chunks"), f"{what}: chunks", positive=True)
     if len(chunks) != len(shape):
-        raise fail(f"{what}: chunks {list(chunks)} and shape {list(shape)} differ in rank")
+        raise WeightsError(f"{what}: chunks {list(chunks)} and shape {list(shape)} differ in rank")
     if z.get("dtype") not in _DTYPES:
-        raise fail(f"{what}: dtype {str(z.get('dtype'))[:40]!r}, expected one of "
-                   f"{', '.join(_DTYPES)}")
+        raise WeightsError(f"{what}: dtype {str(z.get('dtype'))[:40]!r}, expected one of "
+                           f"{', '.join(_DTYPES)}")
     if z.get("filters") not in (None, []):
-        raise fail(f"{what}: zarr filters are not supported")
+        raise WeightsError(f"{what}: zarr filters are not supported")
     if z.get("order", "C") not in ("C", "F"):
-        raise fail(f"{what}: order {str(z.get('order'))[:20]!r}, expected 'C' or 'F'")
+        raise WeightsError(f"{what}: order {str(z.get('order'))[:20]!r}, expected 'C' or 'F'")
     if z.get("dimension_separator", ".") not in (".", "/"):
-        raise fail(f"{what}: dimension_separator must be '.' or '/'")
+        raise WeightsError(f"{what}: dimension_separator must be '.' or '/'")
     return {**z, "shape": shape, "chunks": chunks}
 
 
-def _zarr_array(folder: Folder, keys: tuple[str, ...], z: dict, fail) -> np.ndarray:
+def _zarr_array(folder: Folder, keys: tuple[str, ...], z: dict) -> np.ndarray:
     """The array of a checked, uncompressed ``.zarray`` ``z``, as float32."""
     base = param_name(keys)
     shape, chunks = z["shape"], z["chunks"]
     dtype = np.dtype(_DTYPES[z["dtype"]])
     grid = [math.ceil(s / c) for s, c in zip(shape, chunks)]
     if math.prod(grid) > MAX_CHUNKS:
-        raise fail(f"{base}: {math.prod(grid)} chunks, more than {MAX_CHUNKS}")
+        raise WeightsError(f"{base}: {math.prod(grid)} chunks, more than {MAX_CHUNKS}")
     out = np.empty(shape, dtype)
     nbytes = math.prod(chunks) * dtype.itemsize
     order = z.get("order", "C")
@@ -379,21 +377,21 @@ def _zarr_array(folder: Folder, keys: tuple[str, ...], z: dict, fail) -> np.ndar
     return out.astype(np.float32)
 
 
-def _orbax(fail):
+def _orbax():
     """``orbax.checkpoint``, or a WeightsError saying what to install."""
     try:
         import orbax.checkpoint as ocp
     except ImportError as e:
-        raise fail(f"this checkpoint (an OCDBT database, compressed or zarr v3 arrays: "
-                   f"Orbax's default layout) is read through Orbax, which cannot be imported "
-                   f"({e}); {INSTALL} installs it") from None
+        raise WeightsError(f"this checkpoint (an OCDBT database, compressed or zarr v3 arrays: "
+                           "Orbax's default layout) is read through Orbax, which cannot be "
+                           f"imported ({e}); {INSTALL} installs it") from None
     return ocp
 
 
-def _orbax_shapes(directory: Path, fail) -> dict[tuple[str, ...], tuple[int, ...]]:
+def _orbax_shapes(directory: Path) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Key path -> shape, from Orbax's own metadata of the checkpoint in ``directory`` (a
     private copy of the checked folder: see :func:`_private_copy`)."""
-    ocp = _orbax(fail)
+    ocp = _orbax()
     try:
         meta = ocp.PyTreeCheckpointer().metadata(directory)
         meta = getattr(meta, "item_metadata", meta)
@@ -403,7 +401,8 @@ def _orbax_shapes(directory: Path, fail) -> dict[tuple[str, ...], tuple[int, ...
     except WeightsError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever Orbax/TensorStore raise on a bad file
-        raise fail(f"Orbax cannot read its metadata: {type(e).__name__}: {e}"[:400]) from None
+        raise WeightsError(f"Orbax cannot read its metadata: {type(e).__name__}: "
+                           f"{e}"[:400]) from None
 
 
 def _flatten(tree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -415,10 +414,10 @@ def _flatten(tree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     return {prefix: tree}
 
 
-def _orbax_arrays(directory: Path, fail) -> dict[tuple[str, ...], np.ndarray]:
+def _orbax_arrays(directory: Path) -> dict[tuple[str, ...], np.ndarray]:
     """Every leaf restored by Orbax as a NumPy array, from ``directory`` (a private copy of
     the checked folder: see :func:`_private_copy`)."""
-    ocp = _orbax(fail)
+    ocp = _orbax()
     try:
         import jax
 
@@ -429,15 +428,15 @@ def _orbax_arrays(directory: Path, fail) -> dict[tuple[str, ...], np.ndarray]:
             directory, args=ocp.args.PyTreeRestore(restore_args=args))
         return {keys: np.asarray(a) for keys, a in _flatten(restored).items()}
     except Exception as e:  # noqa: BLE001 - whatever Orbax/TensorStore raise on a bad file
-        raise fail(f"Orbax cannot restore it: {type(e).__name__}: {e}"[:400]) from None
+        raise WeightsError(f"Orbax cannot restore it: {type(e).__name__}: {e}"[:400]) from None
 
 
 def _variant_of(meta: dict | None, variant: Variant | None,
-                shapes: dict[str, tuple[int, ...]], fail) -> tuple[Variant, dict[str, str]]:
+                shapes: dict[str, tuple[int, ...]]) -> tuple[Variant, dict[str, str]]:
     """The variant and the full canonical metadata (see the module docstring)."""
     meta = dict(meta or {})
     if canonical.has_architecture(meta):
-        return canonical.meta_variant(meta, fail=fail), meta
+        return canonical.meta_variant(meta), meta
     if variant is not None:
         found, how = variant, f"architecture {variant.id} given by the caller"
     else:
@@ -445,7 +444,7 @@ def _variant_of(meta: dict | None, variant: Variant | None,
         found = canonical.infer_variant(
             shapes.get("conv1/kernel"), shapes.get("conv10/kernel"),
             names=("conv1/kernel", "conv10/kernel"), layout="HWIO",
-            bypass="complex" if complex_ else "none", fail=fail)
+            bypass="complex" if complex_ else "none")
         how = "architecture inferred from shapes (final_conv_padding and simple bypass " \
               "cannot be)"
     meta = {**found.to_meta(), **meta}
@@ -454,11 +453,11 @@ def _variant_of(meta: dict | None, variant: Variant | None,
     return found, meta
 
 
-def _private_copy(folder: Folder, stack: contextlib.ExitStack, fail) -> Path:
+def _private_copy(folder: Folder, stack: contextlib.ExitStack) -> Path:
     """A copy of the checked folder, made once per read in a temporary directory removed
     when ``stack`` closes: what Orbax (whose TensorStore opens files itself, in C++) reads,
     so that nothing changed in the user's folder after the check can reach it."""
-    _orbax(fail)  # first: without Orbax, nothing is copied
+    _orbax()  # first: without Orbax, nothing is copied
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="squeezenet-orbax."))
     return folder.private_copy(Path(tmp) / "checkpoint", MAX_COPY)
 
@@ -469,29 +468,28 @@ def read(path, *, variant: Variant | None = None) -> Weights:
     :class:`ports._folder.Folder`: a symbolic link, FIFO or device anywhere inside is
     refused."""
     directory = Path(path)
-    fail = failing(path, NAME)
     if not directory.is_dir():
-        raise fail("not a directory (an Orbax checkpoint is one)")
-    folder = Folder.check(directory, fail)
+        raise WeightsError("not a directory (an Orbax checkpoint is one)")
+    folder = Folder.check(directory)
     if not folder.exists(TREE_METADATA):
         found = folder.listdir()[:8]
-        raise fail(f"no {TREE_METADATA} file: not an Orbax PyTree checkpoint (it holds "
-                   f"{', '.join(found) if found else 'nothing'})")
+        raise WeightsError(f"no {TREE_METADATA} file: not an Orbax PyTree checkpoint (it holds "
+                           f"{', '.join(found) if found else 'nothing'})")
     with contextlib.ExitStack() as stack:
         copies: list[Path] = []
 
         def private() -> Path:  # the copy Orbax reads, made on first need
             if not copies:
-                copies.append(_private_copy(folder, stack, fail))
+                copies.append(_private_copy(folder, stack))
             return copies[0]
 
-        return _read(folder, variant, fail, private)
+        return _read(folder, variant, private)
 
 
-def _read(folder: Folder, variant: Variant | None, fail, private) -> Weights:
-    tree, top = _tree(folder, fail)
-    meta = _our_meta(folder, fail)
-    paths = _canonical_paths(tree, fail)
+def _read(folder: Folder, variant: Variant | None, private) -> Weights:
+    tree, top = _tree(folder)
+    meta = _our_meta(folder)
+    paths = _canonical_paths(tree)
     plain = not folder.exists(OCDBT_MANIFEST) and not top.get("use_zarr3")
     headers: dict[str, dict] = {}
 
@@ -499,7 +497,7 @@ def _read(folder: Folder, variant: Variant | None, fail, private) -> Weights:
         if p not in paths:
             return None
         if p not in headers:
-            headers[p] = _zarr_header(folder, paths[p], fail)
+            headers[p] = _zarr_header(folder, paths[p])
         return headers[p]["shape"]
 
     if plain:
@@ -509,9 +507,9 @@ def _read(folder: Folder, variant: Variant | None, fail, private) -> Weights:
         shapes = {p: shape(p) for p in ("conv1/kernel", "conv10/kernel") if p in paths}
         shapes.update(dict.fromkeys(set(paths) - set(shapes)))
     else:
-        by_keys = _orbax_shapes(private(), fail)
+        by_keys = _orbax_shapes(private())
         shapes = {p: by_keys.get(keys) for p, keys in paths.items()}
-    v, meta = _variant_of(meta, variant, shapes, fail)
+    v, meta = _variant_of(meta, variant, shapes)
     table = flax_key_table(v)
     spec = v.params()
     expected = {key: _hwio_shape(name, spec[name]) for name, key in table.items()}
@@ -521,23 +519,23 @@ def _read(folder: Folder, variant: Variant | None, fail, private) -> Weights:
         shapes = {p: shape(p) for p in paths}
         if any(z.get("compressor") is not None for z in headers.values()):
             plain = False
-            by_keys = _orbax_shapes(private(), fail)
+            by_keys = _orbax_shapes(private())
             shapes = {p: by_keys.get(keys) for p, keys in paths.items()}
     if not problems:
         problems = key_problems(shapes, expected, noun=noun,
                                 note=lambda k: " (HWIO)" if k.endswith("/kernel") else "")
     if problems:
-        raise fail(f"does not match SqueezeNet {v.id}: " + "; ".join(problems))
+        raise WeightsError(f"does not match SqueezeNet {v.id}: " + "; ".join(problems))
     if plain:
-        arrays = {p: _zarr_array(folder, paths[p], headers[p], fail) for p in table.values()}
+        arrays = {p: _zarr_array(folder, paths[p], headers[p]) for p in table.values()}
     else:
-        restored = _orbax_arrays(private(), fail)
+        restored = _orbax_arrays(private())
         arrays = {p: restored.get(paths[p]) for p in table.values()}
         for p, a in arrays.items():
             if a is None or a.dtype.kind != "f" or a.shape != tuple(expected[p]):
                 got = "nothing" if a is None else f"{a.dtype} {list(a.shape)}"
-                raise fail(f"{param_name(paths[p])}: Orbax restored {got}, expected floats "
-                           f"of shape {list(expected[p])}")
+                raise WeightsError(f"{param_name(paths[p])}: Orbax restored {got}, expected floats "
+                                   f"of shape {list(expected[p])}")
     tensors = {name: (hwio_to_oihw if key.endswith("/kernel") else np.asarray)(
         np.asarray(arrays[key], dtype=np.float32)) for name, key in table.items()}
     return Weights({k: np.ascontiguousarray(t) for k, t in tensors.items()}, meta)

@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
-from ..canonical import Weights, failing, meta_variant
+from ..canonical import Weights, meta_variant
 from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS, dependency
+from ._library import dependency
 
 NAME = "safetensors"
-EXTENSIONS = FORMATS[NAME].extensions
 DTYPE = "F32"
 HEADER_MAX = 100_000_000  # the library's limit on the header
 PRECHECK = 64 << 20       # larger files have their header checked before they are mapped
@@ -51,14 +50,13 @@ def read(path, *, variant: Variant | None = None) -> Weights:
     """A ``.safetensors`` file -> :class:`Weights`: the header first, checked by the library
     against the file, then only the tensors it describes."""
     st = _library()
-    fail = failing(path, NAME)
     with open(path, "rb") as f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else 0
         header = f.read(max(0, min(n, os.fstat(f.fileno()).st_size - 8, HEADER_MAX)))
-    _check_unique_names(header, fail)
+    _check_unique_names(header)
     if os.path.getsize(path) > PRECHECK:
-        _check_header_first(st, head + header, fail)
+        _check_header_first(st, head + header)
     try:
         try:
             f = st.safe_open(os.fspath(path), framework="numpy", backend="pread")
@@ -66,15 +64,15 @@ def read(path, *, variant: Variant | None = None) -> Weights:
             f = st.safe_open(os.fspath(path), framework="numpy")
         with f:
             names = list(f.keys())
-            _check_dtypes({k: f.get_slice(k).get_dtype() for k in names}, fail)
+            _check_dtypes({k: f.get_slice(k).get_dtype() for k in names})
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in names}
     except (st.SafetensorError, OSError) as e:
-        raise fail(_reason(e)) from None
+        raise WeightsError(_reason(e)) from None
     return _weights(tensors, meta)
 
 
-def _check_unique_names(header: bytes, fail) -> None:
+def _check_unique_names(header: bytes) -> None:
     """The library keeps the last of two entries with one name; a file that names a tensor
     twice is ambiguous and refused here.  (Anything else wrong with the header is left to the
     library, which says what.)"""
@@ -82,7 +80,7 @@ def _check_unique_names(header: bytes, fail) -> None:
         names = [k for k, _ in items]
         twice = sorted({k for k in names if names.count(k) > 1})
         if twice:
-            raise fail(f"header names {', '.join(map(repr, twice))} twice")
+            raise WeightsError(f"header names {', '.join(map(repr, twice))} twice")
         return dict(items)
 
     try:
@@ -93,7 +91,7 @@ def _check_unique_names(header: bytes, fail) -> None:
         pass
 
 
-def _check_header_first(st, prefix: bytes, fail) -> None:
+def _check_header_first(st, prefix: bytes) -> None:
     """To read a header the library maps the whole file: address space, which a memory cap
     counts, and no use when the header is bad.  The header alone goes to the library first;
     its only complaint about a good one is that the data is not there."""
@@ -101,21 +99,20 @@ def _check_header_first(st, prefix: bytes, fail) -> None:
         st.deserialize(prefix)
     except st.SafetensorError as e:
         if "not fully covered" not in str(e):
-            raise fail(_reason(e)) from None
+            raise WeightsError(_reason(e)) from None
 
 
-def decode(blob: bytes, *, path=None) -> Weights:
+def decode(blob: bytes) -> Weights:
     """Decode a whole file held in memory."""
     st = _library()
-    fail = failing(path, NAME)
     if len(blob) >= 8:
         (n,) = struct.unpack("<Q", bytes(blob[:8]))
-        _check_unique_names(bytes(blob[8:8 + min(n, HEADER_MAX)]), fail)
+        _check_unique_names(bytes(blob[8:8 + min(n, HEADER_MAX)]))
     try:
         entries = st.deserialize(bytes(blob))
     except st.SafetensorError as e:
-        raise fail(_reason(e)) from None
-    _check_dtypes({k: info["dtype"] for k, info in entries}, fail)
+        raise WeightsError(_reason(e)) from None
+    _check_dtypes({k: info["dtype"] for k, info in entries})
     # The library returns no metadata from bytes: it is the header's, which the library has
     # just validated (a JSON object whose __metadata__ maps strings to strings).
     (n,) = struct.unpack("<Q", blob[:8])
@@ -125,10 +122,10 @@ def decode(blob: bytes, *, path=None) -> Weights:
     return _weights(arrays, meta)
 
 
-def _check_dtypes(dtypes: dict[str, str], fail) -> None:
+def _check_dtypes(dtypes: dict[str, str]) -> None:
     for name, dtype in dtypes.items():
         if dtype != DTYPE:
-            raise fail(f"tensor {name!r}: dtype {dtype!r}, expected {DTYPE}")
+            raise WeightsError(f"tensor {name!r}: dtype {dtype!r}, expected {DTYPE}")
 
 
 def _weights(arrays: dict[str, np.ndarray], meta: dict[str, str]) -> Weights:

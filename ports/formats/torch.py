@@ -33,13 +33,12 @@ from pathlib import Path
 from .. import _pickle
 from .. import spec as S
 from .._io import atomic_write
-from ..canonical import Weights, failing, key_problems, make, meta_variant, string_meta
+from ..canonical import Weights, key_problems, make, meta_variant, string_meta
 from ..canonical import infer_variant as infer_variant_of
+from ..errors import WeightsError
 from ..spec import Variant
-from . import FORMATS
 
 NAME = "torch"
-EXTENSIONS = FORMATS[NAME].extensions
 
 
 def sequential_groups(variant: Variant) -> dict[str, list[S.Layer]]:
@@ -82,7 +81,7 @@ def _short(value, limit: int = 80) -> str:
     return f"<{type(value).__name__}>"
 
 
-def _state_dict(obj, fail) -> dict:
+def _state_dict(obj) -> dict:
     """The state dict inside a checkpoint: the object itself or ``obj["state_dict"]`` /
     ``obj["model"]``; keys stripped of a common ``module.`` prefix."""
     if isinstance(obj, dict) and not any(isinstance(v, _pickle.Tensor) for v in obj.values()):
@@ -91,39 +90,38 @@ def _state_dict(obj, fail) -> dict:
                 obj = obj[key]
                 break
         else:
-            raise fail("checkpoint holds no tensors at the top level nor a dict under "
-                       f"{' or '.join(map(repr, NESTED_KEYS))} (keys: "
-                       f"{', '.join(map(_short, list(obj)[:10]))})")
+            raise WeightsError("checkpoint holds no tensors at the top level nor a dict under "
+                               f"{' or '.join(map(repr, NESTED_KEYS))} (keys: "
+                               f"{', '.join(map(_short, list(obj)[:10]))})")
     if not isinstance(obj, dict):
-        raise fail(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+        raise WeightsError(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, _pickle.Tensor)]
     if bad:
-        raise fail("state dict entries that are not tensors: "
-                   + ", ".join(map(_short, bad[:10])))
+        raise WeightsError("state dict entries that are not tensors: "
+                           + ", ".join(map(_short, bad[:10])))
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
 
 
-def infer_variant(shapes: dict[str, tuple], fail=None) -> Variant:
+def infer_variant(shapes: dict[str, tuple]) -> Variant:
     """Variant of a torchvision-named state dict from its tensor shapes (see module doc)."""
     bypass = "complex" if any(re.fullmatch(r"features\.\d+\.bypass\.weight", k)
                               for k in shapes) else "none"
     return infer_variant_of(shapes.get(CONV1), shapes.get(CONV10), names=(CONV1, CONV10),
-                            bypass=bypass, fail=fail or failing(None, NAME))
+                            bypass=bypass)
 
 
 def decode(blob_or_path, *, path=None, variant: Variant | None = None) -> Weights:
-    fail = failing(path, NAME)
-    obj, extras = _pickle.load_zip(blob_or_path, path=path, format=NAME)
-    state = _state_dict(obj, fail)
+    obj, extras = _pickle.load_zip(blob_or_path)
+    state = _state_dict(obj)
     meta: dict[str, str] = {}
     if META_RECORD in extras:
-        meta = string_meta(extras[META_RECORD], META_RECORD, fail=fail)
+        meta = string_meta(extras[META_RECORD], META_RECORD)
     shapes = {k: tuple(v.array.shape) for k, v in state.items()}
     if variant is None:
-        variant = (meta_variant(meta, what=META_RECORD, fail=fail) if meta
-                   else infer_variant(shapes, fail))
+        variant = (meta_variant(meta, what=META_RECORD) if meta
+                   else infer_variant(shapes))
     table = key_table(variant)
     spec = variant.params()
     problems = key_problems(shapes, {key: spec[name] for name, key in table.items()})
@@ -132,20 +130,20 @@ def decode(blob_or_path, *, path=None, variant: Variant | None = None) -> Weight
                  for key, t in state.items()
                  if key in inverse and t.storage_dtype not in FLOAT_STORAGES]
     if problems:
-        raise fail(f"not a torchvision SqueezeNet {variant.id} state dict: " + "; ".join(problems))
+        raise WeightsError(f"not a torchvision SqueezeNet {variant.id} state dict: "
+                           + "; ".join(problems))
     tensors = _pickle.tensors_to_float32({inverse[k]: v for k, v in state.items()})
     if meta:
         # make()'s own parameter names cannot be metadata keys
         extra = {k: v for k, v in meta.items() if k not in variant.to_meta()
-                 and k not in ("tensors", "variant", "path", "format")}
+                 and k not in ("tensors", "variant")}
         extra.setdefault("preprocessing", "torchvision")
         extra.setdefault("source", "torch checkpoint")
     else:
         name = os.path.basename(os.fspath(path)) if path is not None else "bytes"
         extra = {"preprocessing": "torchvision", "source": f"torch checkpoint {name}"}
     preprocessing, source = extra.pop("preprocessing"), extra.pop("source")
-    return make(tensors, variant, preprocessing=preprocessing, source=source, path=path,
-                format=NAME, **extra)
+    return make(tensors, variant, preprocessing=preprocessing, source=source, **extra)
 
 
 def read(path, *, variant: Variant | None = None) -> Weights:

@@ -1,18 +1,16 @@
 """Tuned layers for :mod:`ports.keras`: each backend's fast road, same network.
 
-:class:`SqueezeNet` is the reference model with these layers swapped in; same layer names,
-classes (by name), weights and ``.weights.h5`` files, and the same logits (tested against
-the reference model and against Keras' own layers, in float64).  ``ports.keras.load``
-builds it unless ``fast=False``.  Measured with ``tools/bench`` (``docs/performance.md``):
+:class:`SqueezeNet` is the network of :mod:`.network` whose layers then take these classes
+(same names, config, weights and files) and the same logits (tested against the plain model
+and Keras' own layers, in float64); ``ports.keras.load`` builds it unless ``fast=False``.
+Measured with ``tools/bench`` (``docs/performance.md``):
 
-* torch: Keras copies each NHWC input to contiguous NCHW and back to channels-last memory
-  before every ``conv2d`` and pools in NCHW; here torch gets the NHWC tensor as an NCHW
-  *view* with channels-last strides, which oneDNN takes as it is (62 -> 141 img/s).
+* torch: Keras copies each NHWC input to NCHW and back before every ``conv2d``; here torch
+  gets an NCHW *view* with channels-last strides, as oneDNN takes it (62 -> 141 img/s).
 * JAX: XLA:CPU runs a 1x1 convolution 2-8x slower than the same matrix product, and its
   ``reduce_window`` max pool ~3x slower than the maximum of the k*k strided views; on CPU
   the layers through the second pool run image by image (:meth:`SqueezeNet.call`).
-* TensorFlow: Keras' own layers are the fastest; nothing changes.
-"""
+* TensorFlow: Keras' own layers are the fastest; nothing changes."""
 
 from __future__ import annotations
 
@@ -20,10 +18,10 @@ import keras
 from keras import layers, ops
 
 from .. import spec as S
-from . import SqueezeNet as _SqueezeNet
-from .layers import CeilMaxPooling2D as _CeilMaxPooling2D
+from . import layers as plain
+from . import network
 
-__all__ = ["SqueezeNet", "Conv2D", "CeilMaxPooling2D", "per_image_head"]
+__all__ = ["SqueezeNet", "Conv2D", "CeilMaxPooling2D"]
 serializable = keras.saving.register_keras_serializable(package="squeezenet_ports.fast")
 BACKEND = keras.backend.backend()
 
@@ -48,7 +46,7 @@ class Conv2D(layers.Conv2D):
 
 
 @serializable
-class CeilMaxPooling2D(_CeilMaxPooling2D):
+class CeilMaxPooling2D(plain.CeilMaxPooling2D):
     """:class:`ports.keras.CeilMaxPooling2D` (same padding, same windows), pooled on torch
     in an NCHW view and on JAX as the maximum of ``k*k`` strided views."""
 
@@ -67,35 +65,40 @@ class CeilMaxPooling2D(_CeilMaxPooling2D):
             for v in views[1:]:
                 out = ops.maximum(out, v)
             return out
-        return super().call(x)
-
-
-def per_image_head(variant: S.Variant) -> int:
-    """How many leading spec layers :meth:`SqueezeNet.call` maps over the images on JAX/CPU:
-    through the second max pool, where the activations are large (conv1's output is 3 MB
-    per image at 224, 100 MB at batch 32).  Batched, XLA:CPU streams each of them through
-    memory between its convolution, ReLU, pooling and concatenation kernels; one image at
-    a time they stay in cache (1_1, batch 32, 2 cores: 94 -> 127 img/s)."""
-    return S.through_pool(variant.layers(), 2)
 
 
 @serializable
-class SqueezeNet(_SqueezeNet):
-    """:class:`ports.keras.SqueezeNet` with the layers above."""
+class SqueezeNet(network.SqueezeNet):
+    """:class:`ports.keras.SqueezeNet`, each of its ``Conv2D`` and ``CeilMaxPooling2D``
+    layers then given the class above of the same name (only methods change)."""
 
-    conv = Conv2D
-    ceil_max_pool = CeilMaxPooling2D
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        tuned = {layers.Conv2D: Conv2D, plain.CeilMaxPooling2D: CeilMaxPooling2D}
+        for layer in self.layers:
+            layer.__class__ = tuned.get(type(layer), type(layer))
+
+    def mapped_head(self, n: int) -> str | None:
+        """The last layer :meth:`call` maps over a batch of ``n`` images on JAX/CPU (else
+        ``None``): the second max pool.  The activations before it are large (conv1's: 3 MB
+        per image at 224, 100 MB at batch 32); batched, XLA:CPU streams each through memory
+        between its convolution, ReLU, pooling and concatenation kernels, one image at a
+        time they stay in cache (1_1, batch 32, 2 cores: 94 -> 127 img/s)."""
+        if BACKEND == "jax" and n > 1 and str(keras.distribution.list_devices()[0]) \
+                .startswith("cpu"):
+            return self.variant.layers()[S.through_pool(self.variant.layers(), 2) - 1].name
+        return None
 
     def call(self, inputs, training=None, mask=None, per_image=True, **kwargs):
         """Keras' own graph run, except for inference on a batch with JAX on CPU: the layers
-        through :func:`per_image_head` image by image (``ops.map``), then the rest batched.
+        through :meth:`mapped_head` image by image (``ops.map``), then the rest batched.
         ``per_image=False`` runs every layer batched (what training does: differentiated,
         the map is slower, see :mod:`ports.keras.train`)."""
-        if not (per_image and BACKEND == "jax" and not training and mask is None and not kwargs
-                and len(getattr(inputs, "shape", ())) == 4 and (inputs.shape[0] or 1) > 1
-                and str(keras.distribution.list_devices()[0]).startswith("cpu")):
+        cut = (per_image and not training and mask is None and not kwargs and
+               len(getattr(inputs, "shape", ())) == 4 and self.mapped_head(inputs.shape[0] or 1))
+        if not cut:
             return super().call(inputs, training=training, mask=mask, **kwargs)
-        cut = self.get_layer(self.variant.layers()[per_image_head(self.variant) - 1].name)
+        cut = self.get_layer(cut)
         head = keras.Function(self.input, cut.output)  # graph slices over the same layers
         tail = keras.Function(cut.output, self.output)
         return tail(ops.map(lambda xi: head(xi[None])[0], inputs))

@@ -5,12 +5,9 @@ read from its functional graph.
     >>> acts = trace.activations(load("w.safetensors"), x)   # {name: NumPy array}, NCHW
 
 A ``keras.Function`` from the model's input to the named layers' outputs runs the very layer
-objects ``predict`` runs (the tuned ones of :mod:`ports.keras.fast` on the fast model; each
-convolution's ReLU is its ``activation="relu"``, so ``fireN.squeeze`` etc. are after it).
-Such a function is plain graph execution: it would skip what the fast model's own ``call``
-adds on JAX/CPU, the layers through the second pool run image by image.  So the trace
-follows the model where its ``call`` does: the head's outputs come from that same slice of
-the graph mapped over the images, the rest from the batched tail.  Nothing is changed.
+objects ``predict`` runs (a convolution's ReLU is its ``activation="relu"``).  Where the fast
+model's ``call`` maps its head over the images (JAX/CPU), so does the trace: the head's
+outputs come from that slice of the graph mapped over the images, the rest batched.
 """
 
 from __future__ import annotations
@@ -22,34 +19,22 @@ from keras import ops
 from .. import _api
 from .. import spec as S
 from .._predict import as_input
-from ..formats.keras import layer_name
 from ..layouts import nchw_to_nhwc, nhwc_to_nchw
-from . import SqueezeNet, fast
+from . import fast
+from .network import SqueezeNet
 
 
 def layer_names(variant: S.Variant) -> dict[str, str]:
-    """Activation name -> the Keras layer whose output it is, in network order."""
-    out: dict[str, str] = {}
-    for layer in variant.layers():
-        if isinstance(layer, S.ReLU):
-            out[layer.of] = layer.name
-        elif isinstance(layer, S.MaxPool):
-            out[layer.name] = layer.name
-        elif isinstance(layer, S.Fire):
-            out |= {c.name: layer_name(c.name) for c in layer.convs()}
-            out[layer.name] = f"{layer.name}_add" if layer.bypass else f"{layer.name}_concat"
-        elif isinstance(layer, S.GlobalAvgPool):
-            out |= {layer.name: layer.name, "logits": layer.name}  # the model's output
-    return out
-
-
-def _per_image_cut(model: SqueezeNet, n: int) -> str | None:
-    """The last layer :meth:`ports.keras.fast.SqueezeNet.call` maps over the images for a
-    batch of ``n`` (JAX on CPU), else ``None``: the whole graph runs batched."""
-    if not (isinstance(model, fast.SqueezeNet) and fast.BACKEND == "jax" and n > 1
-            and str(keras.distribution.list_devices()[0]).startswith("cpu")):
-        return None
-    return model.variant.layers()[fast.per_image_head(model.variant) - 1].name
+    """Activation name -> the Keras layer whose output it is, in network order: a conv's
+    ReLU (conv1 -> ``relu1``; fire convolutions: their own ``activation``), a Fire's sum or
+    concatenation, and the global pool for ``logits``."""
+    def layer(name: str) -> str:
+        if name in ("conv1", "conv10"):
+            return "relu" + name[4:]
+        if name.startswith("fire") and "." not in name:  # a Fire module's output
+            return name + ("_add" if S.bypass_of(int(name[4:]), variant.bypass) else "_concat")
+        return "pool10" if name == "logits" else name.replace(".", "_")
+    return {name: layer(name) for name in variant.activation_names()}
 
 
 def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
@@ -59,7 +44,7 @@ def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
     table = layer_names(model.variant)
     x = nchw_to_nhwc(as_input(x, model.variant)).astype(model.inputs[0].dtype)
     wanted = {n: model.get_layer(table[n]).output for n in names}
-    cut = _per_image_cut(model, len(x))
+    cut = model.mapped_head(len(x)) if isinstance(model, fast.SqueezeNet) else None
     if cut is None:
         values = keras.Function(model.input, list(wanted.values()))(x)
         got = dict(zip(wanted, values))

@@ -5,19 +5,13 @@
     >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
     >>> steps = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])   # ports._api.Step
 
-The loss is Caffe's ``SoftmaxWithLoss`` on the logits:
-``keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=...)``, mean over the
-batch, in the model's dtype (on torch, ``torch.nn.functional.cross_entropy``: Keras' is 2e-8
-off in float64 there).
-Dropout is off (``training=False``).  Keras 3 has no backend-independent gradient, so
-:func:`gradients` asks each backend's own autodiff: ``jax.value_and_grad`` of
-``model.stateless_call``, ``tf.GradientTape``, ``torch.autograd.grad``.  The model's forward
-pass is its own ``call`` with every layer batched: the fast model's image-by-image head on
-JAX/CPU (:func:`ports.keras.fast.per_image_head`) speeds up inference only.  Differentiated,
-its ``ops.map`` keeps each image's activations apart for the backward pass: measured for 1_1
-on 2 cores, a gradient of batch 32 at 224 took 4.1 s with the head and 2.0 s batched (the
-reference model: 2.6 s); compiling one for 1_0-p1-complex at batch 2, 40x40 took 6.7 s with
-the head and 4.7 s batched.
+The loss is Caffe's ``SoftmaxWithLoss`` on the logits, mean over the batch, in the model's
+dtype (``SparseCategoricalCrossentropy(from_logits=True)``; on torch torch's own: Keras' is
+2e-8 off in float64 there), dropout off.  Gradients come from each backend's autodiff
+(``jax.value_and_grad`` of ``stateless_call``, ``tf.GradientTape``, ``torch.autograd.grad``),
+through the model's ``call`` with every layer batched: the fast model's image-by-image head
+on JAX/CPU speeds up inference only (differentiated, 1_1 at batch 32: 4.1 s mapped, 2.0 s
+batched, the plain model 2.6 s).
 
 Caffe's solver rule is ``v <- m v + lr_t (g + wd w)``, ``w <- w - v``.  Keras' SGD keeps the
 rate inside its velocity (``v <- m v - lr_t g``, ``w <- w + v``), Caffe's convention even
@@ -34,13 +28,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from .. import spec as S
 from .._api import Step
 from .._predict import as_input
 from ..formats.keras import conv_layer_names
 from ..layouts import hwio_to_oihw, nchw_to_nhwc, nhwc_to_nchw
-from . import SqueezeNet
 from . import fast as _fast
+from .network import SqueezeNet
 
 BACKEND = keras.backend.backend()
 _JAX_COMPILED: dict = {}  # see gradients()
@@ -71,16 +64,13 @@ def gradients(model: SqueezeNet, x, labels) -> tuple[float, list]:
     x, y = _batch(model, x, labels)
     variables = model.trainable_variables
     dtype = model.inputs[0].dtype
-    # exact in float64 on JAX and TensorFlow; keras.ops.sparse_categorical_crossentropy is
-    # 2e-8 off there (and both are on torch, see below)
+    # exact in float64 on JAX and TF (keras.ops.sparse_categorical_crossentropy: 2e-8 off)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
     if BACKEND == "jax":
         import jax
 
-        # Compiled once per architecture, shape and dtype (op by op, a step of the fast
-        # model takes seconds on CPU): a model of the same class, variant and dtype has
-        # the same graph, so the function traced through the first one's ``stateless_call``
-        # serves every other with its own values.
+        # Compiled once per class, architecture, shape and dtype (op by op a step takes
+        # seconds on CPU): traced through one model's stateless_call, it serves them all.
         key = (type(model), model.variant, str(dtype), x.shape)
         if key not in _JAX_COMPILED:
             batched = {"per_image": False} if isinstance(model, _fast.SqueezeNet) else {}
@@ -102,8 +92,7 @@ def gradients(model: SqueezeNet, x, labels) -> tuple[float, list]:
     elif BACKEND == "torch":
         import torch
 
-        # torch's own cross-entropy: Keras 3.15's (the Loss class and the op) on the torch
-        # backend is 2e-8 off in float64 (its gradient is exact)
+        # torch's own: Keras 3.15's loss and op are 2e-8 off in float64 here (gradient exact)
         ce = torch.nn.functional.cross_entropy(model(x, training=False),
                                                torch.as_tensor(y, dtype=torch.long))
         grads = list(torch.autograd.grad(ce, [v.value for v in variables]))
@@ -211,6 +200,5 @@ def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
 def dropout(model: SqueezeNet, x, training: bool = True) -> np.ndarray:
     """``x`` [N,C,H,W] through the model's own ``keras.layers.Dropout`` (the spec's rate), in
     training mode or at inference (the identity)."""
-    (name,) = [layer.name for layer in model.variant.layers() if isinstance(layer, S.Dropout)]
-    y = model.get_layer(name)(nchw_to_nhwc(np.asarray(x)), training=training)
+    y = model.get_layer("drop9")(nchw_to_nhwc(np.asarray(x)), training=training)
     return nhwc_to_nchw(np.asarray(ops.convert_to_numpy(y)))

@@ -17,36 +17,26 @@ from __future__ import annotations
 
 import mxnet as mx
 import numpy as np
-from mxnet.gluon import HybridBlock
+from mxnet.gluon import HybridBlock, nn
 
 from .. import _api
-from .. import spec as S
 from .._predict import as_input
-from ..formats.mxnet import gluon_groups
-from . import SqueezeNet
+from .network import Fire, SqueezeNet
 
 
 def _blocks(model: SqueezeNet) -> dict[str, HybridBlock]:
-    """Activation name -> the block whose output it is."""
-    out: dict[str, HybridBlock] = {}
-    for group, layers in gluon_groups(model.variant).items():
-        for layer, block in zip(layers, getattr(model, group)):  # (output ends in Flatten)
-            if isinstance(layer, S.Fire):
-                out.update(_fire_blocks(layer, block))
-            elif isinstance(layer, S.ReLU):
-                out[layer.of] = block
-            elif isinstance(layer, (S.MaxPool, S.GlobalAvgPool)):
-                out[layer.name] = block
-    return out
-
-
-def _fire_blocks(fire: S.Fire, block: HybridBlock) -> dict[str, HybridBlock]:
-    """The ReLUs of a Fire's ``[Conv2D, relu]`` pairs, its bypass conv and itself."""
-    squeeze, expand = block._children["0"], block._children["1"]
-    out = {fire.squeeze.name: squeeze[1], fire.expand1x1.name: expand[0][1],
-           fire.expand3x3.name: expand[1][1], fire.name: block}
-    if fire.bypass_conv is not None:
-        out[fire.bypass_conv.name] = block.bypass
+    """Activation name -> the block whose output it is (a conv's: its ReLU's)."""
+    out, n = {"conv1": model.features[1], "conv10": model.output[1],
+              "pool10": model.output[2]}, 1  # n: conv1, then fire2 .. fire9
+    for block in model.features:
+        if isinstance(block, nn.MaxPool2D):
+            out[f"pool{n}"] = block
+        elif isinstance(block, Fire):  # [squeeze, [expand1x1, expand3x3]], each [conv, relu]
+            n += 1
+            out.update({f"fire{n}.squeeze": block[0][1], f"fire{n}.expand1x1": block[1][0][1],
+                        f"fire{n}.expand3x3": block[1][1][1], f"fire{n}": block})
+            if hasattr(block, "bypass"):
+                out[f"fire{n}.bypass"] = block.bypass
     return out
 
 
@@ -58,12 +48,10 @@ def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
     dtype = model.dtype
     symbols: dict[str, mx.sym.Symbol] = {}
 
-    def keeper(name: str):
-        def hook(block, inputs, output):
-            symbols[name] = output
-        return hook
+    def keep(name: str):  # a forward hook: keeps the block's output symbol
+        return lambda block, inputs, output: symbols.__setitem__(name, output)
 
-    handles = [block.register_forward_hook(keeper(name))
+    handles = [block.register_forward_hook(keep(name))
                for name, block in _blocks(model).items() if name in names]
     data = mx.sym.var("data", dtype=dtype)
     try:

@@ -42,7 +42,7 @@ from mxnet import autograd, gluon
 from .._api import Step
 from .._predict import as_input
 from ..formats.mxnet import key_table
-from . import SqueezeNet
+from .network import SqueezeNet
 
 
 def _batch(model: SqueezeNet, x, labels) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
@@ -63,10 +63,7 @@ def _loss(model: SqueezeNet, xb: mx.nd.NDArray, yb: mx.nd.NDArray) -> mx.nd.NDAr
     float32 max pool keeps no workspace in its forward pass, and its backward is then
     wrong, by up to the gradient's whole size: conformance/test_mxnet.py.)"""
     with autograd.record(train_mode=True):
-        h = xb
-        for block in model.features:
-            if not isinstance(block, gluon.nn.Dropout):
-                h = block(h)
+        h = model.features[:-1](xb)  # the features but their closing nn.Dropout
         return gluon.loss.SoftmaxCrossEntropyLoss()(model.output(h), yb).mean()
 
 
@@ -119,6 +116,6 @@ def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
 def dropout(model: SqueezeNet, x, training: bool = True) -> np.ndarray:
     """``x`` through the net's own ``nn.Dropout`` block (the spec's rate), in training mode
     (``autograd.train_mode()``) or at inference (``predict_mode()``)."""
-    (layer,) = [b for b in model.features if isinstance(b, gluon.nn.Dropout)]
+    layer = model.features[-1]  # the dropout closing the features, before conv10
     with autograd.train_mode() if training else autograd.predict_mode():
         return layer(mx.nd.array(np.asarray(x), dtype=np.asarray(x).dtype)).asnumpy()

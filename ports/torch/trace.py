@@ -1,11 +1,8 @@
 """Activations of the PyTorch port, for the layer trace: forward hooks on the port's own
-modules record what they compute during one ordinary forward pass.
+modules copy what they compute (the ReLUs run in place) during one ordinary forward pass.
 
     >>> from ports.torch import load, trace
     >>> acts = trace.activations(load("w.safetensors"), x)   # {name: NumPy array}, NCHW
-
-The port's ReLUs run in place, so each hook keeps a copy of the module's output at the
-moment it is produced.  The hooks are removed afterwards; nothing else changes.
 """
 
 from __future__ import annotations
@@ -14,31 +11,27 @@ import numpy as np
 import torch
 
 from .. import _api
-from .. import spec as S
 from .._predict import as_input
-from ..formats.torch import sequential_groups
-from .network import SqueezeNet
+from .network import Fire, SqueezeNet
 
 
 def _named_modules(model: SqueezeNet) -> list[tuple[str, torch.nn.Module]]:
-    """(activation name, module whose output it is), in network order."""
-    out = []
-    for group, layers in sequential_groups(model.variant).items():
-        modules = getattr(model, group)
-        for index, layer in enumerate(layers):
-            module = modules[index]
-            if isinstance(layer, S.ReLU):
-                out.append((layer.of, module))
-            elif isinstance(layer, (S.MaxPool, S.GlobalAvgPool)):
-                out.append((layer.name, module))
-            elif isinstance(layer, S.Fire):
-                out += [(layer.squeeze.name, module.squeeze_activation),
-                        (layer.expand1x1.name, module.expand1x1_activation),
-                        (layer.expand3x3.name, module.expand3x3_activation)]
-                if layer.bypass_conv is not None:
-                    out.append((layer.bypass_conv.name, module.bypass))
-                out.append((layer.name, module))
-    return out
+    """(activation name, module whose output it is), in network order; a pool is named
+    after the layer before it (``pool1`` after conv1, ``pool4`` after fire4)."""
+    out, last = [], 1  # the number of the last conv or Fire module so far
+    for module in model.features:
+        if isinstance(module, torch.nn.ReLU):
+            out.append(("conv1", module))
+        elif isinstance(module, torch.nn.MaxPool2d):
+            out.append((f"pool{last}", module))
+        elif isinstance(module, Fire):
+            last, name = last + 1, f"fire{last + 1}"
+            out += [(f"{name}.squeeze", module.squeeze_activation),
+                    (f"{name}.expand1x1", module.expand1x1_activation),
+                    (f"{name}.expand3x3", module.expand3x3_activation)]
+            out += [(f"{name}.bypass", module.bypass)] if hasattr(module, "bypass") else []
+            out.append((name, module))
+    return out + [("conv10", model.classifier[2]), ("pool10", model.classifier[3])]
 
 
 def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:

@@ -77,8 +77,7 @@ def train_steps(model: SqueezeNet, x, labels, lrs, momentum: float = 0.9,
 def dropout(model: SqueezeNet, x, training: bool = True) -> np.ndarray:
     """``x`` through the model's own dropout layer (its ``nn.Dropout``, the spec's rate), in
     training mode or at inference; the model's mode is left as it was."""
-    (layer,) = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    was = layer.training
+    layer, was = model.classifier[0], model.classifier[0].training
     try:
         with torch.no_grad():
             return layer.train(training)(torch.from_numpy(np.ascontiguousarray(x))).numpy()
