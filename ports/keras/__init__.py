@@ -1,8 +1,7 @@
 """SqueezeNet in Keras 3 (:mod:`.network`; TensorFlow, JAX or PyTorch backend), NHWC, HWIO.
 
-``load`` builds the network with the tuned layers of :mod:`.fast` unless ``fast=False``; the
-two layers Keras lacks are in :mod:`.layers`, the layer trace and training in :mod:`.trace`
-and :mod:`.train`.
+``load`` builds it with the tuned layers of :mod:`.fast` unless ``fast=False``; the two
+layers Keras lacks are in :mod:`.layers`; :mod:`.trace` and :mod:`.train` as in every port.
 
     >>> from ports.keras import load, predict
     >>> logits = predict(load("w.safetensors"), x)      # NCHW [N,3,H,W] -> [N, classes]
