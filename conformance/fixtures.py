@@ -16,19 +16,12 @@ from typing import Callable, NoReturn
 
 import numpy as np
 
-from ports.canonical import Weights
-
-ROOT = Path(__file__).resolve().parent.parent
+from ports._data import shared_dir
+from ports.formats.canonical import Weights
 
 
 class SharedDataMissing(Exception):
     """The shared ground-truth folder (or a file in it) is absent."""
-
-
-def shared_dir() -> Path:
-    """``$SQUEEZENET_SHARED`` or ``../shared`` beside the checkout."""
-    env = os.environ.get("SQUEEZENET_SHARED")
-    return Path(env) if env else ROOT.parent / "shared"
 
 
 def shared(relative: str) -> Path:

@@ -2,7 +2,7 @@
 distribution.
 
 The key of recorded results (:mod:`conformance.results`), the release check
-(:mod:`conformance.releases`) and the bench's records (:mod:`conformance.bench`) all read
+(:mod:`conformance.releases`) and the bench's records (:mod:`devtools.bench`) all read
 them; this module imports nothing of the suite, so each of those can.
 """
 

@@ -42,7 +42,7 @@ class Port:
     # release of it (None: shown, not chosen), read by tox's release twins
     # (conformance.releases), drift, the bench and the trace.
     framework: dict = field(default_factory=dict)
-    bench: str | None = None  # its module of conformance.bench.candidates (None: predict)
+    bench: str | None = None  # its module of devtools.bench.candidates (None: predict)
 
     def import_module(self) -> ModuleType:
         for k, v in self.setenv.items():

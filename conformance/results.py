@@ -24,7 +24,7 @@ recomputes everything.
 A file also says whether the run that wrote it **finished** (``finished``; a run writes
 ``false`` when it starts and every few cases, ``true`` only at its end) and which run wrote
 it (``run``: ``$SQUEEZENET_RUN``, set by the matrix), and it holds the SHA-256 of its
-logits file; both files are written atomically (:func:`ports._io.atomic_write`), so a
+logits file; both files are written atomically (:func:`ports.formats._io.atomic_write`), so a
 killed writer leaves the previous file or one marked unfinished.  :func:`verdict` says
 whether a file may be reported: the code and shared parts of its key are this checkout's,
 it is finished (and, given a run, written by it), every expected case is in it and every
@@ -222,7 +222,7 @@ def write(port: str, records: dict[str, dict], logits: dict[str, np.ndarray], *,
 
 def _write(port: str, records: dict[str, dict], logits: dict[str, np.ndarray],
            finished: bool) -> None:
-    from ports._io import atomic_write
+    from ports.formats._io import atomic_write
 
     old_records, old_logits = current(port)
     records = {**old_records, **records}

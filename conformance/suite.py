@@ -62,7 +62,7 @@ PATH_CASES = [("1_1-p0-complex", 227), ("1_0-p1-complex", 227), ("1_1-p1-simple"
 def _mistake(weights, bug: str):
     """(weights, input transform, expected first divergent layer) of a porting mistake that
     lives in the weights or the input (``TraceSuite.test_porting_mistakes_are_named``)."""
-    from ports.canonical import Weights
+    from ports.formats.canonical import Weights
     from ports.spec import Variant
 
     tensors = {k: v.copy() for k, v in weights.tensors.items()}
@@ -271,7 +271,7 @@ def assert_network_is_spec(variant, params: dict, shapes: dict) -> None:
 
 
 def assert_loads_bit_exact(expected: dict, *loaded) -> None:
-    """Each of ``loaded`` (canonical :class:`~ports.canonical.Weights`) holds exactly the
+    """Each of ``loaded`` (canonical :class:`~ports.formats.canonical.Weights`) holds exactly the
     tensors of ``expected``, bit for bit (a frozen file of ``conformance.frozen``)."""
     for got in loaded:
         assert set(got.tensors) == set(expected)

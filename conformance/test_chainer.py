@@ -21,10 +21,10 @@ from conformance.inputs import SIZES, inputs  # noqa: E402
 from conformance.suite import DropoutSuite, PortSuite, TraceSuite  # noqa: E402
 from ports import chainer as port  # noqa: E402
 from ports import spec as S  # noqa: E402
-from ports.canonical import Weights  # noqa: E402
 from ports.chainer import fast, train  # noqa: E402
 from ports.formats import chainer as codec  # noqa: E402
 from ports.formats import read  # noqa: E402
+from ports.formats.canonical import Weights  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant, all_variants  # noqa: E402
 

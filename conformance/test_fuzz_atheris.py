@@ -13,8 +13,8 @@ from pathlib import Path
 import atheris  # noqa: F401 - this module is for the environment that has it
 import pytest
 
-from conformance.fuzz import atheris_engine, format_summary
 from ports import formats
+from ports.fuzz import atheris_engine, format_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = int(os.environ.get("SQUEEZENET_FUZZ_CASES", "150"))

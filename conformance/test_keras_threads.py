@@ -1,6 +1,6 @@
 """Reading Keras ``.weights.h5`` files while the Keras port computes on the same backend.
 
-The HDF5 reader runs in a helper process (``ports._sandbox``: libhdf5 may crash or hang on a
+The HDF5 reader runs in a helper process (``ports.formats._sandbox``: libhdf5 may crash or hang on a
 crafted file).  The helper must be started without forking this process: fork copies one
 thread of a process whose TensorFlow / JAX / PyTorch thread pools and locks are in use
 (the child can deadlock; Python 3.12+ and JAX warn about it on every such fork).  Here one
@@ -21,7 +21,8 @@ if os.environ.get("KERAS_BACKEND") not in ("tensorflow", "jax", "torch"):
                        "(tox -e keras-tf, keras-jax, keras-torch)")
 
 import ports.keras as kport  # noqa: E402
-from ports import _sandbox, formats  # noqa: E402
+from ports import formats  # noqa: E402
+from ports.formats import _sandbox  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant  # noqa: E402
 

@@ -25,9 +25,9 @@ from conformance.harness import assert_agrees, tolerance
 from conformance.inputs import SIZES, inputs
 from conformance.suite import PATH_CASES, DropoutSuite, PortSuite, TraceSuite
 from ports import numpy as ref
-from ports.canonical import Weights, WeightsError, make
 from ports.formats import mxnet as codec
 from ports.formats import read, write
+from ports.formats.canonical import Weights, WeightsError, make
 from ports.mxnet import train
 from ports.seeded import key, seeded_weights, uniform
 from ports.spec import MaxPool, Variant, all_variants

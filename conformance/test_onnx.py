@@ -66,8 +66,8 @@ def test_bench_runs_the_reference_worker(tmp_path, monkeypatch):
     import json
     import sys
 
-    from conformance import bench
-    from conformance.bench.config import QUICK_BATCHES
+    from devtools import bench
+    from devtools.bench.config import QUICK_BATCHES
 
     monkeypatch.setattr(bench, "OUT", tmp_path)
     assert bench.main(["--quick", "--ports", "onnxruntime", "--threads", "1", "--no-plot",

@@ -41,9 +41,9 @@ from conformance.hdf5_tree import tree
 from conformance.inputs import inputs
 from ports import formats
 from ports import spec as S
-from ports.canonical import Weights, make
 from ports.formats import keras as k3
 from ports.formats import keras_legacy
+from ports.formats.canonical import Weights, make
 from ports.layouts import nchw_to_nhwc, oihw_to_hwio
 from ports.seeded import seeded_weights
 from ports.spec import Variant

@@ -7,8 +7,8 @@ import torch
 from conformance import frozen, golden, suite
 from conformance.inputs import inputs
 from ports import torch as tport
-from ports.canonical import Weights
 from ports.errors import WeightsError
+from ports.formats.canonical import Weights
 from ports.formats.torch import key_table
 from ports.seeded import seeded_weights
 from ports.spec import Variant, all_variants

@@ -46,7 +46,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ports.canonical import Weights
+from ports.formats.canonical import Weights
 from ports.seeded import seeded_weights
 from ports.spec import MaxPool, Variant
 

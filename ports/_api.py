@@ -8,15 +8,15 @@ Every port exposes, with these signatures and defaults::
                                          # may be a ports.spec.Variant instead
     load(source, dtype="float32", *, variant=None, fast=True) -> model   # inference mode
     predict(model, x, batch_size=BATCH_SIZE) -> np.ndarray      # NCHW [N,3,H,W] -> [N, classes]
-    to_weights(model, *, preprocessing="none", source=None) -> ports.canonical.Weights
+    to_weights(model, *, preprocessing="none", source=None) -> ports.formats.canonical.Weights
 
 ``source`` is a weights file of any format :mod:`ports.formats` reads, or
-:class:`~ports.canonical.Weights`; ``variant``, where given, is the architecture the file must
-hold (files that do not record all of it take the rest from there).  ``fast``: the port's
-tuned layers (``ports.<framework>.fast``: fused, re-laid-out or per-backend computations,
-tested equal to the plain ones) where it has them and they are faster; ``fast=False`` is the
-plain reference network of ``ports.<framework>`` itself.  Ports without tuned layers give
-the same network either way.  ``model.variant`` is the model's
+:class:`~ports.formats.canonical.Weights`; ``variant``, where given, is the architecture the
+file must hold (files that do not record all of it take the rest from there).  ``fast``: the
+port's tuned layers (``ports.<framework>.fast``: fused, re-laid-out or per-backend
+computations, tested equal to the plain ones) where it has them and they are faster;
+``fast=False`` is the plain reference network of ``ports.<framework>`` itself.  Ports without
+tuned layers give the same network either way.  ``model.variant`` is the model's
 :class:`~ports.spec.Variant`.  ``predict`` returns the pre-softmax scores in the model's
 dtype.  The NumPy reference differs only in its default dtype, float64.
 """
@@ -27,7 +27,7 @@ from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 
-from .canonical import Weights, check, make
+from .formats.canonical import Weights, check, make
 from .spec import Variant
 
 BATCH_SIZE = 32

@@ -1,9 +1,11 @@
 """Where the project's data files (``weights/imagenet_classes.txt``, ``weights/manifest.toml``)
 are found: in a checkout (or editable install) the repository's ``weights/`` folder; in an
-installed wheel the copy shipped as package data in ``ports/data/``."""
+installed wheel the copy shipped as package data in ``ports/data/``.  :func:`shared_dir` is
+the folder of real ground-truth data beside the checkout (Caffe files, Deep Compression)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -18,3 +20,9 @@ def data_file(name: str) -> Path:
             return path
     looked = ", ".join(str(folder / name) for folder in CANDIDATES)
     raise FileNotFoundError(f"{name}: data file not found (looked in {looked})")
+
+
+def shared_dir() -> Path:
+    """``$SQUEEZENET_SHARED``, or ``../shared`` beside the checkout."""
+    env = os.environ.get("SQUEEZENET_SHARED")
+    return Path(env) if env else _PACKAGE.parent.parent / "shared"

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .canonical import Weights, make
+from .formats.canonical import Weights, make
 from .spec import Variant
 
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)

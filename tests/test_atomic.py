@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 
 from ports import formats
-from ports._io import STALE_AFTER, atomic_write, remove_stale_temps, stale_temps, temp_prefix
 from ports.errors import WeightsError
+from ports.formats._io import (
+    STALE_AFTER,
+    atomic_write,
+    remove_stale_temps,
+    stale_temps,
+    temp_prefix,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024
@@ -24,7 +30,7 @@ CHUNK = 64 * 1024
 SLOW_WRITER = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
-from ports._io import atomic_write
+from ports.formats._io import atomic_write
 dest, chunks = sys.argv[1], int(sys.argv[2])
 def slow(f):
     for i in range(chunks):
@@ -122,7 +128,7 @@ RACER = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
-from ports._io import atomic_write
+from ports.formats._io import atomic_write
 dest, index, go, overwrite = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1"
 payload = (f"writer {{index:02d}}\\n".encode() * 40000)
 def slow(f):
@@ -220,7 +226,7 @@ import resource, signal, sys
 sys.dont_write_bytecode = True
 sys.path.insert(0, {str(ROOT)!r})
 from ports import formats
-from conformance.fuzz.seeds import quantized
+from ports.fuzz.seeds import quantized
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 weights = quantized(seeded_weights(Variant("1_1", 10)))  # every codec can store these
@@ -268,7 +274,7 @@ def test_every_writer_fails_without_touching_the_destination(tmp_path, name, pre
 
 @pytest.mark.parametrize("name", _writable_formats())
 def test_every_writer_keeps_an_existing_file_unless_overwrite(tmp_path, name):
-    from conformance.fuzz.seeds import quantized
+    from ports.fuzz.seeds import quantized
     from ports.seeded import seeded_weights
     from ports.spec import Variant
 

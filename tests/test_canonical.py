@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ports import formats
-from ports.canonical import Weights, check
 from ports.errors import WeightsError
+from ports.formats.canonical import Weights, check
 from ports.seeded import normal, seeded_weights, uniform
 from ports.spec import Variant
 
@@ -167,7 +167,7 @@ def test_unknown_extension_is_a_clear_error(tmp_path):
 
 # --- the vocabulary every codec shares ------------------------------------------------------
 def test_infer_variant_from_shapes_in_either_layout():
-    from ports.canonical import infer_variant, version_of
+    from ports.formats.canonical import infer_variant, version_of
 
     assert infer_variant((96, 3, 7, 7), (10, 512, 1, 1)) == Variant("1_0", 10)
     assert infer_variant((3, 3, 3, 64), (1, 1, 512, 7), layout="HWIO", bypass="complex",
@@ -188,7 +188,7 @@ def test_infer_variant_from_shapes_in_either_layout():
 
 
 def test_key_problems_names_missing_unexpected_and_misshaped_keys():
-    from ports.canonical import key_problems
+    from ports.formats.canonical import key_problems
 
     expected = {"a": (1, 2), "b": (3,), "c": (4,)}
     found = {"a": (2, 1), "c": (4,), "z": (9,), "y": (8,)}
@@ -206,7 +206,7 @@ def test_key_problems_names_missing_unexpected_and_misshaped_keys():
 
 
 def test_string_meta_and_meta_variant():
-    from ports.canonical import meta_variant, string_meta
+    from ports.formats.canonical import meta_variant, string_meta
 
     assert string_meta('{"a": "b"}', "m") == {"a": "b"} == string_meta(b'{"a": "b"}', "m")
     assert string_meta({"a": "b"}, "m") == {"a": "b"}
@@ -224,7 +224,7 @@ def test_string_meta_and_meta_variant():
 
 
 def test_widen_bfloat16_is_exact():
-    from ports.canonical import widen_bfloat16
+    from ports.formats.canonical import widen_bfloat16
 
     values = np.array([1.0, -2.5, 0.0, np.inf, 3.140625], np.float32)
     bits = (values.view(np.uint32) >> 16).astype(np.uint16)
@@ -234,7 +234,7 @@ def test_widen_bfloat16_is_exact():
 
 # --- the registry ---------------------------------------------------------------------------
 def test_the_registry_is_the_one_source_of_names_endings_outputs_and_read_options(tmp_path):
-    from ports import weights
+    from ports.formats import manifest as weights
 
     assert weights.FORMATS == tuple(formats.FORMATS)
     caffe = formats.FORMATS["caffe"]

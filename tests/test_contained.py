@@ -17,11 +17,11 @@ import pytest
 from opens import audited
 from test_hostile import deadline
 
-from conformance.fuzz import hostile_folders as hf
 from ports import formats
-from ports._folder import Folder, read_file
 from ports.errors import WeightsError
 from ports.formats import orbax as codec
+from ports.formats._folder import Folder, read_file
+from ports.fuzz import hostile_folders as hf
 from ports.seeded import seeded_weights
 
 BUILDERS = [b for builders in hf.BUILDERS.values() for b in builders]

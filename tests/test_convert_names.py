@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from ports import formats
-from ports import weights as W
 from ports.cli import run
 from ports.cli.convert import main
+from ports.formats import manifest as W
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import shared_or_skip
 
 from ports import formats
-from ports.canonical import Weights
 from ports.errors import WeightsError
 from ports.formats import deepcompression as dc
+from ports.formats.canonical import Weights
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 

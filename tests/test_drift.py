@@ -1,4 +1,4 @@
-"""Framework releases: the drift report between two runs (``python -m conformance.drift``), on
+"""Framework releases: the drift report between two runs (``python -m devtools.drift``), on
 synthetic result folders and on two folders that two ``conformance.collect`` processes wrote,
 and the variables that run an environment against another release (tox.ini's ENV-release
 twins, their defaults equal to pyproject.toml's extras; the pinned environments unchanged)."""
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import drift, releases, results
+from conformance import releases, results
+from devtools import drift
 
 try:  # Python 3.11+
     import tomllib
@@ -124,7 +125,7 @@ def test_drift_per_case_versions_and_summary(runs):
 def test_drift_command_prints_writes_json_and_plot(runs, tmp_path):
     a, b, _, _ = runs
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, "-m", "conformance.drift", str(a), str(b),
+    proc = subprocess.run([sys.executable, "-m", "devtools.drift", str(a), str(b),
                            "--labels", "jax 0.9.0,pinned", "--json", str(tmp_path / "d.json"),
                            "--plot", str(tmp_path / "d.png")], capture_output=True, text=True,
                           timeout=300, env=env, cwd=ROOT)

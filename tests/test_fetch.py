@@ -1,5 +1,5 @@
-"""tools/fetch and ports.weights against a local HTTP server on 127.0.0.1 (never the internet),
-plus the well-formedness of every entry of weights/manifest.toml."""
+"""tools/fetch and ports.formats.manifest against a local HTTP server on 127.0.0.1 (never the
+internet), plus the well-formedness of every entry of weights/manifest.toml."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ports import weights as W
+from ports.formats import manifest as W
 from ports.preprocess import MODES
 from ports.spec import Variant
 

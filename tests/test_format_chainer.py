@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ports import formats
-from ports.canonical import Weights
 from ports.errors import WeightsError
 from ports.formats import chainer as codec
+from ports.formats.canonical import Weights
 from ports.seeded import seeded_weights as _seeded_weights
 from ports.spec import Variant, all_variants
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from ports import formats  # noqa: E402
-from ports.canonical import Weights  # noqa: E402
 from ports.errors import WeightsError  # noqa: E402
 from ports.formats import keras as codec  # noqa: E402
+from ports.formats.canonical import Weights  # noqa: E402
 from ports.layouts import oihw_to_hwio  # noqa: E402
 from ports.seeded import seeded_weights  # noqa: E402
 from ports.spec import Variant, all_variants  # noqa: E402

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from ports import formats
-from ports.canonical import Weights
 from ports.cli import convert
 from ports.errors import WeightsError
 from ports.formats import keras as k3
 from ports.formats import keras_config as kc
 from ports.formats import keras_file, keras_legacy
+from ports.formats.canonical import Weights
 from ports.seeded import seeded_weights
 from ports.spec import Variant, all_variants
 

@@ -409,7 +409,7 @@ def test_orbax_default_layout_without_orbax_names_the_extra(tmp_path, ckpt, monk
 
 
 def test_the_fuzzer_mutates_files_inside_the_checkpoint(tmp_path):
-    from conformance import fuzz
+    from ports import fuzz
 
     seeds = fuzz.build_seeds("orbax", tmp_path, log=lambda _: None)
     assert {s.path.relative_to(s.root).as_posix() for s in seeds} == set(

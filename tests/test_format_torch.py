@@ -10,8 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from ports import _pickle, formats
+from ports import formats
 from ports.errors import WeightsError
+from ports.formats import _pickle
 from ports.formats import torch as tf
 from ports.seeded import seeded_weights
 from ports.spec import Variant, all_variants

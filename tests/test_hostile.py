@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import fuzz
-from ports import formats
+from ports import formats, fuzz
 from ports.errors import WeightsError
 from ports.spec import Variant
 
@@ -346,7 +345,7 @@ def test_isolated_reader_survives_a_crash_a_hang_and_a_memory_blowup():
     import json
     import time
 
-    from ports import _sandbox
+    from ports.formats import _sandbox
 
     caps = {"memory_bytes": 64 << 20, "seconds": 2.0}
     with pytest.raises(_sandbox.SandboxError, match="crashed .signal SIGABRT"):
@@ -370,7 +369,7 @@ def test_isolated_reader_is_one_helper_reused_never_a_fork(tmp_path, monkeypatch
     called.  Threads take turns."""
     import threading
 
-    from ports import _sandbox
+    from ports.formats import _sandbox
 
     def no_fork():
         raise AssertionError("os.fork called")
@@ -453,7 +452,7 @@ def test_every_refusal_names_the_file_and_format_once(tmp_path, name):
     """Through ``ports.formats.read``, the one place that names them, every bad input of
     docs/bad-inputs.md ends in ``FILE (format): reason``: FILE the file read, or the file of
     the pair (a params file) it is about; the reason names neither again."""
-    from conformance.fuzz.bad_inputs import hostile_files
+    from ports.fuzz.bad_inputs import hostile_files
 
     _need(name)
     refused = 0

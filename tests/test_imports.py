@@ -1,6 +1,8 @@
-"""No import circles in ``conformance/``: every module's imports, read with :mod:`ast`
-(module-level and inside functions, relative and absolute ``conformance.*``), form a graph
-without a cycle; the same walker finds a circle planted in a tiny package.
+"""The rooms of ``docs/architecture.md`` as import rules: every module's imports in
+``ports/``, ``conformance/`` and ``devtools/``, read with :mod:`ast` (module-level and inside
+functions, relative and absolute), form a graph without a cycle, cross between rooms only
+as the architecture allows, and keep the converter's rules; the same walker finds each
+defect planted in a tiny package.
 
 Edges go between modules.  ``from .x import y`` is an edge to ``.x``; ``from . import x``
 to the submodule ``x`` when there is one, else to the package (its ``__init__``); ``import
@@ -65,11 +67,12 @@ def imports(name: str, path: Path, known: set[str], shown: str) -> dict[str, str
     return out
 
 
-def graph(package_dir: Path) -> Edges:
-    """The import graph of every module under ``package_dir``."""
-    found = modules(package_dir)
-    return {name: imports(name, path, set(found), path.relative_to(package_dir.parent).as_posix())
-            for name, path in found.items()}
+def graph(*package_dirs: Path) -> Edges:
+    """The import graph of every module under the ``package_dirs`` (edges between them
+    included)."""
+    found = {name: (path, path.relative_to(d.parent).as_posix())
+             for d in package_dirs for name, path in modules(d).items()}
+    return {name: imports(name, path, set(found), shown) for name, (path, shown) in found.items()}
 
 
 def groups(edges: Edges) -> list[list[str]]:
@@ -132,27 +135,95 @@ def describe(edges: Edges, circle: list[str]) -> str:
     return circle[0] + "".join(f" -> {b} ({edges[a][b]})" for a, b in zip(circle, circle[1:]))
 
 
-def test_conformance_has_no_import_circles():
-    edges = graph(ROOT / "conformance")
+ROOMS = (ROOT / "ports", ROOT / "conformance", ROOT / "devtools")
+
+
+def test_the_code_has_no_import_circles():
+    edges = graph(*ROOMS)
     found = groups(edges)
-    assert not found, "import circles in conformance/:\n" + "\n".join(
+    assert not found, "import circles:\n" + "\n".join(
         f"{describe(edges, _shortest_circle(edges, g))}\n  (all of {', '.join(g)} import "
         f"each other)" for g in found)
 
 
-def test_the_walker_reads_the_suite_as_it_is():
+def test_the_walker_reads_the_code_as_it_is():
     """The real tree's imports resolve as the rules say: function-level imports count,
     ``from . import x`` is the submodule ``x`` or else the package, absolute imports too."""
-    edges = graph(ROOT / "conformance")
-    assert len(edges) > 40 and "conformance.fuzz.outcome" in edges
+    edges = graph(*ROOMS)
+    assert len(edges) > 100 and "ports.fuzz.outcome" in edges
     assert "conformance.training" in edges["conformance.golden"]  # inside a function
     assert "conformance.collect" in edges["conformance.matrix"]  # inside a function
-    assert "conformance.bench.peak" in edges["conformance.bench"]  # from . import peak
-    assert "conformance.toxenv" in edges["conformance.bench"]  # from .. import toxenv
-    assert "conformance.trace" in edges["conformance.trace.cli"]  # from . import compare
-    assert "conformance.bench" in edges["conformance.bench.__main__"]  # from . import main
-    assert "conformance.fixtures" in edges["conformance.fuzz.seeds"]  # absolute
+    assert "devtools.bench.peak" in edges["devtools.bench"]  # from . import peak
+    assert "conformance.toxenv" in edges["devtools.bench"]  # from conformance import toxenv
+    assert "conformance.trace" in edges["devtools.trace.cli"]  # absolute, another room
+    assert "devtools.bench" in edges["devtools.bench.__main__"]  # from . import main
+    assert "ports._data" in edges["ports.fuzz.seeds"]  # from .._data import
     assert "conformance.suite" in edges["conformance.conftest"]  # from conformance import
+
+
+def room_problems(edges: Edges) -> list[str]:
+    """What breaks the rooms of ``docs/architecture.md`` (test modules, which may test
+    anything, left out): the package ``ports`` imports neither the suite nor the developer
+    tools; the suite imports no developer tool; nothing in the package imports its fuzzer
+    (``ports.fuzz``, which drives the package from outside, as a test does); a port imports
+    no other port, and of the converter only ``canonical`` and its own codec; the converter
+    (``ports.formats``) imports no port, nor the ports' common API or commands."""
+    rules = [("ports", ("conformance", "devtools")), ("conformance", ("devtools",)),
+             ("ports.formats", ("ports._api", "ports.numpy", "ports.torch", "ports.keras",
+                                "ports.flax", "ports.mxnet", "ports.chainer", "ports.cli"))]
+    frameworks = ("numpy", "torch", "keras", "flax", "mxnet", "chainer")
+    for fw in frameworks:  # a port: no other port, and of the converter only its own codec
+        rules.append((f"ports.{fw}", tuple(f"ports.{other}" for other in frameworks
+                                           if other != fw) + ("ports.cli",)))
+    found = []
+    for module, targets in sorted(edges.items()):
+        if module.rsplit(".", 1)[-1].startswith(("test_", "conftest")):
+            continue
+        for room, never in rules:
+            if module != room and not module.startswith(room + "."):
+                continue
+            for target, where in targets.items():
+                if any(target == n or target.startswith(n + ".") for n in never):
+                    found.append(f"{module} imports {target} ({where})")
+        if module.startswith("ports.") and not module.startswith("ports.fuzz"):
+            found += [f"{module} imports {target} ({where})" for target, where in targets.items()
+                      if target == "ports.fuzz" or target.startswith("ports.fuzz.")]
+        fw = module.split(".")[1] if module.startswith("ports.") else ""
+        if fw in frameworks:
+            found += [f"{module} imports {target} ({where})" for target, where in targets.items()
+                      if target.startswith("ports.formats.")
+                      and target not in ("ports.formats.canonical", f"ports.formats.{fw}")]
+    return found
+
+
+def test_each_room_imports_only_what_the_architecture_allows():
+    assert room_problems(graph(*ROOMS)) == []
+
+
+def test_a_room_importing_across_the_rules_is_found(tmp_path):
+    """The smallest defects, planted: the package reaching into the suite inside a function,
+    the suite into a developer tool, a codec into a port, a port into another port and into
+    a codec not its own."""
+    for name, text in {"ports/__init__.py": "", "ports/formats/__init__.py": "",
+                       "ports/formats/x.py": "from ..torch import y\nfrom ..fuzz import q\n",
+                       "ports/fuzz/__init__.py": "from ..torch import y\n",
+                       "ports/torch/__init__.py": "", "ports/torch/y.py": "",
+                       "ports/torch/z.py": "from ..formats import x, torch\nimport ports.keras\n",
+                       "ports/formats/torch.py": "", "ports/keras/__init__.py": "",
+                       "ports/a.py": "def f():\n    import conformance.b\n",
+                       "conformance/__init__.py": "", "conformance/b.py": "import devtools\n",
+                       "conformance/test_b.py": "import devtools\n",
+                       "devtools/__init__.py": "import conformance.b\n"}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    edges = graph(*(tmp_path / d for d in ("ports", "conformance", "devtools")))
+    assert sorted(room_problems(edges)) == [
+        "conformance.b imports devtools (conformance/b.py:1)",
+        "ports.a imports conformance.b (ports/a.py:2)",
+        "ports.formats.x imports ports.fuzz (ports/formats/x.py:2)",
+        "ports.formats.x imports ports.torch.y (ports/formats/x.py:1)",
+        "ports.torch.z imports ports.formats.x (ports/torch/z.py:1)",
+        "ports.torch.z imports ports.keras (ports/torch/z.py:2)"]
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:
@@ -191,15 +262,33 @@ def test_an_absolute_circle_through_a_subpackage_is_found(tmp_path):
     assert circles(graph(pkg)) == [["pkg.a", "pkg.sub.c", "pkg.a"]]
 
 
+def codecs(registry_file: Path, registry: str) -> set[str]:
+    """The codec modules a registry loads: the first argument of every ``Format("module",
+    ...)`` in its ``__init__.py``."""
+    return {f"{registry}.{node.args[0].value}"
+            for node in ast.walk(ast.parse(registry_file.read_text()))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Format"
+            and node.args and isinstance(node.args[0], ast.Constant)}
+
+
 def converter_problems(package_dir: Path) -> list[str]:
     """What breaks issue 28's converter rules under ``package_dir`` (a ``ports``-shaped
-    package): an import circle, a codec (``<pkg>.formats.<name>``) importing its registry
-    ``<pkg>.formats``, or a function taking a ``fail`` callback."""
+    package): an import circle; a codec, or a module a codec imports, importing its registry
+    ``<pkg>.formats`` back (the registry loads codecs by name, so that is a circle the graph
+    does not show); a function taking a ``fail`` callback.  Modules that only use the
+    registry (the manifest) may import it."""
     edges = graph(package_dir)
     found = [describe(edges, c) for c in circles(edges)]
     registry = f"{package_dir.name}.formats"
-    found += [f"{m} imports its registry ({edges[m][registry]})" for m in edges
-              if m.startswith(registry + ".") and registry in edges[m]]
+    loaded = codecs(package_dir / "formats" / "__init__.py", registry) & set(edges)
+    todo = list(loaded)
+    while todo:
+        for target in edges[todo.pop()]:
+            if target.startswith(registry + ".") and target not in loaded:
+                loaded.add(target)
+                todo.append(target)
+    found += [f"{m} imports its registry ({edges[m][registry]})" for m in sorted(loaded)
+              if registry in edges[m]]
     for path in sorted(package_dir.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.Lambda)):
@@ -220,16 +309,27 @@ def test_the_package_has_no_import_circles_and_no_codec_imports_its_registry():
 
 def test_a_codec_importing_its_registry_or_taking_fail_is_found(tmp_path):
     """The smallest defects the converter rules must catch, planted in a tiny package: a
-    codec's ``from . import FORMATS``, and a ``fail=`` parameter."""
+    codec's ``from . import FORMATS``, a helper a codec imports doing the same, and a
+    ``fail=`` parameter; a module that only uses the registry is no defect."""
     formats = tmp_path / "pkg" / "formats"
     formats.mkdir(parents=True)
     (tmp_path / "pkg" / "__init__.py").write_text("")
-    (formats / "__init__.py").write_text("from . import good\nFORMATS = {}\n")
-    (formats / "good.py").write_text("def read(path):\n    return path\n")
+    (formats / "__init__.py").write_text(
+        "def Format(module):\n    return module\n\n\n"
+        "FORMATS = {'good': Format('good'), 'bad': Format('bad'), 'uses': Format('uses')}\n")
+    for name in ("good", "bad", "uses"):
+        (formats / f"{name}.py").write_text("def read(path):\n    return path\n")
+    (formats / "helper.py").write_text("X = 1\n")
+    (formats / "manifest.py").write_text("from . import FORMATS\n")
     assert converter_problems(tmp_path / "pkg") == []
     (formats / "bad.py").write_text("from . import FORMATS\n\n\n"
                                     "def read(path, fail=None):\n    return path\n")
+    (formats / "uses.py").write_text("from .helper import X\n")
+    (formats / "helper.py").write_text("from . import FORMATS\n")
     found = converter_problems(tmp_path / "pkg")
     assert any("pkg.formats.bad imports its registry (pkg/formats/bad.py:1)" in f
                for f in found), found
+    assert any("pkg.formats.helper imports its registry (pkg/formats/helper.py:1)" in f
+               for f in found), found
+    assert not any("manifest" in f for f in found), found
     assert any("pkg/formats/bad.py:4 takes a fail callback" in f for f in found), found

@@ -62,9 +62,9 @@ def test_installed_package_is_not_the_checkout(installed, tmp_path):
     where = _run([installed / "python", "-c", "import ports; print(ports.__file__)"],
                  cwd=tmp_path)
     assert where.returncode == 0 and "site-packages" in where.stdout, where.stdout
-    # the suite's goldens come along; the fuzzer and the bench (tools of this project) do not
+    # the suite's goldens come along; the fuzzer and the developer tools do not
     probe = ("import importlib.util as u; print([m for m in ('conformance.golden', "
-             "'conformance.fuzz', 'conformance.bench') if u.find_spec(m)])")
+             "'ports.fuzz', 'devtools') if u.find_spec(m)])")
     found = _run([installed / "python", "-c", probe], cwd=tmp_path)
     assert found.stdout.strip() == "['conformance.golden']", found.stdout + found.stderr
 

@@ -1,7 +1,7 @@
 """A reader reads only the file it was given: HDF5 links, external storage, virtual datasets
 and plugin filters, zip member names, and code in Keras model configs (issue 26).
 
-Each hostile file of :mod:`conformance.fuzz.hostile` is refused, and its honest twin (the
+Each hostile file of :mod:`ports.fuzz.hostile` is refused, and its honest twin (the
 same file with the pointed-to part kept inside) is read, so each test fails on a reader that
 follows the pointer.  Converting them with ``tools/convert`` under an audit hook
 (``tests/opens.py``: the converter's process and the isolated HDF5 reader's) opens nothing
@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 from opens import audited
 
-from conformance import fuzz
-from conformance.fuzz import hostile
-from ports import formats
-from ports._io import unsafe_member_name
+from ports import formats, fuzz
 from ports.errors import WeightsError
+from ports.formats._io import unsafe_member_name
+from ports.fuzz import hostile
 
 CASES = [(fmt, k) for fmt, built in hostile.builders().items() for k in range(len(built))]
 
@@ -81,7 +80,7 @@ def test_the_audit_sees_an_open_outside(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("x")
     script = ("import sys\nopen(sys.argv[1]).close()\n"
-              "from ports._sandbox import isolated\n"
+              "from ports.formats._sandbox import isolated\n"
               "from ports.formats import keras\n")
     audit = audited([sys.executable, "-c", script, str(secret)])
     assert audit.returncode == 0, audit.stderr

@@ -196,7 +196,7 @@ def test_tools_trace_against_names_conv10_for_its_bias_shifted_by_5_percent(tmp_
 ])
 def test_tools_trace_against_names_the_layer_of_a_tensor_changed_by_1_percent(
         tmp_path, capsys, tensor, expected):
-    from conformance.trace.cli import main
+    from devtools.trace.cli import main
 
     def change(t):
         t[tensor] = t[tensor] * np.float32(1.01)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _api
 from .._predict import as_input
-from ..canonical import Weights, check
+from ..formats.canonical import Weights, check
 from ..formats.chainer import key_table
 from . import fast as _fast
 from .network import Fire, SqueezeNet

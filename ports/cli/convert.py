@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 
 from .. import formats
-from .. import weights as W
-from ..canonical import Weights
 from ..errors import WeightsError
+from ..formats import manifest as W
+from ..formats.canonical import Weights
 from ..spec import Variant
 from . import command
 
@@ -43,7 +43,7 @@ def summary(weights: Weights) -> str:
 
 def fetched(name: str, args) -> tuple[Path, W.Entry] | None:
     """``(verified cached file, entry)`` when SRC ``name`` is no file but a manifest entry
-    (downloaded through :func:`ports.weights.fetch`, the path ``tools/fetch`` takes), else
+    (downloaded through :func:`ports.formats.manifest.fetch`, the path ``tools/fetch`` takes), else
     None.  Prints which entry and which cached file it used."""
     if os.path.lexists(name) or "/" in name or os.sep in name:
         return None

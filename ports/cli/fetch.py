@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import weights as W
+from ..formats import manifest as W
 from . import command
 
 

@@ -20,7 +20,7 @@ from flax import nnx
 from .. import _api
 from .. import spec as S
 from .._predict import as_input
-from ..canonical import Weights, check
+from ..formats.canonical import Weights, check
 from ..formats.flax import from_state, to_state
 from ..layouts import nchw_to_nhwc
 from . import fast as _fast

@@ -27,7 +27,7 @@ class Conv(nnx.Conv):
     """``nnx.Conv`` (same ``kernel`` [kh, kw, in, out] and ``bias`` parameters) whose 1x1,
     stride-1, unpadded case is the matrix product ``[N,H,W,in] @ [in,out]``: XLA:CPU runs
     that 2-8x faster than its own 1x1 convolution (measured for every SqueezeNet 1x1 shape,
-    batch 32, 2 cores; ``conformance/bench.py``).  Every other case is ``nnx.Conv``."""
+    batch 32, 2 cores; ``devtools/bench.py``).  Every other case is ``nnx.Conv``."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.pointwise:

@@ -5,12 +5,12 @@ endings that select it, the files a write creates and the options a read accepts
 command-line tools are built from it.  Each format is one module of this package exposing::
 
     NAME: str                      # the format's name, as registered
-    read(path, *, variant=None, **options) -> ports.canonical.Weights
+    read(path, *, variant=None, **options) -> ports.formats.canonical.Weights
     write(weights, path, *, overwrite=True) -> list[pathlib.Path]   # files written
 
 and only its key table and its format's own hooks: the judgements every codec makes (which
 variant do the shapes prove, which keys are missing, unexpected or mis-shaped, is the
-metadata strings to strings) are :mod:`ports.canonical`'s.
+metadata strings to strings) are :mod:`ports.formats.canonical`'s.
 
 A codec raises :class:`WeightsError` saying what it found; :func:`read` and :func:`write`
 are the one boundary that names the file and format (a problem in another file -- a
@@ -35,8 +35,8 @@ from ..errors import WeightsError
 from ..spec import Variant
 from ._library import INSTALL, PACKAGES, about, companion, dependency  # noqa: F401 - re-exported
 
-if TYPE_CHECKING:  # the registry itself imports the standard library only (ports.weights)
-    from ..canonical import Weights
+if TYPE_CHECKING:  # the registry itself imports the standard library only (ports.formats.manifest)
+    from .canonical import Weights
 
 
 class ReadOption(NamedTuple):
@@ -153,7 +153,7 @@ def read(path: os.PathLike | str, format: str | None = None, *,
     if unknown:
         raise ValueError(f"format {name} takes no read option {', '.join(unknown)}"
                          + (f" (it takes {', '.join(sorted(accepted))})" if accepted else ""))
-    from ..canonical import check
+    from .canonical import check
 
     p = fmt.outputs(path)[0] if fmt.prefix else Path(path)
     if not p.exists():
@@ -172,7 +172,7 @@ def read(path: os.PathLike | str, format: str | None = None, *,
 def write(weights: Weights, path: os.PathLike | str, format: str | None = None, *,
           overwrite: bool = True) -> list[Path]:
     """Write checked ``weights`` to ``path``; returns every file written."""
-    from ..canonical import check
+    from .canonical import check
 
     name = format or detect(path)
     check(weights)

@@ -1,4 +1,4 @@
-"""What the codecs share beside :mod:`ports.canonical` (never the registry, which imports
+"""What the codecs share beside :mod:`ports.formats.canonical` (never the registry, which imports
 them): :func:`dependency`, :func:`companion` and :func:`about`."""
 
 from __future__ import annotations

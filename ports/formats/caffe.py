@@ -48,14 +48,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write
-from ..canonical import Weights, make, version_of
 from ..errors import WeightsError
 from ..spec import COMPLEX_BYPASS, SIMPLE_BYPASS, Conv, Fire, MaxPool, Variant
 from ..spec import Dropout as SpecDropout
 from ..spec import GlobalAvgPool as SpecGAP
 from ..spec import ReLU as SpecReLU
+from ._io import atomic_write
 from ._library import about, companion, dependency
+from .canonical import Weights, make, version_of
 from .deepcompression import dc_layer_name
 
 NAME = "caffe"

@@ -33,7 +33,7 @@ key; members outside that prefix are ignored (but still checked).
 Safety: ``.npy`` headers are parsed by ``numpy.lib.format`` (a Python literal, never a
 pickle) and object arrays (a pickled payload) are refused from the header, without their
 data being read; every zip member's sizes are checked against the file size (the one zip
-guard, :func:`ports._io.check_zip_member`), every header's shape against its member's size,
+guard, :func:`ports.formats._io.check_zip_member`), every header's shape against its member's size,
 and every name and shape against the spec, before any array is allocated.  Float16/32/64
 parameters are accepted and converted to float32.
 """
@@ -51,10 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write, check_zip_member, zip_members
-from ..canonical import Weights, infer_variant, key_problems, meta_variant, string_meta
 from ..errors import WeightsError
 from ..spec import Variant
+from ._io import atomic_write, check_zip_member, zip_members
+from .canonical import Weights, infer_variant, key_problems, meta_variant, string_meta
 
 NAME = "chainer"
 META_KEY = "squeezenet_meta"

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write
-from ..canonical import Weights, make
 from ..errors import WeightsError
 from ..spec import Variant
+from ._io import atomic_write
+from .canonical import Weights, make
 
 NAME = "deepcompression"
 BITS = 8

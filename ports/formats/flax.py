@@ -36,7 +36,7 @@ Restoring in real Flax (the ``__metadata__`` entry is not part of the model stat
     meta = state.pop("__metadata__", None)
     nnx.update(model, state)        # model: ports.flax.SqueezeNet of the same variant
 
-Metadata: the canonical metadata (see :mod:`ports.canonical`) is stored in
+Metadata: the canonical metadata (see :mod:`ports.formats.canonical`) is stored in
 ``__metadata__``.  A file without it (e.g. saved by Flax itself) gets its architecture from
 ``read(..., variant=...)`` when given, otherwise inferred from the shapes: ``version`` from
 ``conv1/kernel``, ``num_classes`` from ``conv10/kernel``, ``bypass="complex"`` when
@@ -60,8 +60,12 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write
-from ..canonical import (
+from ..errors import WeightsError
+from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
+from ..spec import Variant
+from ._io import atomic_write
+from ._library import dependency
+from .canonical import (
     Weights,
     has_architecture,
     infer_variant,
@@ -70,10 +74,6 @@ from ..canonical import (
     string_meta,
     widen_bfloat16,
 )
-from ..errors import WeightsError
-from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
-from ..spec import Variant
-from ._library import dependency
 
 NAME = "flax"
 

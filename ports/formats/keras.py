@@ -55,15 +55,15 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import canonical as C
 from .. import spec as S
-from .._io import atomic_write
-from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
 from . import _hdf5
+from . import canonical as C
+from ._io import atomic_write
 from ._library import dependency
+from .canonical import Weights
 
 NAME = "keras"
 META_ATTR = "squeezenet_ports.metadata"
@@ -378,7 +378,7 @@ def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
 
 # HDF5 is parsed by a C library that can crash, hang or allocate without bound on a crafted
 # file, beyond what any ``except`` catches: untrusted files are read in a helper process
-# with a memory cap and a deadline (ports._sandbox; never a fork of this process, which may
+# with a memory cap and a deadline (ports.formats._sandbox; never a fork of this process, which may
 # be running TensorFlow or JAX thread pools).  A real file reads in well under a second.
 SANDBOX_MEMORY = 128 << 20   # bytes beyond the helper's address space, plus 16x the file
 SANDBOX_SECONDS = 3.0        # plus 1 s per 50 MB of file
@@ -394,7 +394,7 @@ def _read_in_process(source: str | None, variant: str | None,
 
 def _read(source: str | None, data: bytes | None, size: int, *,
           variant: Variant | None) -> Weights:
-    from .._sandbox import SandboxError, isolated
+    from ._sandbox import SandboxError, isolated
 
     try:
         tensors, meta = isolated(_read_in_process, source, variant.id if variant else None,

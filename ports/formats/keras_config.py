@@ -33,10 +33,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .. import canonical as C
 from .. import spec as S
 from ..errors import WeightsError
 from ..spec import Variant
+from . import canonical as C
 from .keras import KerasLayer, keras_layers, layer_name, model_name
 
 KERAS_VERSION = "3.15.1"       # the release whose files these reproduce (conformance tests)

@@ -26,7 +26,8 @@ a ``ports.keras`` model or from a functional model with its layer names: the arc
 from ``config.json`` (checked against the weights' shapes), the weights through the
 ``keras`` codec's reader (in the HDF5 helper process); a model whose max pools round down
 (a plain ``MaxPooling2D``) is read, and ``source`` says that it is a different network than
-Caffe's.  Zip members are read through the one zip guard (:func:`ports._io.read_zip_member`).
+Caffe's.  Zip members are read through the one zip guard
+(:func:`ports.formats._io.read_zip_member`).
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ import os
 import zipfile
 from pathlib import Path
 
-from .._io import ZIP_ERRORS, atomic_write, read_zip_member, zip_error, zip_members
-from ..canonical import Weights
 from ..errors import WeightsError
 from ..spec import Variant
 from . import _hdf5
 from . import keras as K3
 from . import keras_config as KC
+from ._io import ZIP_ERRORS, atomic_write, read_zip_member, zip_error, zip_members
 from ._library import dependency
+from .canonical import Weights
 
 NAME = "keras-file"
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
@@ -157,7 +158,7 @@ def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
 
 
 def _decode(source, size: int, *, variant: Variant | None) -> Weights:
-    from .._sandbox import SandboxError, isolated
+    from ._sandbox import SandboxError, isolated
 
     dependency("h5py", NAME)
     members = _members(source, size)

@@ -34,7 +34,7 @@ says which.  A whole-model file's ``model_config`` is read for the max pools' ro
 Keras' ``MaxPooling2D`` rounds down (``'valid'``, floor mode) where Caffe rounds up, so such
 weights belong to a different network than Caffe's SqueezeNet, and ``source`` says so
 (the converter prints it).  Theano-ordered files (channels-first, flipped kernels) are
-refused.  HDF5 is parsed in a helper process (:mod:`ports._sandbox`), as for ``keras``.
+refused.  HDF5 is parsed in a helper process (:mod:`ports.formats._sandbox`), as for ``keras``.
 """
 
 from __future__ import annotations
@@ -47,16 +47,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import canonical as C
-from .._io import atomic_write
-from ..canonical import Weights
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_to_hwio
 from ..spec import Variant
 from . import _hdf5
+from . import canonical as C
 from . import keras as K3
 from . import keras_config as KC
+from ._io import atomic_write
 from ._library import dependency
+from .canonical import Weights
 
 NAME = "keras-h5"
 KERAS_VERSION = "2.21.0"     # the tf_keras release whose save_weights layout is written
@@ -452,7 +452,7 @@ def _read_in_process(source: str | None, variant: str | None,
 
 def _read(source: str | None, data: bytes | None, size: int, *,
           variant: Variant | None) -> Weights:
-    from .._sandbox import SandboxError, isolated
+    from ._sandbox import SandboxError, isolated
 
     try:
         tensors, meta = isolated(_read_in_process, source, variant.id if variant else None,

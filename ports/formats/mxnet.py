@@ -70,11 +70,11 @@ from typing import Mapping
 import numpy as np
 
 from .. import spec as S
-from .._io import atomic_write
-from ..canonical import Weights, key_problems
-from ..canonical import infer_variant as infer_variant_of
 from ..errors import WeightsError
 from ..spec import Variant
+from ._io import atomic_write
+from .canonical import Weights, key_problems
+from .canonical import infer_variant as infer_variant_of
 
 NAME = "mxnet"
 
@@ -346,7 +346,7 @@ def to_canonical(arrays: Mapping[str, np.ndarray], variant: Variant | None = Non
     v = variant or infer_variant(arrays)
     structural = "features.0.weight" in arrays
     table = key_table(v) if structural else _symbol_table(list(arrays), v)
-    # shapes are checked afterwards, under canonical names, by ports.canonical.check
+    # shapes are checked afterwards, under canonical names, by ports.formats.canonical.check
     problems = key_problems(list(arrays), list(table.values()), noun="")
     if problems:
         raise WeightsError(f"names do not match SqueezeNet {v.id} in Gluon naming: "

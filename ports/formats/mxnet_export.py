@@ -49,7 +49,7 @@ reads ``PREFIX-000N.params``.  Bounds: the symbol file at most 16 MiB and 100,00
 every index, attribute and name is checked before use.  The pair is read only from its own
 two files, side by side: either one a symbolic link (or a FIFO, a device) is refused, and
 each is opened without following links and checked to be the file judged
-(:func:`ports._folder.read_file`).
+(:func:`ports.formats._folder.read_file`).
 """
 
 from __future__ import annotations
@@ -62,14 +62,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import canonical
 from .. import spec as S
-from .._folder import read_file
-from .._io import atomic_write
-from ..canonical import Weights, key_problems
 from ..errors import WeightsError
 from ..spec import Variant
+from . import canonical
+from ._folder import read_file
+from ._io import atomic_write
 from ._library import about
+from .canonical import Weights, key_problems
 from .mxnet import decode_ndarrays, encode_ndarrays
 
 NAME = "mxnet-export"

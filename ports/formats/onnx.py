@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import spec as S
-from .._io import atomic_write
-from ..canonical import Weights, infer_variant, make
 from ..errors import WeightsError
 from ..spec import Variant
+from ._io import atomic_write
 from ._library import dependency
+from .canonical import Weights, infer_variant, make
 
 NAME = "onnx"
 OPSET = 13

@@ -34,11 +34,11 @@ No ``_sharding`` file is written (the arrays are restored wherever the target's 
 say; without any, as NumPy arrays), and no OCDBT database.
 
 Metadata: an Orbax checkpoint of an NNX state holds only arrays.  The canonical metadata
-(see :mod:`ports.canonical`) goes into Orbax's own place for it, the ``custom_metadata`` of
+(see :mod:`ports.formats.canonical`) goes into Orbax's own place for it, the ``custom_metadata`` of
 ``_CHECKPOINT_METADATA`` (``StandardCheckpointer.save(..., custom_metadata=...)``), under the
 key ``"squeezenet"``; Orbax keeps it and ignores it on restore.  A checkpoint without it
 (e.g. saved by Orbax itself) gets its architecture from ``read(..., variant=...)`` when
-given, otherwise from the shapes (:func:`ports.canonical.infer_variant`): the version from
+given, otherwise from the shapes (:func:`ports.formats.canonical.infer_variant`): the version from
 conv1's kernel, ``num_classes`` from conv10's, ``bypass="complex"`` when fire bypass
 kernels are present; ``final_conv_padding`` (0) and a simple bypass ("none") cannot be seen
 in shapes.  ``preprocessing`` is then ``"none"`` (unknown).
@@ -59,7 +59,7 @@ key paths and every shape must be the spec's, and every file read must be a regu
 exactly the size its metadata implies.  Nothing is unpickled.
 
 A checkpoint is read only from its own folder: the folder is walked once before anything is
-read (:class:`ports._folder.Folder`), and a symbolic link anywhere inside it (a chunk, a
+read (:class:`ports.formats._folder.Folder`), and a symbolic link anywhere inside it (a chunk, a
 leaf's folder, ``_METADATA``), a FIFO or a device is refused; each file is then opened
 without following links and checked to be the file the walk saw.  Orbax, which opens files
 itself, is given a private copy of the checked files in a temporary directory, never the
@@ -87,13 +87,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import canonical
-from .._folder import Folder
-from .._io import STALE_AFTER, _fsync_dir, _pid_alive, temp_prefix
-from ..canonical import Weights, key_problems
 from ..errors import WeightsError
 from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
 from ..spec import Variant
+from . import canonical
+from ._folder import Folder
+from ._io import STALE_AFTER, _fsync_dir, _pid_alive, temp_prefix
+from .canonical import Weights, key_problems
 from .flax import key_table as flax_key_table
 
 NAME = "orbax"
@@ -182,7 +182,7 @@ def _is_checkpoint(path: Path) -> bool:
 
 
 def _remove_stale(path: Path) -> None:
-    """Temporary directories of ``path`` left by writers that are gone (as ``ports._io``
+    """Temporary directories of ``path`` left by writers that are gone (as ``ports.formats._io``
     does for files)."""
     parent, prefix, now = path.parent, temp_prefix(path), time.time()
     for name in os.listdir(parent):
@@ -465,7 +465,7 @@ def _private_copy(folder: Folder, stack: contextlib.ExitStack) -> Path:
 def read(path, *, variant: Variant | None = None) -> Weights:
     """Canonical weights from the checkpoint directory ``path`` (checked against the spec
     by :func:`ports.formats.read`).  Every file is read through a checked
-    :class:`ports._folder.Folder`: a symbolic link, FIFO or device anywhere inside is
+    :class:`ports.formats._folder.Folder`: a symbolic link, FIFO or device anywhere inside is
     refused."""
     directory = Path(path)
     if not directory.is_dir():

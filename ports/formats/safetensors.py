@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write
-from ..canonical import Weights, meta_variant
 from ..errors import WeightsError
 from ..spec import Variant
+from ._io import atomic_write
 from ._library import dependency
+from .canonical import Weights, meta_variant
 
 NAME = "safetensors"
 DTYPE = "F32"

@@ -7,7 +7,7 @@ and ``conv10.weight`` is ``classifier.1.weight``.  A complex-bypass conv is
 ``features.K.bypass.weight`` (no torchvision equivalent).
 
 The ``.pth`` codec needs no torch: :func:`read` opens the zip container ``torch.save``
-writes through the restricted unpickler of :mod:`ports._pickle` (only the globals a state
+writes through the restricted unpickler of :mod:`ports.formats._pickle` (only the globals a state
 dict needs resolve, nothing from the file is ever run) and accepts a bare state dict or one
 nested under ``"state_dict"`` or ``"model"`` (a ``"module."`` prefix, as
 ``DataParallel`` leaves, is stripped).  :func:`write` emits the records and pickle opcodes
@@ -30,13 +30,13 @@ import os
 import re
 from pathlib import Path
 
-from .. import _pickle
 from .. import spec as S
-from .._io import atomic_write
-from ..canonical import Weights, key_problems, make, meta_variant, string_meta
-from ..canonical import infer_variant as infer_variant_of
 from ..errors import WeightsError
 from ..spec import Variant
+from . import _pickle
+from ._io import atomic_write
+from .canonical import Weights, key_problems, make, meta_variant, string_meta
+from .canonical import infer_variant as infer_variant_of
 
 NAME = "torch"
 

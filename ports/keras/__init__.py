@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _api
 from .._predict import as_input
-from ..canonical import Weights, check
+from ..formats.canonical import Weights, check
 from ..formats.keras import conv_layer_names
 from ..layouts import hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
 from . import fast as _fast

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _api
 from .._predict import as_input
-from ..canonical import Weights
+from ..formats.canonical import Weights
 from .network import SqueezeNet, conv2d, forward, max_pool_ceil, relu
 from .trace import activations
 from .train import dropout, loss_and_grads, train_steps

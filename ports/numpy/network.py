@@ -13,7 +13,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _api
 from .. import spec as S
-from ..canonical import Weights, check
+from ..formats.canonical import Weights, check
 
 
 class SqueezeNet:

@@ -12,7 +12,7 @@ import torch
 
 from .. import _api
 from .._predict import as_input
-from ..canonical import Weights, check
+from ..formats.canonical import Weights, check
 from ..formats.torch import key_table
 from .network import Fire, SqueezeNet
 from .trace import activations

@@ -2,7 +2,7 @@
 
 Standard library only (``urllib``, ``hashlib``, ``zipfile``).
 
-    >>> from ports import weights
+    >>> from ports.formats import manifest as weights
     >>> entry = weights.load_manifest()["deep-compression-v1.0"]
     >>> entry.variant.id, entry.preprocessing
     ('1_0-p1-none', 'caffe')
@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Union
 
-from ._data import data_file
-from .formats import FORMATS as _CODECS
-from .preprocess import MODES
-from .spec import Variant
+from .._data import data_file
+from ..preprocess import MODES
+from ..spec import Variant
+from . import FORMATS as _CODECS
 
 try:  # Python 3.11+
     import tomllib

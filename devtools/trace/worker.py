@@ -1,6 +1,6 @@
 """One port's activations, computed in that port's own environment for ``tools/trace``.
 
-    python -m conformance.trace.worker PORT --weights FILE|seeded:ID --input X.npz \
+    python -m devtools.trace.worker PORT --weights FILE|seeded:ID --input X.npz \
         --dtype float32 --path fast|reference --out OUT.npz
 
 ``X.npz`` holds ``x`` [N,3,H,W] (the orchestrator prepares the input once, for every port);
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import PORTS
+from conformance.registry import PORTS
 
 
 def weights_of(spec: str, variant=None):

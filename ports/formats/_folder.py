@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Union
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 PathLike = Union[str, os.PathLike]
 

@@ -19,10 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from conformance.fixtures import shared_dir
 from ports import formats
 from ports.errors import WeightsError
 from ports.spec import Variant
+
+from .._data import shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 # Seed variants, in order of preference (small num_classes keeps files small and fast);
@@ -108,7 +109,7 @@ def _text_runs(data: bytes) -> np.ndarray:
 def quantized(weights, levels: int = 255):
     """``weights`` with every weight tensor snapped to ``levels`` evenly spaced values (for
     codecs that store a small codebook per layer, e.g. Deep Compression's 8-bit one)."""
-    from ports.canonical import Weights
+    from ports.formats.canonical import Weights
 
     tensors = {}
     for name, t in weights.tensors.items():
@@ -136,7 +137,7 @@ def build_seeds(name: str, directory: Path, log: Callable[[str], None] = _print,
                 hostile: bool = True) -> list[Seed]:
     """Write (or collect) the seed files of format ``name`` under ``directory``: the first
     two :data:`CANDIDATES` the codec writes and reads back, shared files, and (``hostile``)
-    the files of :mod:`conformance.fuzz.hostile` that point out of themselves (last, so
+    the files of :mod:`ports.fuzz.hostile` that point out of themselves (last, so
     that without them the seeds, and so every case, are those of earlier campaigns)."""
     mod = formats.codec(name)
     ext = formats.FORMATS[name][1][0]

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import toxenv
-from ..harness import ROOT
-from ..registry import PORTS
-from . import compare, compare_against, layer_inputs
+from conformance import toxenv
+from conformance.harness import ROOT
+from conformance.registry import PORTS
+from conformance.trace import compare, compare_against, layer_inputs
+
 from .worker import trace, weights_of
 
 OUT = Path(os.environ.get("SQUEEZENET_TRACE", ROOT / "build" / "trace"))
@@ -42,7 +43,7 @@ def prepare_input(spec: str, size: int, weights, preprocessing: str | None) -> n
     """``seeded`` -> 2 of the conformance inputs at ``size``; else an image file (or
     ``skimage:NAME``) preprocessed as the weights' metadata (or ``preprocessing``) says."""
     if spec == "seeded":
-        from ..inputs import inputs
+        from conformance.inputs import inputs
 
         return inputs(size, count=2)
     from ports.cli.classify import load_image
@@ -58,7 +59,7 @@ def prepare_input(spec: str, size: int, weights, preprocessing: str | None) -> n
 def run_port(port: str, weights_arg: str, weights, x: np.ndarray, dtype: str, path: str,
              tag: str, log) -> tuple[dict, dict]:
     """(activations, notes) of ``port``: here for the NumPy reference, else in its tox
-    environment through :mod:`conformance.trace.worker`."""
+    environment through :mod:`devtools.trace.worker`."""
     if port in IN_PROCESS:
         return trace(port, weights, x, dtype, path)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def run_port(port: str, weights_arg: str, weights, x: np.ndarray, dtype: str, pa
     out.unlink(missing_ok=True)
     toxenv.ensure(PORTS[port].env, log)
     code, lines = toxenv.run(PORTS[port].env, [
-        "python", "-u", "-m", "conformance.trace.worker", port, "--weights", weights_arg,
+        "python", "-u", "-m", "devtools.trace.worker", port, "--weights", weights_arg,
         "--input", str(x_path), "--dtype", dtype, "--path", path, "--out", str(out)], log,
         echo=False)
     if code != 0 or not out.exists():

@@ -13,7 +13,7 @@ import importlib
 
 
 def candidates(port: str, mod, weights, quick: bool) -> list:
-    from ...registry import PORTS
+    from conformance.registry import PORTS
 
     name = PORTS[port].bench if port in PORTS else None  # its registry record
     if name is None:

@@ -1,4 +1,4 @@
-"""How far a port's logits move between two runs: ``python -m conformance.drift RUN_A RUN_B``.
+"""How far a port's logits move between two runs: ``python -m devtools.drift RUN_A RUN_B``.
 
 RUN_A and RUN_B are two folders of result files (``PORT.json`` + ``PORT.npz``, as
 :mod:`conformance.results` writes them), typically the same port run against two releases of
@@ -7,7 +7,7 @@ its framework (:mod:`conformance.releases`)::
     SQUEEZENET_JAX_VERSION=0.9.0 SQUEEZENET_FLAX_VERSION=0.12.0 \\
         python3 -m tox -e matrix -- --ports flax   # build/conformance/release/flax-0.12.0_jax-0.9.0
     python3 -m tox -e matrix -- --ports flax       # the pinned releases: build/conformance
-    python -m conformance.drift build/conformance/release/flax-0.12.0_jax-0.9.0 build/conformance
+    python -m devtools.drift build/conformance/release/flax-0.12.0_jax-0.9.0 build/conformance
 
 For every port in both folders and every case both ran it prints and records
 
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import releases, results
-from .registry import BUILT_IN
+from conformance import releases, results
+from conformance.registry import BUILT_IN
 
 SCHEMA = 1
 # The distributions that are "the framework" of each port (the registry's record): always

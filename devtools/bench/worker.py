@@ -1,7 +1,7 @@
 """The bench's worker: one long-lived process in a port's own environment.
 
-``python -m conformance.bench --worker PORT`` loads SqueezeNet 1.1 with the seeded weights,
-tries every candidate inference mode of the port (:mod:`conformance.bench.candidates`) per
+``python -m devtools.bench --worker PORT`` loads SqueezeNet 1.1 with the seeded weights,
+tries every candidate inference mode of the port (:mod:`devtools.bench.candidates`) per
 batch size, rejects those whose logits disagree with the float64 NumPy reference, keeps the
 fastest, then times it on command.  JSON lines on stdout (everything else printed goes to
 stderr): first ``{"ready": ..., "modes", "trials", "versions", "logits0"}``, then one reply
@@ -19,7 +19,8 @@ import traceback
 
 import numpy as np
 
-from ..registry import PORTS
+from conformance.registry import PORTS
+
 from .candidates import candidates as all_candidates
 from .config import SIZE, VARIANT_ID
 
@@ -36,7 +37,7 @@ def _time_for(run, seconds: float, min_calls: int = 1) -> tuple[int, float]:
 
 def _versions(port: str) -> dict:
     """Python, numpy and the port's framework distributions (its registry record)."""
-    from ..host import versions
+    from conformance.host import versions
 
     installed = versions()
     return {"python": platform.python_version(), "numpy": np.__version__,
@@ -54,12 +55,11 @@ def worker(port: str, batches: list[int], quick: bool) -> int:
         proto.flush()
 
     try:
+        from conformance.harness import compare, tolerance
+        from conformance.inputs import inputs
         from ports import numpy as reference
         from ports.seeded import seeded_weights
         from ports.spec import Variant
-
-        from ..harness import compare, tolerance
-        from ..inputs import inputs
 
         mod = PORTS[port].import_module()
         weights = seeded_weights(Variant.from_id(VARIANT_ID))

@@ -39,9 +39,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..errors import WeightsError
 from ._io import ZIP_ERRORS, read_zip_member, zip_error, zip_members
 from .canonical import widen_bfloat16
-from .errors import WeightsError
 
 MAX_FILE_BYTES = 2 * 1024**3      # a checkpoint bigger than this is refused
 MAX_PICKLE_BYTES = 64 * 1024**2   # data.pkl

@@ -29,8 +29,8 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from .errors import WeightsError
-from .spec import STEM, VERSIONS, Variant
+from ..errors import WeightsError
+from ..spec import STEM, VERSIONS, Variant
 
 ARCHITECTURE = ("variant", "num_classes", "final_conv_padding", "bypass")
 REQUIRED_META = (*ARCHITECTURE, "preprocessing", "source")
@@ -143,7 +143,7 @@ def check(weights: Weights, expected: Variant | None = None, *, path=None,
     """``weights`` (checked when built), if they are of the ``expected`` variant: else a
     :class:`WeightsError` naming both variants and every tensor that does not fit."""
     if not isinstance(weights, Weights):
-        raise TypeError(f"expected ports.canonical.Weights, got {type(weights).__name__}")
+        raise TypeError(f"expected ports.formats.canonical.Weights, got {type(weights).__name__}")
     if expected is not None and weights.variant != expected:
         raise WeightsError(problems(weights.tensors, weights.meta, expected), path=path,
                            format=format)

@@ -1,8 +1,8 @@
 """The coverage-guided engine (``tools/fuzz --engine atheris``): atheris, libFuzzer underneath.
 
-For a reader, the seed files of :mod:`conformance.fuzz.seeds` are copied into its corpus
+For a reader, the seed files of :mod:`ports.fuzz.seeds` are copied into its corpus
 directory (``OUT/corpus/FORMAT``, kept between runs: libFuzzer adds every input that reaches
-new code to it) and :mod:`conformance.fuzz.atheris_target` runs under libFuzzer with
+new code to it) and :mod:`ports.fuzz.atheris_target` runs under libFuzzer with
 ``-runs`` (cases), ``-max_total_time`` (seconds), ``-timeout`` (per case), ``-rss_limit_mb``
 (the process's resident size at start plus ``memory_mb``; the target also caps its address
 space by as much) and ``-artifact_prefix=OUT/crashes/FORMAT-atheris-``.  libFuzzer stops at

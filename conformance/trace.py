@@ -34,7 +34,7 @@ import numpy as np
 
 def roundoffs() -> float:
     """The trace threshold in unit roundoffs: ``[trace] roundoffs`` of ``tolerances.toml``."""
-    from ..harness import tolerances_table
+    from .harness import tolerances_table
 
     return float(tolerances_table()["trace"]["roundoffs"])
 

@@ -1,6 +1,6 @@
 """The home-made mutation engine (``tools/fuzz``'s default).
 
-Each case mutates one seed file (:mod:`conformance.fuzz.seeds`): bit flips, boundary bytes,
+Each case mutates one seed file (:mod:`ports.fuzz.seeds`): bit flips, boundary bytes,
 1/2/4/8-byte integer fields set to boundary values or nudged, truncation, junk appended or
 inserted, chunks duplicated or deleted, numbers in text replaced, splices of two seeds; then
 :func:`ports.formats.read` reads it.  Where mutations land matters more than how many there
@@ -46,7 +46,7 @@ from .outcome import (
 from .seeds import ROOT, Seed, _print, availability, build_seeds
 
 MAX_SAVED_PER_SIGNATURE = 5
-_WORKER = "from conformance.fuzz.mutation import _worker_main; _worker_main()"
+_WORKER = "from ports.fuzz.mutation import _worker_main; _worker_main()"
 
 
 # --- mutations -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ of ``NAME``: those whose writer process no longer exists on this machine and tha
 been modified for :data:`STALE_AFTER` seconds.  A live writer's file is never touched.
 
 Input: a file another file names (a checkpoint's member, an export's params) is read by
-:mod:`ports._folder`, never through a link.  Zip archives (``.pth``, ``.npz``,
+:mod:`ports.formats._folder`, never through a link.  Zip archives (``.pth``, ``.npz``,
 ``.keras``) go through two guards: :func:`zip_members` lists the members by name, refusing
 a name that could point out of the archive (absolute, a ``..`` component, a drive, a
 backslash path) or that appears twice; :func:`read_zip_member` checks every size a member
@@ -32,7 +32,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 PathLike = Union[str, os.PathLike]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..harness import ROOT
-from ..registry import PORTS
+from conformance.harness import ROOT
+from conformance.registry import PORTS
 
 OUT = Path(os.environ.get("SQUEEZENET_BENCH", ROOT / "build" / "bench"))
 REFERENCE = "onnxruntime"

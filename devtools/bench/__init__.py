@@ -1,7 +1,7 @@
 """Inference speed of every port against ONNX Runtime, measured side by side.
 
 ``tools/bench`` (this module's :func:`main`) starts, for each port, a long-lived worker
-process in the port's own tox environment (``python -m conformance.bench --worker PORT``
+process in the port's own tox environment (``python -m devtools.bench --worker PORT``
 run by that environment's interpreter, the environment created completely first by
 :mod:`conformance.toxenv`), and one ONNX Runtime worker that lives for the whole run.
 Workers load SqueezeNet 1.1 with the seeded weights, choose their fastest honest inference
@@ -11,7 +11,7 @@ NumPy array), and then time rounds on command.  Rounds alternate ``port, ORT, OR
 report gives medians.  Only one worker computes at a time.
 
 Fast modes (the worker tries the candidates and keeps the fastest, per batch size; one
-module per framework in :mod:`conformance.bench.candidates`):
+module per framework in :mod:`devtools.bench.candidates`):
 
 =============== ==================================================================
 torch           ``inference_mode``; NCHW or channels-last; at the run's thread count or
@@ -39,7 +39,7 @@ Inputs are the seeded conformance images at 224x224, float32, handed over once i
 framework's own layout (NCHW, or NHWC for Keras/Flax); outputs are copied back to NumPy in
 every timed call.  The spec's multiply-accumulate count gives achieved GFLOP/s (2 FLOP per
 MAC), compared with a measured machine peak: the best of a few large float32 matrix
-multiplies in NumPy (:mod:`conformance.bench.peak`: measured without the
+multiplies in NumPy (:mod:`devtools.bench.peak`: measured without the
 ``OPENBLAS_CORETYPE`` override some machines set, and with the kernel that ran recorded).
 
 Writes ``build/bench/bench.json`` and ``build/bench/bench.png``.  ``--quick`` (CI) runs two
@@ -59,10 +59,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import toxenv
-from ..harness import ROOT
-from ..host import cpu_description
-from ..registry import PORTS
+from conformance import toxenv
+from conformance.harness import ROOT
+from conformance.host import cpu_description
+from conformance.registry import PORTS
+
 from . import peak
 from .config import BATCHES, DEFAULT_PORTS, OUT, QUICK_BATCHES, REFERENCE, SIZE, VARIANT_ID
 
@@ -102,7 +103,7 @@ class Worker:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
-        cmd = [python, "-m", "conformance.bench", "--worker", port,
+        cmd = [python, "-m", "devtools.bench", "--worker", port,
                "--batches", ",".join(map(str, batches))] + (["--quick"] if quick else [])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True,

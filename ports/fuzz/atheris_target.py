@@ -1,6 +1,6 @@
 """The atheris fuzz target of one reader; run as a script by :mod:`.atheris_engine`.
 
-``python conformance/fuzz/atheris_target.py CONFIG.json [libFuzzer options] CORPUS_DIR``
+``python ports/fuzz/atheris_target.py CONFIG.json [libFuzzer options] CORPUS_DIR``
 
 Each input is written to a scratch file and read with :func:`ports.formats.read`: success
 and :class:`ports.errors.WeightsError` are fine; any other exception (a ``MemoryError``
@@ -59,7 +59,7 @@ def main() -> None:
                 formats.read(seed, name)
             except Exception as e:  # noqa: BLE001 - reported by the engine, not fatal here
                 print(f"warning: seed {seed} does not read back: {e}", file=sys.stderr)
-    from conformance.fuzz.outcome import classify, is_crash, message_class, peak_rss_kb, vm_bytes
+    from ports.fuzz.outcome import classify, is_crash, message_class, peak_rss_kb, vm_bytes
 
     counts = np.memmap(config_path.with_suffix(".counts"), np.float64, "w+",
                        shape=(len(FIELDS),))

@@ -163,7 +163,7 @@ def _call(request: dict, data: bytes | None) -> bytes:
 
 
 def _serve() -> None:
-    """The helper's main loop: ``python -c 'from ports._sandbox import _serve; _serve()'``
+    """The helper's main loop: ``python -c 'from ports.formats._sandbox import _serve; _serve()'``
     with the modules to import first as arguments."""
     requests, results = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
@@ -198,9 +198,9 @@ class _Helper:
     """One helper process, owned by the process that started it."""
 
     def __init__(self, preload: list[str]) -> None:
-        root = str(Path(__file__).resolve().parent.parent)
-        code = "import sys; sys.path.insert(0, sys.argv[1]); from ports._sandbox import _serve; " \
-               "_serve()"
+        root = str(Path(__file__).resolve().parents[2])
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from ports.formats._sandbox import _serve; _serve()")
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                    MKL_NUM_THREADS="1")
         self.owner = os.getpid()

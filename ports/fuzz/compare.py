@@ -1,6 +1,6 @@
 """The two engines measured on the same budget per reader (``docs/fuzzing.md``).
 
-``python -m conformance.fuzz.compare [FORMAT... | all] --seconds 60 [--doc docs/fuzzing.md]``
+``python -m ports.fuzz.compare [FORMAT... | all] --seconds 60 [--doc docs/fuzzing.md]``
 (in the ``fuzz`` tox environment: it needs atheris and coverage.py)
 
 For each reader both engines run side by side (one core each, so that a busy machine slows
@@ -68,7 +68,7 @@ def coverage_of(name: str, engine: str | None, out: Path, cases: int) -> dict:
         m = Path(tmp) / "manifest.json"
         m.write_text(json.dumps(manifest))
         report = Path(tmp) / "coverage.json"
-        rc = subprocess.run([sys.executable, "-m", "conformance.fuzz.compare", "--measure",
+        rc = subprocess.run([sys.executable, "-m", "ports.fuzz.compare", "--measure",
                              str(m), str(report)], cwd=str(ROOT),
                             env=dict(os.environ, PYTHONPATH=str(ROOT))).returncode
         if rc != 0:
@@ -135,7 +135,7 @@ def _measure(manifest_path: Path, report: Path) -> None:
                 case.write_bytes(p.read_bytes())
                 run_one(str(case), name, 10.0)
                 n += 1
-    sandbox = sys.modules.get("ports._sandbox")
+    sandbox = sys.modules.get("ports.formats._sandbox")
     if sandbox is not None and hasattr(sandbox, "_close"):
         sandbox._close()  # the HDF5 helper process saves its coverage as it exits
     cov.stop()
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--measure"]:
         _measure(Path(argv[1]), Path(argv[2]))
         return 0
-    p = argparse.ArgumentParser(prog="python -m conformance.fuzz.compare",
+    p = argparse.ArgumentParser(prog="python -m ports.fuzz.compare",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("format", nargs="*", default=["all"])
     p.add_argument("--seconds", type=float, default=60.0, help="budget per reader and engine")

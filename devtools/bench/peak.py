@@ -54,7 +54,7 @@ def measure(n: int, env: dict[str, str], cwd) -> dict:
     :data:`ROOF_VARS` (``unset`` records the values that were removed)."""
     unset = {k: env[k] for k in ROOF_VARS if k in env}
     child = {k: v for k, v in env.items() if k not in ROOF_VARS}
-    code = f"from conformance.bench.peak import main; main([{int(n)}])"
+    code = f"from devtools.bench.peak import main; main([{int(n)}])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=child,
                           stdout=subprocess.PIPE, text=True, check=True)
     out = json.loads(proc.stdout.strip().splitlines()[-1])

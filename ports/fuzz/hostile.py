@@ -2,7 +2,7 @@
 
 Made as an attacker would, for the readers of HDF5 (``keras``, ``keras-h5``, the HDF5
 inside ``keras-file``), zip archives (``keras-file``, ``chainer``, ``torch``) and Keras
-model configs; the checkpoint folders' are in :mod:`conformance.fuzz.hostile_folders`.
+model configs; the checkpoint folders' are in :mod:`ports.fuzz.hostile_folders`.
 Each :class:`Hostile` is built so that **following the pointer is the only way the read
 could succeed**: what the pointer leads to is exactly what the hostile file lacks (a layer
 group moved to another file, a kernel's bytes kept in a raw file), and the honest twin is

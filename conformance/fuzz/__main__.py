@@ -1,7 +1,0 @@
-"""``python -m conformance.fuzz``: the same as ``tools/fuzz``."""
-
-import sys
-
-from .cli import entry
-
-sys.exit(entry())
