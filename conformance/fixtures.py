@@ -104,6 +104,27 @@ def _caffe_real(name: str, stem: str, weights_file: str, **classes) -> Fixture:
                    files=(weights_file, npz), **classes)
 
 
+@lru_cache(maxsize=1)
+def _compressed(bits: int = 6) -> Weights:
+    """The release compressed again to ``bits``-bit codebooks by ``tools/compress``'s pipeline
+    and read back from the compact ``.dcz`` bytes it writes."""
+    from ports.formats import compress, dcz
+
+    c = compress.compress(_weights(DC_NET), bits)
+    return dcz.decode(dcz.pack(c.meta, c.bits, c.layers))
+
+
+def _reference_logits(weights: Callable[[], Weights], x: Callable[[], np.ndarray]):
+    """The float64 NumPy reference's logits (the oracle, as for the seeded goldens)."""
+    def expected() -> np.ndarray:
+        from ports import numpy as ref
+
+        return ref.predict(ref.load(weights(), "float64"), x().astype(np.float64))
+    return expected
+
+
+_CHELSEA_COFFEE = f"{CAFFE_REAL}/squeezenet_v1.0_deep_compression.caffe_logits.npz"
+
 FIXTURES: list[Fixture] = [
     # Real ImageNet weights: chelsea (a cat: 285 Egyptian cat, 281 tabby / 282 tiger cat in
     # the top 3) and coffee (967 espresso), as real Caffe classified them.
@@ -112,6 +133,11 @@ FIXTURES: list[Fixture] = [
     # Seeded v1.1 weights saved by real Caffe: at 227 its ceil-mode pooling changes the grid.
     _caffe_real("caffe-real-v1_1", "squeezenet_v1.1_seeded",
                 f"{CAFFE_REAL}/squeezenet_v1.1_seeded.caffemodel"),
+    # The release compressed to 6 bits (tools/compress) and read from its .dcz: every port
+    # and engine loads the compact container; chelsea and coffee keep their classes.
+    Fixture("dcz-6bit-v1_0", _compressed, lambda: _npz(_CHELSEA_COFFEE)["x"],
+            _reference_logits(_compressed, lambda: _npz(_CHELSEA_COFFEE)["x"]),
+            top1=[285, 967], files=(DC_NET, _CHELSEA_COFFEE)),
 ]
 
 

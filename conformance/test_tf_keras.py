@@ -229,10 +229,10 @@ def test_whole_model_file_reads_bit_exact_and_names_floor_mode(saved, seeded, tm
 
 
 # --- tools/convert to every format ----------------------------------------------------------
-# The .net format stores each layer's weights through an 8-bit codebook: seeded weights have
-# thousands of distinct values per layer, which it refuses (asserted below); it is fed
-# tf_keras's file of the same model holding codebook weights instead.
-SOURCE = {name: "weights" for name in formats.FORMATS} | {"deepcompression": "codebook"}
+# The codebook formats (.net, .dcz) store each layer's weights through a codebook of at most
+# 256 entries: seeded weights have thousands of distinct values per layer, which they refuse
+# (asserted below); they are fed tf_keras's file of the same model holding codebook weights.
+SOURCE = {name: "codebook" if fmt.codebook else "weights" for name, fmt in formats.FORMATS.items()}
 
 
 @pytest.mark.parametrize("name", list(formats.FORMATS))

@@ -17,7 +17,7 @@ import pytest
 from conftest import shared_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("convert", "fetch", "classify")
+COMMANDS = ("convert", "fetch", "classify", "compress")
 
 
 def _run(cmd: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

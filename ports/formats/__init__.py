@@ -58,6 +58,8 @@ class Format(NamedTuple):
     read_options: tuple[ReadOption, ...] = ()
     directory: bool = False   # a write creates a directory, a read takes one (a checkpoint)
     prefix: bool = False      # named by a prefix: a path without the format's endings gets them
+    codebook: bool = False    # stores weights through a per-layer codebook: writes exactly
+                              # only weights with at most 255 distinct values per layer
 
     def outputs(self, path: os.PathLike | str) -> list[Path]:
         """Every file (or directory) a write to ``path`` creates: ``path``, then its
@@ -78,9 +80,10 @@ FORMATS: dict[str, Format] = {
     "caffe": Format("caffe", (".caffemodel",), companions=(".prototxt",), read_options=(
         ReadOption("prototxt", "Caffe net definition supplying what a .caffemodel does not "
                    "state (conv10's padding of a weights-only file)", metavar="FILE"),)),
-    "deepcompression": Format("deepcompression", (".net",), read_options=(
+    "deepcompression": Format("deepcompression", (".net",), codebook=True, read_options=(
         ReadOption("bits", "codebook bits of a Deep Compression .net (default 8)",
                    metavar="N", type=int, choices=(4, 8)),)),
+    "dcz": Format("dcz", (".dcz",), codebook=True),
     "torch": Format("torch", (".pth", ".pt")),
     "keras": Format("keras", (".weights.h5",)),
     "keras-h5": Format("keras_legacy", (".h5", ".hdf5")),

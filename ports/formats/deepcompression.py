@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -93,9 +94,28 @@ def read(path, *, variant: Variant | None = None, bits: int = BITS) -> Weights:
     return decode(blob, path=path, variant=variant, bits=bits)
 
 
-def decode(blob: bytes, *, path=None, variant: Variant | None = None,
-           bits: int = BITS) -> Weights:
-    """Decode the bytes of a ``.net`` file; raises :class:`WeightsError` on any inconsistency."""
+class Layer(NamedTuple):
+    """One layer as the file stores it: ``codebook`` float32[2**bits] (entry 0 is 0.0),
+    ``bias`` float32[C_out], ``codes`` uint8[n] (codebook indices of the stored entries) and
+    ``gaps`` uint8[n] (zeros skipped before each entry, 0..15; fillers are code 0, gap 15)."""
+
+    name: str          # canonical conv name
+    codebook: np.ndarray
+    bias: np.ndarray
+    codes: np.ndarray
+    gaps: np.ndarray
+
+    def flat_codes(self, size: int) -> np.ndarray:
+        """The codebook index of each of the layer's ``size`` weights (OIHW flattened)."""
+        code = np.zeros(size, np.uint8)
+        code[np.cumsum(self.gaps.astype(np.int64) + 1) - 1] = self.codes
+        return code
+
+
+def parse(blob: bytes, *, variant: Variant | None = None,
+          bits: int = BITS) -> tuple[Variant, list[Layer]]:
+    """The layers of a ``.net`` file as stored (no decoding of weights); raises
+    :class:`WeightsError` on any inconsistency."""
     if bits not in (4, 8):
         raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
     candidates = (variant,) if variant is not None else DEFAULT_VARIANTS
@@ -112,8 +132,7 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None,
                            f"with {bits}-bit codebooks (truncated, extra bytes, or not a .net "
                            "file)")
     variant = matching[0]
-
-    tensors: dict[str, np.ndarray] = {}
+    layers = []
     offset = 4 * num_layers
     for conv, n in zip(variant.convs(), counts.tolist()):
         layer = f"layer {dc_layer_name(conv.name)} ({conv.name})"
@@ -127,7 +146,7 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None,
         bias = np.frombuffer(blob, "<f4", conv.out_channels, offset).astype(np.float32)
         offset += 4 * conv.out_channels
         if bits == 8:
-            codes = np.frombuffer(blob, np.uint8, n, offset)
+            codes = np.frombuffer(blob, np.uint8, n, offset).copy()
             offset += n
         else:
             codes = _nibbles(np.frombuffer(blob, np.uint8, (n + 1) // 2, offset), n)
@@ -143,14 +162,29 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None,
             if not np.isfinite(arr).all():
                 raise WeightsError(f"{layer}: {int((~np.isfinite(arr)).sum())} non-finite {what} "
                                    "values")
-        code = np.zeros(size, np.uint8)
-        code[positions] = codes
-        tensors[f"{conv.name}.weight"] = codebook[code].reshape(conv.weight_shape)
-        tensors[f"{conv.name}.bias"] = bias
+        layers.append(Layer(conv.name, codebook, bias, codes, gaps))
     assert offset == len(blob)
+    return variant, layers
+
+
+def decode(blob: bytes, *, path=None, variant: Variant | None = None,
+           bits: int = BITS) -> Weights:
+    """Decode the bytes of a ``.net`` file; raises :class:`WeightsError` on any inconsistency."""
+    variant, layers = parse(blob, variant=variant, bits=bits)
+    tensors = tensors_of(variant, layers)
     source = f"Deep Compression .net ({os.path.basename(os.fspath(path))})" if path else \
         "Deep Compression .net"
     return make(tensors, variant, preprocessing="caffe", source=source)
+
+
+def tensors_of(variant: Variant, layers: list[Layer]) -> dict[str, np.ndarray]:
+    """Canonical tensors of stored layers: every weight its codebook entry (OIHW)."""
+    tensors: dict[str, np.ndarray] = {}
+    for conv, layer in zip(variant.convs(), layers):
+        code = layer.flat_codes(math.prod(conv.weight_shape))
+        tensors[f"{conv.name}.weight"] = layer.codebook[code].reshape(conv.weight_shape)
+        tensors[f"{conv.name}.bias"] = layer.bias
+    return tensors
 
 
 def _nibbles(packed: np.ndarray, n: int) -> np.ndarray:
@@ -168,39 +202,68 @@ def _pack_nibbles(values: np.ndarray) -> bytes:
     return (v[0::2] | (v[1::2] << 4)).astype(np.uint8).tobytes()
 
 
+def relative_index(flat_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stored entries of a layer whose weights have codebook indices ``flat_codes``
+    (uint8, OIHW flattened, 0 = the zero entry): ``(codes, gaps)``, uint8[n] each.  Every
+    non-zero index is an entry whose gap counts the zeros before it; a run of more than 15
+    zeros is bridged by filler entries (code 0, gap 15), each standing for 16 positions.
+    Zeros after the last non-zero are not stored."""
+    nz = np.flatnonzero(flat_codes)
+    prev = np.concatenate([[-1], nz[:-1]])
+    gap = nz - prev - 1                     # zeros before each non-zero
+    fillers = gap // 16                     # each filler consumes 16 positions
+    ends = np.cumsum(fillers + 1) - 1       # entry index of each non-zero
+    n = int(ends[-1]) + 1 if len(nz) else 0
+    codes = np.zeros(n, np.uint8)
+    codes[ends] = flat_codes[nz]
+    gaps = np.full(n, 15, np.uint8)         # fillers: 15 zeros + their own 0.0
+    gaps[ends] = gap - 16 * fillers
+    return codes, gaps
+
+
+def pack(layers: list[Layer], bits: int = BITS) -> bytes:
+    """The bytes of a ``.net`` file holding ``layers`` (in spec order) with ``bits``-bit
+    codebooks: the inverse of :func:`parse`."""
+    header, body = [], []
+    for layer in layers:
+        if len(layer.codebook) != 2 ** bits or layer.codebook[0] != 0:
+            raise WeightsError(f"{layer.name}: a {bits}-bit .net codebook has {2 ** bits} "
+                               "entries, entry 0 being 0.0")
+        if len(layer.codes) and int(layer.codes.max()) >= 2 ** bits:
+            raise WeightsError(f"{layer.name}: code {int(layer.codes.max())} does not fit "
+                               f"{bits} bits")
+        codes = layer.codes.astype(np.uint8)
+        header.append(len(codes))
+        body += [np.asarray(layer.codebook, "<f4").tobytes(),
+                 np.asarray(layer.bias, "<f4").tobytes(),
+                 codes.tobytes() if bits == 8 else _pack_nibbles(codes),
+                 _pack_nibbles(layer.gaps)]
+    return np.asarray(header, "<u4").tobytes() + b"".join(body)
+
+
 def encode(weights: Weights) -> bytes:
     """Lossless 8-bit encoding of ``weights``: each layer's distinct weight values (by bit
     pattern, -0.0 distinct from 0.0) other than +0.0 must number at most 255; they become
     codebook entries 1..255 (entry 0 is 0.0).  Raises :class:`WeightsError` otherwise."""
-    variant = weights.variant
-    header, body = [], []
-    for conv in variant.convs():
+    layers = []
+    for conv in weights.variant.convs():
         w = np.ascontiguousarray(weights[f"{conv.name}.weight"], dtype="<f4").reshape(-1)
-        b = np.ascontiguousarray(weights[f"{conv.name}.bias"], dtype="<f4")
         bits_view = w.view("<u4")
         values = np.unique(bits_view[bits_view != 0])
         if len(values) > 2 ** BITS - 1:
             raise WeightsError(
                 f"{conv.name}.weight has {len(values)} distinct non-zero values; the .net "
                 f"format stores at most {2 ** BITS - 1} per layer (an 8-bit codebook), so it "
-                "cannot hold these weights losslessly (quantize them first)")
+                "cannot hold these weights losslessly (quantize them first: tools/compress)")
         codebook = np.zeros(2 ** BITS, "<u4")
         codebook[1:len(values) + 1] = values
-        nz = np.flatnonzero(bits_view)
-        # Entries: every non-zero position, plus a filler (code 0) every 16 zeros of a gap.
-        prev = np.concatenate([[-1], nz[:-1]])
-        gap = nz - prev - 1                     # zeros before each non-zero
-        fillers = gap // 16                     # each filler consumes 16 positions
-        codes_nz = (np.searchsorted(values, bits_view[nz]) + 1).astype(np.uint8)
-        ends = np.cumsum(fillers + 1) - 1         # entry index of each non-zero
-        n = int(ends[-1]) + 1 if len(nz) else 0
-        codes = np.zeros(n, np.uint8)
-        codes[ends] = codes_nz
-        entry_gaps = np.full(n, 15, np.uint8)   # fillers: 15 zeros + their own 0.0
-        entry_gaps[ends] = gap - 16 * fillers
-        header.append(n)
-        body += [codebook.tobytes(), b.tobytes(), codes.tobytes(), _pack_nibbles(entry_gaps)]
-    return np.asarray(header, "<u4").tobytes() + b"".join(body)
+        flat = np.zeros(len(w), np.uint8)
+        nz = bits_view != 0
+        flat[nz] = np.searchsorted(values, bits_view[nz]) + 1
+        codes, gaps = relative_index(flat)
+        layers.append(Layer(conv.name, codebook.view("<f4"),
+                            np.asarray(weights[f"{conv.name}.bias"], "<f4"), codes, gaps))
+    return pack(layers)
 
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:

@@ -166,6 +166,20 @@ def hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
         nan[3] = np.nan
         put("a NaN in conv10.bias", encode(tensors | {"conv10.bias": nan}, meta))
         put("metadata num_classes='ten'", encode(tensors, meta | {"num_classes": "ten"}))
+    if name == "dcz":
+        import math
+        import struct
+
+        (metalen,) = struct.unpack_from("<I", blob, 8)
+        layer = 12 + metalen + 2  # the first layer's entry count
+        conv1 = next(formats.read(seeds[0].path).variant.convs())
+        tables = layer + 4 + 4 * (1 << blob[5]) + 4 * conv1.out_channels
+        over = bytearray(blob)
+        over[tables:tables + (1 << blob[5])] = bytes([1] * (1 << blob[5]))
+        put("conv1's code table over-subscribed (every code 1 bit long)", bytes(over))
+        many = bytearray(blob)
+        struct.pack_into("<I", many, layer, math.prod(conv1.weight_shape) + 1)
+        put("conv1 claims one entry more than its weights", bytes(many))
     return out
 
 

@@ -122,15 +122,17 @@ def quantized(weights, levels: int = 255):
 
 
 def write_seeded(name: str, variant: Variant, dest: Path, twin: int = 0) -> None:
-    """Write seeded weights for ``variant`` with codec ``name`` (quantized if the codec
-    cannot store them as they are); raises WeightsError if it cannot write them at all."""
+    """Write seeded weights for ``variant`` with codec ``name``; a codebook format, which
+    cannot store them as they are, gets them Deep-Compressed (the release's densities, 4-bit
+    codebooks: what such files hold).  Raises WeightsError if it cannot write them at all."""
+    from ports.formats.compress import compress
     from ports.seeded import seeded_weights
 
     weights = seeded_weights(variant, seed=twin)
     try:
         formats.write(weights, dest, name)
     except WeightsError:
-        formats.write(quantized(weights), dest, name)
+        formats.write(compress(weights, 4).weights(), dest, name)
 
 
 def build_seeds(name: str, directory: Path, log: Callable[[str], None] = _print, *,
