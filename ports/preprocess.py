@@ -189,6 +189,21 @@ def preprocess(image, mode: str) -> np.ndarray:
     return hwc_to_chw(img)[None].astype(np.float32)
 
 
+def caffe_view(image, top: int, left: int, mirror: bool = False) -> np.ndarray:
+    """One image -> ``[1, 3, 227, 227]``: a training view as Caffe's data layer makes them
+    (``caffe`` mode with the 227 crop at ``top``, ``left`` of the 256x256 resize, 0..29 each,
+    and mirrored left to right if ``mirror``).  ``caffe_view(im, 14, 14)`` is
+    ``preprocess(im, "caffe")``."""
+    size = INPUT_SIZE["caffe"]
+    if not (0 <= top <= 256 - size and 0 <= left <= 256 - size):
+        raise ValueError(f"crop offset ({top}, {left}): expected 0..{256 - size} each")
+    img = _crop(resize(_as_rgb255(image), 256, 256), size, top, left)
+    if mirror:
+        img = img[:, ::-1]
+    bgr = img[..., ::-1] - np.array(CAFFE_MEAN_BGR)
+    return hwc_to_chw(bgr)[None].astype(np.float32)
+
+
 def preprocess_batch(images, mode: str) -> np.ndarray:
     """Several images -> ``[N, 3, S, S]`` float32."""
     return np.concatenate([preprocess(im, mode) for im in images], axis=0)

@@ -96,7 +96,7 @@ def test_round_trips_are_exact_at_every_width(release, bits, tmp_path):
 def dcz_size(blob: bytes) -> int:
     """The size a .dcz must have, from its tables alone: the header, and per layer the fixed
     fields plus ceil(sum of code lengths / 8) for each stream (read independently)."""
-    bits, maxlen = blob[5], blob[6]
+    bits = blob[5]
     (metalen,) = struct.unpack_from("<I", blob, 8)
     off = 12 + metalen
     meta = formats.canonical.string_meta(blob[12:off], "meta")
@@ -112,7 +112,7 @@ def dcz_size(blob: bytes) -> int:
         streams = 0
         for lens, alphabet in ((codelens, 1 << bits), (gaplens, 16)):
             (length,) = struct.unpack_from("<I", blob, off)
-            symbols = H.decode(blob[off + 4:off + 4 + length], n, lens, maxlen, "test")
+            symbols = H.decode(blob[off + 4:off + 4 + length], n, lens, "test")
             assert len(symbols) == n and int(symbols.max(initial=0)) < alphabet
             assert length == (int(lens[symbols].sum()) + 7) // 8
             streams += 4 + length
@@ -200,6 +200,181 @@ def test_codebook_entry_zero_is_zero_and_pruned_weights_use_it():
         assert layer.codebook[0] == 0 and len(layer.codebook) == 16
         kept = (q[f"{conv.name}.weight"] != 0).mean()
         assert abs(kept - C.default_density(conv.name)) < 1e-3
+
+
+# --- fine-tuning the centroids ------------------------------------------------------------------
+def small_compressed(bits: int = 3):
+    """A 10-class v1.1 with seeded weights at ``bits``, its dense teacher's logits on two
+    27x27 images, and a float64 reference whose loss and gradients the tests take."""
+    from ports.numpy import train
+
+    w = seeded_weights(Variant("1_1", num_classes=10))
+    x = np.random.default_rng(5).standard_normal((2, 3, 27, 27)) * 20
+    teacher = ref.predict(ref.load(w), x)
+
+    def loss_and_grads(weights):
+        return train.distill_loss_and_grads(ref.load(weights), x, teacher, 2.0)
+
+    return C.compress(w, bits), loss_and_grads
+
+
+def with_entry(c, name, k, value):
+    layers = [layer._replace(codebook=layer.codebook.copy()) for layer in c.layers]
+    layer = next(layer for layer in layers if layer.name == name)
+    layer.codebook[k] = value
+    return c._replace(layers=layers)
+
+
+def test_a_centroids_gradient_is_the_derivative_of_the_loss_in_that_centroid():
+    """For the three busiest entries of four layers, the summed gradient equals central
+    finite differences of the float64 loss when that one codebook entry moves (every
+    weight sharing it moving with it); entry 0 (pruned weights) has none.  Summing is what
+    is right: the mean of the weights' gradients (a plausible slip) fails."""
+    c, loss_and_grads = small_compressed()
+    _, grads = loss_and_grads(c.weights())
+    books = C.centroid_grads(c, grads)
+    for layer in [c.layers[i] for i in (0, 3, 12, 25)]:
+        assert books[layer.name][0] == 0
+        counts = np.bincount(layer.codes, minlength=len(layer.codebook))
+        for k in np.argsort(-counts[1:])[:3] + 1:
+            eps = 1e-5 * abs(float(layer.codebook[k]))  # float32 weights: the step is exact
+            hi, lo = np.float32(layer.codebook[k] + eps), np.float32(layer.codebook[k] - eps)
+            up, _ = loss_and_grads(with_entry(c, layer.name, k, hi).weights())
+            down, _ = loss_and_grads(with_entry(c, layer.name, k, lo).weights())
+            numeric, analytic = (up - down) / float(hi - lo), books[layer.name][k]
+            assert abs(numeric - analytic) <= 1e-6 + 1e-4 * abs(analytic), \
+                (layer.name, k, numeric, analytic)
+            mean = analytic / counts[k]
+            if counts[k] > 1 and abs(analytic) > 1e-5:
+                assert abs(numeric - mean) > 1e-6 + 1e-4 * abs(analytic)
+
+
+def test_fine_tuning_lowers_the_loss_and_changes_only_codebooks_and_biases(tmp_path):
+    """Twenty steps halve the distillation loss against the dense network; the codes,
+    gaps and entry 0 are untouched; the result is written to ``.dcz`` and reads back as
+    exactly its own weights."""
+    c, loss_and_grads = small_compressed()
+    before, _ = loss_and_grads(c.weights())
+    tuned, losses = C.fine_tune(c, lambda w, step: loss_and_grads(w), 20, lr=0.1)
+    after, _ = loss_and_grads(tuned.weights())
+    assert losses[0] == pytest.approx(before) and after < before / 2
+    for old, new in zip(c.layers, tuned.layers):
+        assert np.array_equal(old.codes, new.codes) and np.array_equal(old.gaps, new.gaps)
+        assert new.codebook[0] == 0 and new.codebook.dtype == np.float32
+    assert any(not np.array_equal(o.codebook, n.codebook) for o, n in zip(c.layers, tuned.layers))
+    path = tmp_path / "tuned.dcz"
+    path.write_bytes(dcz.pack(tuned.meta, tuned.bits, tuned.layers))
+    back, mine = formats.read(path), tuned.weights()
+    assert all(np.array_equal(back[k], mine[k]) for k in mine.tensors)
+
+
+def test_fine_tuning_stops_at_a_loss_or_gradient_that_is_not_a_number():
+    c, _ = small_compressed()
+
+    def zeros(w):
+        return {k: np.zeros_like(v) for k, v in w.tensors.items()}
+
+    with pytest.raises(ValueError, match="step 2: the loss is nan"):
+        C.fine_tune(c, lambda w, step: (float("nan") if step else 1.0, zeros(w)), 3)
+
+    def one_nan(w, step):
+        g = zeros(w)
+        g["fire4.expand3x3.weight"] = g["fire4.expand3x3.weight"].copy()
+        g["fire4.expand3x3.weight"][0, 1, 2, 0] = np.nan
+        return 1.0, g
+
+    with pytest.raises(ValueError, match="step 1: the gradient of fire4.expand3x3.weight"):
+        C.fine_tune(c, one_nan, 3)
+
+
+def test_tools_compress_fine_tunes_on_the_pictures_it_is_given(tmp_path):
+    """``tools/compress --fine-tune``: the same codes as without it, other codebooks and
+    biases, and a lower distillation loss against the source on the inputs it distilled
+    on; a port without a distillation gradient is refused by name, and nothing written."""
+    from ports import finetune
+    from ports.numpy import train
+
+    w = seeded_weights(Variant("1_1", num_classes=10))
+    src = tmp_path / "seeded.safetensors"
+    formats.write(w, src)
+    common = ["--bits", "4", "--distil-on", "skimage:chelsea", "--views", "2", "--seeded",
+              "1", "--mixed", "1", "--batch", "2"]
+
+    def compress(dst, *extra):
+        return subprocess.run([sys.executable, str(ROOT / "tools" / "compress"), str(src),
+                               str(dst), *common, *extra], capture_output=True, text=True,
+                              timeout=600)
+
+    plain, tuned = tmp_path / "plain.dcz", tmp_path / "tuned.dcz"
+    assert compress(plain).returncode == 0
+    run = compress(tuned, "--fine-tune", "6", "--lr", "0.1")
+    assert run.returncode == 0, run.stderr
+    assert "fine-tuning on 4 inputs" in run.stderr and "step 6/6" in run.stderr
+    (_, _, before), (_, _, after) = (dcz.parse(f.read_bytes()) for f in (plain, tuned))
+    for old, new in zip(before, after):
+        assert np.array_equal(old.codes, new.codes) and np.array_equal(old.gaps, new.gaps)
+    assert any(not np.array_equal(o.codebook, n.codebook) for o, n in zip(before, after))
+    assert any(not np.array_equal(o.bias, n.bias) for o, n in zip(before, after))
+    import skimage.data
+
+    x = finetune.distillation_set([skimage.data.chelsea()], 2, 1, 1, 0)
+    teacher = ref.predict(ref.load(w), x)
+    losses = [train.distillation(ref.predict(ref.load(formats.read(f)), x), teacher, 2.0)[0]
+              for f in (plain, tuned)]
+    assert losses[1] < losses[0]
+    bad = compress(tmp_path / "bad.dcz", "--fine-tune", "1", "--with", "onnx")
+    assert bad.returncode != 0 and "port 'onnx'" in bad.stderr
+    assert not (tmp_path / "bad.dcz").exists()
+
+
+def test_training_views_are_caffes_crops_and_mirrors():
+    """A view at offset (14, 14) is Caffe's test input; a mirrored view is that input
+    reversed along the width; offsets past the 256x256 resize are refused; a set holds the
+    views, the seeded inputs and the blends, in that order, the same for the same seed."""
+    import skimage.data
+
+    from ports import finetune
+    from ports.preprocess import caffe_view, preprocess
+
+    image = skimage.data.coffee()
+    assert np.array_equal(caffe_view(image, 14, 14), preprocess(image, "caffe"))
+    assert np.array_equal(caffe_view(image, 3, 20, mirror=True),
+                          caffe_view(image, 3, 20)[..., ::-1])
+    with pytest.raises(ValueError, match="crop offset"):
+        caffe_view(image, 30, 0)
+    x = finetune.distillation_set([image], 3, 2, 4, seed=7)
+    assert x.shape == (9, 3, 227, 227) and x.dtype == np.float32
+    assert np.array_equal(x, finetune.distillation_set([image], 3, 2, 4, seed=7))
+    views = finetune.views([image], 3, np.random.default_rng(7))
+    assert np.array_equal(x[:3], views)
+    assert all(x[5 + i].min() >= views.min() - 1e-3 and x[5 + i].max() <= views.max() + 1e-3
+               for i in range(4))  # blends lie between views
+
+
+def test_the_curves_agreement_figures_and_smallest_file():
+    """``devtools.compression``'s measures: a swapped top-1 and a NaN row each count as a
+    disagreement, identical logits have KL 0 and full overlap; the smallest file keeping
+    every held-back picture is found among both states, None when no file keeps all."""
+    from devtools import compression as DC
+
+    want = np.random.default_rng(0).normal(0, 3, (4, 20))
+    same = DC.agreement(want.copy(), want)
+    assert same["top1_agree"] == 4 and same["top5_overlap"] == 1 and same["kl"] == 0
+    got = want.copy()
+    got[1, [want[1].argmax(), want[1].argmin()]] = got[1, [want[1].argmin(), want[1].argmax()]]
+    got[2, 3] = np.nan
+    m = DC.agreement(got, want)
+    assert m["kept"] == [True, False, False, True] and m["top1_agree"] == 2
+
+    def row(bits, size, tuned_size, before, after):
+        return {"bits": bits, "bytes": size, "tuned_bytes": tuned_size,
+                "before": {"pictures": {"kept": before}}, "after": {"pictures": {"kept": after}}}
+
+    rows = [row(8, 500, 500, [True, True], [True, True]),
+            row(6, 380, 379, [True, False], [True, True]),
+            row(4, 300, 300, [False, False], [True, False])]
+    assert DC.smallest_keeping_all(rows) == {"bytes": 379, "bits": 6, "fine_tuned": True}
+    assert DC.smallest_keeping_all(rows[2:]) is None
 
 
 # --- Huffman ------------------------------------------------------------------------------------
@@ -298,8 +473,8 @@ def test_padding_bits_after_the_last_code_must_be_zero(tmp_path):
     """A stream whose last byte carries a set padding bit is refused (nothing is ignored)."""
     lengths = np.array([1, 1], np.uint8)
     stream = H.encode(np.array([0, 1, 0]), lengths)  # 3 bits: 010 + 5 padding bits
-    assert H.decode(stream, 3, lengths, 15, "s").tolist() == [0, 1, 0]
+    assert H.decode(stream, 3, lengths, "s").tolist() == [0, 1, 0]
     with pytest.raises(WeightsError, match="bits after the last of its 3 entries"):
-        H.decode(bytes([stream[0] | 1]), 3, lengths, 15, "s")
+        H.decode(bytes([stream[0] | 1]), 3, lengths, "s")
     with pytest.raises(WeightsError, match="ends before its 9 entries"):
-        H.decode(stream, 9, lengths, 15, "s")
+        H.decode(stream, 9, lengths, "s")

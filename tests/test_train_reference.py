@@ -189,3 +189,68 @@ def test_decisions_of_refuses_activations_of_another_shape():
     acts = ref.activations(ref.load(weights), x[:2])
     with pytest.raises(ValueError, match="activations of"):
         training.decided(weights, weights.tensors, x, labels, acts)
+
+
+# --- distillation: the soft-target loss the compressed network is fine-tuned with --------------
+
+def test_distillation_is_the_kl_divergence_and_its_gradient_is_exact():
+    """The loss is ``T**2`` times the mean KL divergence of the tempered softmaxes, written
+    out independently here; it is 0 when the logits differ from the teacher's by a constant
+    per image; its gradient agrees with central finite differences at T = 1 and T = 4."""
+    rng = np.random.default_rng(0)
+    logits, teacher = rng.normal(0, 3, (3, 7)), rng.normal(0, 3, (3, 7))
+    for t in (1.0, 4.0):
+        p = np.exp(teacher / t) / np.exp(teacher / t).sum(1, keepdims=True)
+        q = np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True)
+        loss, grad = train.distillation(logits, teacher, t)
+        assert loss == pytest.approx(t * t * np.mean(np.sum(p * np.log(p / q), 1)), rel=1e-12)
+        eps = 1e-6
+        for i in np.ndindex(logits.shape):
+            up, down = logits.copy(), logits.copy()
+            up[i] += eps
+            down[i] -= eps
+            numeric = (train.distillation(up, teacher, t)[0]
+                       - train.distillation(down, teacher, t)[0]) / (2 * eps)
+            assert abs(numeric - grad[i]) <= 1e-8, (t, i, numeric, grad[i])
+    shifted = teacher + np.array([[1.0], [-2.0], [30.0]])
+    assert train.distillation(shifted, teacher)[0] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="teacher logits"):
+        train.distillation(logits, teacher[:2])
+    with pytest.raises(ValueError, match="temperature"):
+        train.distillation(logits, teacher, 0.0)
+
+
+def test_a_distillation_gradient_without_its_temperature_factor_fails_the_check():
+    """The finite-difference check above can fail: dropping the factor ``T`` (a common slip
+    when tempering a softmax) is caught at T = 4."""
+    rng = np.random.default_rng(1)
+    logits, teacher = rng.normal(0, 3, (2, 5)), rng.normal(0, 3, (2, 5))
+    _, grad = train.distillation(logits, teacher, 4.0)
+    wrong = grad / 4.0
+    up, down = logits.copy(), logits.copy()
+    up[0, 0] += 1e-6
+    down[0, 0] -= 1e-6
+    numeric = (train.distillation(up, teacher, 4.0)[0]
+               - train.distillation(down, teacher, 4.0)[0]) / 2e-6
+    assert abs(numeric - grad[0, 0]) <= 1e-8 < abs(numeric - wrong[0, 0])
+
+
+def test_distill_loss_and_grads_back_propagates_the_distillation_gradient():
+    """Every parameter's distillation gradient agrees with central finite differences of
+    the distillation loss of the reference's forward pass (one entry per tensor)."""
+    rng = np.random.default_rng(2)
+    model = ref.load(seeded_weights(Variant.from_id("1_0-p1-complex-c10")))
+    x = rng.standard_normal((2, 3, 27, 27))
+    teacher = rng.normal(0, 1, (2, 10))
+    _, grads = train.distill_loss_and_grads(model, x, teacher, 2.0)
+    for name, param in model.params.items():
+        flat, g = param.reshape(-1), grads[name].reshape(-1)
+        i = int(np.argmax(np.abs(g)))
+        base = flat[i]
+        flat[i] = base + 1e-7
+        up, _ = train.distillation(ref.forward(model, x), teacher, 2.0)
+        flat[i] = base - 1e-7
+        down, _ = train.distillation(ref.forward(model, x), teacher, 2.0)
+        flat[i] = base
+        numeric = (up - down) / 2e-7
+        assert g[i] != 0 and abs(numeric - g[i]) <= 1e-7 + 1e-5 * abs(g[i]), (name, numeric, g[i])

@@ -1,5 +1,5 @@
-"""``tools/compress SRC DST [--bits B] [--density NAME=F ...] [--force]`` and
-``tools/compress --densities FILE.net``.
+"""``tools/compress SRC DST [--bits B] [--density NAME=F ...] [--fine-tune STEPS] [--force]``
+and ``tools/compress --densities FILE.net``.
 
 Deep Compression of any weights file the converter reads (:mod:`ports.formats.compress`):
 magnitude pruning per layer, k-means weight sharing per layer, the relative-index encoding.
@@ -8,6 +8,9 @@ DST's ending picks the file: ``.dcz`` the compact container (Huffman-coded codes
 for the 4-bit width, which needs ``--bits 4`` or fewer).  The summary prints per layer its
 density, codebook size, bytes and weight error (max |w_q - w| / max |w|), and the total.
 ``--densities`` prints a ``.net`` file's per-layer densities (the default's source).
+``--fine-tune STEPS`` then moves the codebooks and biases to match SRC's own logits
+(:mod:`ports.finetune`: no labels; Caffe views of ``--distil-on`` pictures and seeded
+inputs; ``--with torch`` takes the gradients with PyTorch, faster than the NumPy default).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import sys
 
 import numpy as np
 
-from .. import formats
+from .. import finetune, formats
+from ..finetune import DISTIL_PHOTOS
 from ..formats import compress as C
 from ..formats import dcz
 from ..formats import deepcompression as D
 from ..formats._io import atomic_write
 from . import command
+from .classify import load_image
 
 
 def _density(text: str) -> tuple[str, float]:
@@ -59,6 +64,23 @@ def main(argv: list[str]) -> int:
                    help="codebook width of a .net output (default 8)")
     p.add_argument("--densities", action="store_true",
                    help="print SRC's (a .net) per-layer densities and exit")
+    t = p.add_argument_group("fine-tuning (ports.finetune)")
+    t.add_argument("--fine-tune", type=int, default=0, metavar="STEPS",
+                   help="distil SRC's logits into the codebooks and biases for STEPS steps")
+    t.add_argument("--distil-on", nargs="+", metavar="IMAGE",
+                   default=[f"skimage:{name}" for name in DISTIL_PHOTOS],
+                   help="image files or skimage:NAME (default: ten scikit-image pictures)")
+    t.add_argument("--views", type=int, default=24, help="training views per image (24)")
+    t.add_argument("--seeded", type=int, default=40, help="seeded inputs added (40)")
+    t.add_argument("--mixed", type=int, default=80, help="blends of two views added (80)")
+    t.add_argument("--with", dest="port", default="numpy",
+                   help="port taking the gradients: numpy (default) or torch")
+    t.add_argument("--lr", type=float, default=finetune.LR, help="Adam rate, in units of "
+                   f"each codebook's spacing ({finetune.LR:g})")
+    t.add_argument("--temperature", type=float, default=finetune.TEMPERATURE,
+                   help=f"softmax temperature ({finetune.TEMPERATURE:g})")
+    t.add_argument("--batch", type=int, default=32, help="inputs per step (32)")
+    t.add_argument("--seed", type=int, default=0, help="views, noise and batches (0)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress or summary")
     args = p.parse_args(argv)
@@ -79,9 +101,18 @@ def main(argv: list[str]) -> int:
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     result = C.compress(weights, args.bits, dict(args.density), iterations=args.iterations,
                         progress=log)
+    if args.fine_tune > 0:
+        images = [load_image(spec) for spec in args.distil_on]
+        x = finetune.distillation_set(images, args.views, args.seeded, args.mixed, args.seed)
+        if log:
+            log(f"fine-tuning on {len(x)} inputs ({len(images)} pictures x {args.views} "
+                f"views, {args.seeded} seeded, {args.mixed} blends) with ports.{args.port}")
+        result, _ = finetune.fine_tune(result, weights, x, args.fine_tune, port=args.port,
+                                       lr=args.lr, temperature=args.temperature,
+                                       batch=args.batch, seed=args.seed, progress=log)
     if ending == "dcz":
-        blob = dcz.pack(result.meta, result.bits, result.layers)
-        sizes = [len(dcz.pack_layer(layer, result.bits)) for layer in result.layers]
+        blobs = [dcz.pack_layer(layer, result.bits) for layer in result.layers]
+        blob, sizes = dcz.assemble(result.meta, result.bits, blobs), [len(b) for b in blobs]
     else:
         layers = [layer._replace(codebook=np.concatenate(
             [layer.codebook, np.zeros((1 << args.net_bits) - len(layer.codebook), np.float32)]))

@@ -91,8 +91,7 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     return np.packbits(bits).tobytes()
 
 
-def decode(stream: bytes, n: int, lengths: np.ndarray, max_length: int,
-           what: str) -> np.ndarray:
+def decode(stream: bytes, n: int, lengths: np.ndarray, what: str) -> np.ndarray:
     """``n`` symbols (int64) from ``stream``, which must end with the last codeword's byte,
     padded with zero bits.  ``lengths`` must be valid (:func:`check`)."""
     lengths = np.asarray(lengths, np.int64)

@@ -17,10 +17,16 @@ relative-index encoding of :mod:`.deepcompression` (Huffman-coded in :mod:`.dcz`
   Codebook entry 0 is 0.0, for the pruned weights; entries 1.. are the centroids, ascending.
 * Biases are kept as they are.  The result's :meth:`Compressed.weights` are exactly what a
   file written from it decodes to.
+* **Fine-tuning** (:func:`fine_tune`), as Deep Compression fine-tunes shared weights: the
+  codes stay (pruned weights stay 0), and each centroid moves by the sum of the gradients
+  of the weights that share it (:func:`centroid_grads`); the biases move by their own.
+  The gradients come from a caller's function, e.g. a port's distillation loss against the
+  uncompressed network's logits (``tools/compress --fine-tune``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -96,8 +102,8 @@ def kmeans(values: np.ndarray, clusters: int, iterations: int = 100) -> tuple[np
         counts = np.bincount(assign, minlength=clusters)
         sums = np.bincount(assign, weights=v, minlength=clusters)
         filled = counts > 0
+        # each mean lies inside its interval, so the centroids stay ascending
         centroids = np.where(filled, sums / np.maximum(counts, 1), centroids)
-        centroids = np.sort(centroids)  # means of ordered intervals stay ordered; kept exact
     return centroids, assign
 
 
@@ -123,6 +129,93 @@ def with_codebooks(weights: Weights, codebooks: dict[str, np.ndarray]) -> list[L
                             np.asarray(weights[f"{conv.name}.bias"], np.float32),
                             *relative_index(codes)))
     return layers
+
+
+def centroid_grads(c: Compressed, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The gradient of each codebook entry, float64[2**bits] per conv: the sum of the
+    gradients (``grads``: ``{canonical name: OIHW array}``) of the weights holding that
+    entry; entry 0 (the pruned weights, fixed at 0.0) gets 0."""
+    out = {}
+    for conv, layer in zip(c.variant.convs(), c.layers):
+        g = np.asarray(grads[f"{conv.name}.weight"], np.float64).reshape(-1)
+        if g.size != math.prod(conv.weight_shape):
+            raise ValueError(f"{conv.name}.weight gradient: expected {conv.weight_shape}, got "
+                             f"{np.shape(grads[f'{conv.name}.weight'])}")
+        codes = layer.flat_codes(g.size)
+        out[conv.name] = np.bincount(codes, weights=g, minlength=len(layer.codebook))
+        out[conv.name][0] = 0.0
+    return out
+
+
+class Adam:
+    """Adam (Kingma and Ba 2015) on named float64 arrays, each array's step ``lr`` times its
+    own ``unit`` times the usual normalised moment."""
+
+    def __init__(self, params: dict[str, np.ndarray], lr: float, unit: dict[str, float],
+                 betas=(0.9, 0.999), eps: float = 1e-12):
+        self.lr, self.unit, self.betas, self.eps, self.t = lr, unit, betas, eps, 0
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+             rate: float = 1.0) -> None:
+        """One step, ``rate`` times the learning rate."""
+        self.t += 1
+        b1, b2 = self.betas
+        for k, g in grads.items():
+            self.m[k] = b1 * self.m[k] + (1 - b1) * g
+            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
+            m_hat, v_hat = self.m[k] / (1 - b1 ** self.t), self.v[k] / (1 - b2 ** self.t)
+            params[k] = params[k] - rate * self.lr * self.unit[k] * m_hat / (np.sqrt(v_hat)
+                                                                             + self.eps)
+
+
+def schedule(step: int, steps: int) -> float:
+    """The fraction of the rate at ``step`` (0-based) of ``steps``: a linear warm-up over the
+    first tenth, then a linear fall to ``1 / steps``."""
+    warm = max(1, steps // 10)
+    return min(1.0, (step + 1) / warm) * (1 - step / steps)
+
+
+def fine_tune(c: Compressed, grads_of: Callable[[Weights, int], tuple[float, dict]],
+              steps: int, lr: float = 0.05, *, biases: bool = True,
+              progress: Callable[[str], None] | None = None) -> tuple[Compressed, list[float]]:
+    """``steps`` Adam steps (rate ``lr`` times :func:`schedule`) on the codebooks (entries
+    1.., float64 masters rounded to float32 each step) and, if ``biases``, the biases of
+    ``c``; codes and pruned weights unchanged.  Each array's step is in its own unit, its
+    range divided by ``2**bits`` (for a codebook about its spacing, so that one ``lr`` fits
+    layers whose weights differ a hundredfold, and every width).  ``grads_of(weights, step)
+    -> (loss, {canonical name: gradient})`` gives the loss and the gradient of every
+    parameter at the current quantized ``weights`` (the caller picks the batch of that
+    step).  Returns the fine-tuned network and each step's loss (before its step)."""
+    params = {}
+    for layer in c.layers:
+        params[f"{layer.name}.weight"] = layer.codebook.astype(np.float64)
+        params[f"{layer.name}.bias"] = layer.bias.astype(np.float64)
+    unit = {k: float(np.ptp(v[1:] if k.endswith(".weight") else v)) / (1 << c.bits) or 1e-8
+            for k, v in params.items()}
+    opt = Adam(params, lr, unit)
+    losses = []
+    for step in range(steps):
+        loss, grads = grads_of(c.weights(), step)
+        if not np.isfinite(loss):
+            raise ValueError(f"fine-tuning step {step + 1}: the loss is {loss}")
+        bad = [k for k in params if not np.isfinite(grads[k]).all()]
+        if bad:
+            raise ValueError(f"fine-tuning step {step + 1}: the gradient of {bad[0]} is not "
+                             "finite")
+        books = centroid_grads(c, grads)
+        opt.step(params, {**{f"{k}.weight": v for k, v in books.items()},
+                          **{f"{k}.bias": np.asarray(grads[f"{k}.bias"], np.float64)
+                             for k in books if biases}}, rate=schedule(step, steps))
+        c = c._replace(layers=[layer._replace(
+            codebook=np.concatenate([[0.0], params[f"{layer.name}.weight"][1:]]).astype(
+                np.float32),
+            bias=params[f"{layer.name}.bias"].astype(np.float32)) for layer in c.layers])
+        losses.append(loss)
+        if progress:
+            progress(f"fine-tuning step {step + 1}/{steps}: loss {loss:.5f}")
+    return c, losses
 
 
 def compress(weights: Weights, bits: int = 6, density: dict[str, float] | None = None, *,

@@ -134,8 +134,8 @@ def parse(blob: bytes, *, variant: Variant | None = None) -> tuple[dict, int, li
                 raise WeightsError(f"{where}: {what} stream of {length} bytes, more than "
                                    f"{n} codes of at most {maxlen} bits take")
             streams.append(r.take(length, f"{where}'s {what} stream"))
-        codes = H.decode(streams[0], n, codelens, maxlen, f"{where}'s code stream")
-        gaps = H.decode(streams[1], n, gaplens, maxlen, f"{where}'s gap stream")
+        codes = H.decode(streams[0], n, codelens, f"{where}'s code stream")
+        gaps = H.decode(streams[1], n, gaplens, f"{where}'s gap stream")
         positions = np.cumsum(gaps + 1) - 1
         if n and positions[-1] >= size:
             first = int(np.argmax(positions >= size))
@@ -155,10 +155,16 @@ def decode(blob: bytes, *, variant: Variant | None = None) -> Weights:
 
 def pack(meta: dict, bits: int, layers: list[Layer], max_length: int = H.MAX_LENGTH) -> bytes:
     """The ``.dcz`` bytes of ``layers`` (spec order) with ``bits``-bit codebooks."""
+    return assemble(meta, bits, [pack_layer(layer, bits, max_length) for layer in layers],
+                    max_length)
+
+
+def assemble(meta: dict, bits: int, layer_blobs: list[bytes],
+             max_length: int = H.MAX_LENGTH) -> bytes:
+    """The ``.dcz`` bytes around layers already packed by :func:`pack_layer`."""
     text = json.dumps(dict(meta), sort_keys=True, ensure_ascii=False).encode("utf-8")
     return b"".join([MAGIC, struct.pack("<4BI", VERSION, bits, max_length, 0, len(text)), text,
-                     struct.pack("<H", len(layers))]
-                    + [pack_layer(layer, bits, max_length) for layer in layers])
+                     struct.pack("<H", len(layer_blobs)), *layer_blobs])
 
 
 def pack_layer(layer: Layer, bits: int, max_length: int = H.MAX_LENGTH) -> bytes:

@@ -25,6 +25,10 @@ rounding may put an input on the other side, and both gradients are right).
 :func:`kinks` lists the decisions within rounding of their kink, which a port's training
 pass and its activations (two computations that may round differently) can take apart.
 
+``distill_loss_and_grads`` takes the same backward pass from :func:`distillation`, Hinton's
+soft-target loss against another network's logits (no labels: what fine-tuning a compressed
+network, :mod:`ports.finetune`, minimises).
+
 ``train_steps`` is Caffe's ``SGDSolver`` with L2 weight decay on every weight and bias
 (the released train_val prototxts leave ``decay_mult`` at 1)::
 
@@ -44,8 +48,9 @@ from .._api import Step
 from .._predict import as_input
 from .network import POOL, SqueezeNet, forward
 
-__all__ = ["loss_and_grads", "train_steps", "dropout", "softmax_cross_entropy", "recorded",
-           "backward", "decisions_of", "kinks", "Kink"]
+__all__ = ["loss_and_grads", "distill_loss_and_grads", "train_steps", "dropout",
+           "softmax_cross_entropy", "distillation", "recorded", "backward", "decisions_of",
+           "kinks", "Kink"]
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -57,6 +62,28 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     grad = np.exp(log_p)
     grad[rows, labels] -= 1.0
     return float(-log_p[rows, labels].mean()), grad / len(logits)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def distillation(logits: np.ndarray, teacher: np.ndarray,
+                 temperature: float = 1.0) -> tuple[float, np.ndarray]:
+    """Hinton's soft-target loss of ``logits`` [N, C] against a teacher's logits [N, C]:
+    ``T**2`` times the batch mean of ``KL(softmax(teacher / T) || softmax(logits / T))``
+    (0 when the two agree up to a constant per image), and its gradient with respect to
+    ``logits``, ``T * (softmax(logits / T) - softmax(teacher / T)) / N``."""
+    if teacher.shape != logits.shape:
+        raise ValueError(f"teacher logits: expected shape {logits.shape}, got {teacher.shape}")
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+    t = temperature
+    log_p, log_q = _log_softmax(teacher / t), _log_softmax(logits / t)
+    p = np.exp(log_p)
+    loss = t * t * float((p * (log_p - log_q)).sum(axis=1).mean())
+    return loss, t * (np.exp(log_q) - p) / len(logits)
 
 
 def conv2d_backward(x: np.ndarray, w: np.ndarray, stride: int, padding: int,
@@ -190,9 +217,27 @@ def loss_and_grads(model: SqueezeNet, x, labels,
     OIHW, in the model's dtype (dropout off; ``decide``: see the module docstring)."""
     x = as_input(x, model.variant).astype(model.dtype)
     labels = _labels(labels, len(x), model.variant.num_classes)
+    return _loss_and_grads(model, x, lambda logits: softmax_cross_entropy(logits, labels),
+                           decide)
+
+
+def distill_loss_and_grads(model: SqueezeNet, x, teacher, temperature: float = 1.0,
+                           decide=_same) -> tuple[float, dict[str, np.ndarray]]:
+    """:func:`distillation` of ``model``'s logits on ``x`` [N,3,H,W] against ``teacher``
+    [N, C] (another network's logits on the same images), and its gradient with respect to
+    every parameter, as :func:`loss_and_grads`."""
+    x = as_input(x, model.variant).astype(model.dtype)
+    teacher = np.asarray(teacher, np.float64)
+    return _loss_and_grads(model, x, lambda logits: distillation(
+        logits.astype(np.float64), teacher, temperature), decide)
+
+
+def _loss_and_grads(model: SqueezeNet, x: np.ndarray, loss_of, decide):
+    """``loss_of(logits) -> (loss, dlogits)`` on ``model``'s forward pass, and every
+    parameter's gradient (the model's dtype)."""
     acts = recorded(model, x)
-    loss, dlogits = softmax_cross_entropy(acts["logits"], labels)
-    grads = backward(model, x, acts, dlogits, decide)
+    loss, dlogits = loss_of(acts["logits"])
+    grads = backward(model, x, acts, dlogits.astype(model.dtype), decide)
     return loss, {name: grads[name] for name in model.variant.params()}
 
 

@@ -3,6 +3,7 @@
     >>> from ports.torch import load, train
     >>> loss, grads = train.loss_and_grads(model, x, labels)     # {canonical name: OIHW}
     >>> steps = train.train_steps(model, x, labels, lrs=[0.01, 0.0095])   # ports._api.Step
+    >>> loss, grads = train.distill_loss_and_grads(model, x, teacher_logits, temperature=2)
 
 The loss is Caffe's ``SoftmaxWithLoss`` on the logits (``F.cross_entropy``, mean over the
 batch); dropout is off (the model stays in ``eval()``, which here only disables dropout).
@@ -46,6 +47,22 @@ def loss_and_grads(model: SqueezeNet, x, labels) -> tuple[float, dict[str, np.nd
     model.eval()  # dropout off
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(xt), yt)
+    loss.backward()
+    return loss.item(), {k: p.grad.detach().numpy().copy() for k, p in _named(model).items()}
+
+
+def distill_loss_and_grads(model: SqueezeNet, x, teacher, temperature: float = 1.0
+                           ) -> tuple[float, dict[str, np.ndarray]]:
+    """Hinton's soft-target loss against ``teacher`` [N, C] (another network's logits on
+    ``x``): ``T**2`` times the batch mean of ``KL(softmax(teacher/T) || softmax(logits/T))``
+    (``ports.numpy.train.distillation``), and every parameter's gradient, as
+    :func:`loss_and_grads`."""
+    xt, _ = _batch(model, x, np.zeros(len(x), np.int64))
+    model.eval()  # dropout off
+    model.zero_grad(set_to_none=True)
+    target = F.log_softmax(torch.as_tensor(np.asarray(teacher, np.float64)) / temperature, 1)
+    student = F.log_softmax(model(xt).double() / temperature, 1)
+    loss = F.kl_div(student, target, reduction="batchmean", log_target=True) * temperature ** 2
     loss.backward()
     return loss.item(), {k: p.grad.detach().numpy().copy() for k, p in _named(model).items()}
 
