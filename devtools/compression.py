@@ -82,29 +82,33 @@ def measure(net: Path, steps: int = 100, port: str = "numpy", bits_list=BITS,
     sets = held_back_sets()
     model = ref.load(release, "float32")
     base = {k: ref.predict(model, x) for k, x in sets.items()}
-    x_distil = finetune.distillation_set([picture(n) for n in finetune.DISTIL_PHOTOS])
+    x_distil = finetune.distillation_set([picture(n) for n in finetune.DISTIL_PHOTOS]) \
+        if steps else np.zeros((0, 3, 227, 227), np.float32)
     grads_of = finetune.gradients(release, x_distil, port=port) if steps else None
 
-    def evaluate(c: C.Compressed) -> dict:
-        q = dcz.decode(dcz.pack(c.meta, c.bits, c.layers))
+    def written(c: C.Compressed) -> tuple[bytes, object]:
+        """The ``.dcz`` of ``c`` and the weights it reads back as."""
+        blob = dcz.pack(c.meta, c.bits, c.layers)
+        return blob, dcz.decode(blob)
+
+    def evaluate(q) -> dict:
         qm = ref.load(q, "float32")
         return {k: agreement(ref.predict(qm, x), base[k]) for k, x in sets.items()}
 
     rows = []
     for bits in bits_list:
         c = C.compress(release, bits)
-        blob = dcz.pack(c.meta, c.bits, c.layers)
-        q = dcz.decode(blob)
+        blob, q = written(c)
         row = {"bits": bits, "bytes": len(blob),
                "max_weight_rel_err": max(float(np.abs(q[k] - release[k]).max()
                                                / np.abs(release[k]).max())
                                          for k in q.tensors if k.endswith(".weight")),
-               "before": evaluate(c)}
+               "before": evaluate(q)}
         if steps:
             tuned, losses = C.fine_tune(c, grads_of, steps, finetune.LR,
                                         progress=lambda line, b=bits: log(f"{b} bits, {line}"))
-            tuned_blob = dcz.pack(tuned.meta, tuned.bits, tuned.layers)
-            row.update(tuned_bytes=len(tuned_blob), losses=losses, after=evaluate(tuned))
+            tuned_blob, tuned_q = written(tuned)
+            row.update(tuned_bytes=len(tuned_blob), losses=losses, after=evaluate(tuned_q))
         rows.append(row)
         log(f"{bits} bits: {len(blob):,} bytes; " + "; ".join(
             f"{when}: pictures {row[when]['pictures']['top1_agree']}/10, views "

@@ -168,13 +168,10 @@ def preprocess(image, mode: str) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"input: expected [N, 3, H, W], got shape {x.shape}")
         return x
-    img = _as_rgb255(image)
     if mode == "caffe":
-        size = INPUT_SIZE["caffe"]
-        offset = caffe_crop_offset(256, size)
-        img = _crop(resize(img, 256, 256), size, offset, offset)
-        bgr = img[..., ::-1] - np.array(CAFFE_MEAN_BGR)
-        return hwc_to_chw(bgr)[None].astype(np.float32)
+        offset = caffe_crop_offset(256, INPUT_SIZE["caffe"])
+        return caffe_view(image, offset, offset)
+    img = _as_rgb255(image)
     h, w = img.shape[:2]
     short = 256
     # torchvision.transforms.Resize(256): the long side is truncated, not rounded.

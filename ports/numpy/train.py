@@ -56,8 +56,7 @@ __all__ = ["loss_and_grads", "distill_loss_and_grads", "train_steps", "dropout",
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean over the batch of ``-log softmax(logits)[label]``, and its gradient
     ``(softmax - onehot) / N`` with respect to ``logits`` ``[N, C]``."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_p = _log_softmax(logits)
     rows = np.arange(len(logits))
     grad = np.exp(log_p)
     grad[rows, labels] -= 1.0

@@ -28,11 +28,13 @@ from ..formats.torch import key_table
 from .network import SqueezeNet
 
 
-def _batch(model: SqueezeNet, x, labels) -> tuple[torch.Tensor, torch.Tensor]:
+def _input(model: SqueezeNet, x) -> torch.Tensor:
     x = as_input(x, model.variant)
-    dtype = next(model.parameters()).dtype
-    return (torch.from_numpy(np.ascontiguousarray(x)).to(dtype),
-            torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+    return torch.from_numpy(np.ascontiguousarray(x)).to(next(model.parameters()).dtype)
+
+
+def _batch(model: SqueezeNet, x, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    return _input(model, x), torch.as_tensor(np.asarray(labels), dtype=torch.int64)
 
 
 def _named(model: SqueezeNet) -> dict[str, torch.nn.Parameter]:
@@ -57,7 +59,7 @@ def distill_loss_and_grads(model: SqueezeNet, x, teacher, temperature: float = 1
     ``x``): ``T**2`` times the batch mean of ``KL(softmax(teacher/T) || softmax(logits/T))``
     (``ports.numpy.train.distillation``), and every parameter's gradient, as
     :func:`loss_and_grads`."""
-    xt, _ = _batch(model, x, np.zeros(len(x), np.int64))
+    xt = _input(model, x)
     model.eval()  # dropout off
     model.zero_grad(set_to_none=True)
     target = F.log_softmax(torch.as_tensor(np.asarray(teacher, np.float64)) / temperature, 1)
