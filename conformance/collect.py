@@ -72,6 +72,11 @@ def train_case(port: str, case: Case) -> dict:
     return out
 
 
+# The names an engine's ``precision(model)`` may give for each case dtype (OpenVINO says
+# ``f32``, LiteRT the tensors' type): anything else is an error, never a verdict.
+SAME_PRECISION = {"float32": {"float32", "f32"}, "float64": {"float64", "f64"}}
+
+
 @cache
 def _module(port: str):
     return PORTS[port].import_module()
@@ -105,6 +110,12 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
         x, expected = fx.inputs(), fx.expected()
         atol, rtol = tolerance(port, case.dtype, fx.tolerance)
     model = _model(port, case.kind, case.name, case.dtype)
+    precision = getattr(_module(port), "precision", None)
+    if callable(precision):  # an engine that chooses its own precision says what it ran in
+        extra["precision"] = precision(model)
+        if extra["precision"] not in SAME_PRECISION.get(case.dtype, {case.dtype}):
+            raise RuntimeError(f"{port} computed a {case.dtype} case in "
+                               f"{extra['precision']}: no {case.dtype} verdict can be given")
     start = time.perf_counter()
     logits = np.asarray(_module(port).predict(model, x.astype(case.dtype)))
     extra["seconds"] = time.perf_counter() - start

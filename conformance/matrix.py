@@ -260,6 +260,16 @@ def table(records: list[dict]) -> str:
                          f"{r['max_abs']:.2e} / {r['max_rel']:.2e} / "
                          f"{r['top5_agree']}/{r['images']} / {top1}"
                          f"{'' if r['ok'] else '  MISMATCH'}")
+    ran_in = {}
+    for r in records:
+        if r.get("precision"):
+            ran_in.setdefault(r["port"], {}).setdefault(r["dtype"], set()).add(r["precision"])
+    if ran_in:
+        lines.append("")
+        lines.append("precision the engines report they computed in, per case dtype:")
+        for port, by_dtype in ran_in.items():
+            said = ", ".join(f"{d} cases in {'/'.join(sorted(p))}" for d, p in by_dtype.items())
+            lines.append(f"  {port:<12} {said}")
     bad = [r for r in records if not r.get("error") and not r.get("ok")]
     if bad:
         lines.append("")

@@ -132,6 +132,10 @@ BUILT_IN: list[Port] = [
     Port("onnxruntime", "conformance.engines.onnxruntime", "onnx", ("float32",),
          bench="onnxruntime",
          framework={"onnxruntime": "SQUEEZENET_ONNXRUNTIME_VERSION", "onnx": None}),
+    Port("openvino", "conformance.engines.openvino", "openvino", ("float32",),
+         bench="openvino", framework={"openvino": "SQUEEZENET_OPENVINO_VERSION"}),
+    Port("litert", "conformance.engines.litert", "litert", ("float32",), bench="litert",
+         framework={"ai-edge-litert": "SQUEEZENET_LITERT_VERSION"}),
 ]
 
 PORTS: Registry = Registry({p.name: p for p in BUILT_IN}).discover()

@@ -48,7 +48,7 @@ def test_a_link_to_the_same_bytes_outside_is_refused_and_the_honest_twin_reads(t
     assert same(formats.read(h.honest, h.format).tensors, want)
     # Following the link is the only way the hostile input reads: with it followed, it does.
     followed = tmp_path / "followed"
-    if h.format == "orbax":
+    if formats.FORMATS[h.format].directory:
         shutil.copytree(h.path, followed / h.path.name, symlinks=False)
     else:
         shutil.copytree(h.folder, followed, symlinks=False)

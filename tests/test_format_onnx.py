@@ -148,7 +148,7 @@ def test_wrong_architecture_is_refused():
     g = model.graph
     convs = [n for n in g.node if n.op_type == "Conv"]
     g.node.remove(convs[5])
-    with pytest.raises(WeightsError, match="25 Conv nodes"):
+    with pytest.raises(WeightsError, match="has 25 Conv operations"):
         of.decode(model.SerializeToString())
     w, model = _model("1_1-p0-none")
     t = next(i for i in model.graph.initializer if i.name == "fire4.expand3x3.weight")

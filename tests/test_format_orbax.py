@@ -21,6 +21,7 @@ from ports import formats
 from ports.cli import run
 from ports.cli.convert import main as convert_main
 from ports.errors import WeightsError
+from ports.formats import _io
 from ports.formats import orbax as codec
 from ports.layouts import oihw_to_hwio
 from ports.seeded import seeded_weights
@@ -236,7 +237,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary(tmp_path
         (root / "_METADATA").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(codec, "_write_tree", boom)
+    monkeypatch.setattr(_io, "_write_tree", boom)
     with pytest.raises(OSError, match="No space"):
         formats.write(seeded_weights(SMALL, seed=1), path)
     with pytest.raises(OSError, match="No space"):

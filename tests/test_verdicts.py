@@ -11,7 +11,8 @@ with Caffe's rule on a small made-up case whose reference it installs in
 pointed at an empty folder, so its real-weights cases are recorded as not run.
 Environment variables plant the defects:
 ``TINY_KILL_AT=N`` (SIGKILL at the Nth logits call), ``TINY_EXIT0_AT=N`` (exit 0 there),
-``TINY_NAN=logit|grad|weights|loss``.
+``TINY_NAN=logit|grad|weights|loss``, ``TINY_PRECISION=bf16`` (the precision it says it
+computed in).
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def predict(model, x):
 
 def activations(model, x, layers=None):
     return {}
+
+
+def precision(model):  # what an engine that picks its own precision says it computed in
+    return os.environ.get("TINY_PRECISION", "float32")
 
 
 def loss_and_grads(model, x, labels):
@@ -302,6 +307,25 @@ def test_a_nan_anywhere_fails(on_path, nan, case, named):
     why = _failed(matrix(env, "--no-run"))
     assert "not finite or incomplete in " in why, why
     assert f"{case} (" in why, why
+
+
+def test_a_float32_case_computed_in_another_precision_fails(on_path):
+    """An engine that says it computed a float32 case in bfloat16 (OpenVINO's default on a
+    CPU with AVX512-BF16) gets no float32 verdict: every case is an error naming the
+    precision, and the matrix fails the port; honest ``f32`` is recorded and passes."""
+    _, env = on_path
+    made = collect(env, TINY_PRECISION="bf16")
+    assert made.returncode == 1
+    assert f"{NAN_CASE}: ERROR RuntimeError: {PORT} computed a float32 case in bf16" \
+        in made.stdout, made.stdout
+    out = matrix(env, TINY_PRECISION="bf16")
+    assert out.returncode == 1 and "computed a float32 case in bf16" in out.stdout, out.stdout
+    assert collect(env, TINY_PRECISION="f32", SQUEEZENET_RECOMPUTE="1").returncode == 0
+    _, doc = _record(env)
+    golden = [r for r in doc["cases"] if r["kind"] == "golden"]
+    assert golden and all(r["precision"] == "f32" for r in golden)
+    out = matrix(env, "--no-run")
+    assert out.returncode == 0 and f"{PORT:<12} float32 cases in f32" in out.stdout, out.stdout
 
 
 def test_the_worst_error_treats_nan_as_the_worst():

@@ -16,7 +16,6 @@ import numpy as np
 import onnxruntime as ort
 
 from ports import _api
-from ports import spec as S
 from ports._predict import as_input
 from ports.formats import onnx as onnx_format
 from ports.spec import Variant
@@ -67,27 +66,8 @@ def predict(model: OrtModel, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray
         for b in _api.batches(x, batch_size)])
 
 
-# --- the layer trace ----------------------------------------------------------------------
-def activation_tensors(variant: Variant) -> dict[str, str]:
-    """Activation name -> the tensor of our ONNX export that holds it (the exporter names
-    each node's output: ``relu1`` for conv1 after its ReLU, ``fire2.squeeze.relu``,
-    ``fire2.concat`` or ``fire2.add``, ``pool10`` [N,C,1,1], ``logits``)."""
-    out = {}
-    for layer in variant.layers():
-        if isinstance(layer, S.ReLU):
-            out[layer.of] = layer.name
-        elif isinstance(layer, S.MaxPool):
-            out[layer.name] = layer.name
-        elif isinstance(layer, S.Fire):
-            for c in (layer.squeeze, layer.expand1x1, layer.expand3x3):
-                out[c.name] = f"{c.name}.relu"
-            if layer.bypass_conv is not None:
-                out[layer.bypass_conv.name] = layer.bypass_conv.name
-            out[layer.name] = f"{layer.name}.{'concat' if layer.bypass is None else 'add'}"
-        elif isinstance(layer, S.GlobalAvgPool):
-            out[layer.name] = layer.name
-    out["logits"] = onnx_format.OUTPUT
-    return out
+# --- the layer trace ------------------------------------------------------------------------
+activation_tensors = onnx_format.activation_tensors
 
 
 def _marked(model: OrtModel, names: list[str]) -> ort.InferenceSession:

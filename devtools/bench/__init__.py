@@ -20,6 +20,10 @@ torch           ``inference_mode``; NCHW or channels-last; at the run's thread c
                 ``--quick``)
 onnxruntime     our ONNX export, ``ORT_ENABLE_ALL``
 opencv          ``cv2.dnn`` from our Caffe files, OpenCV backend, CPU target
+openvino        our ONNX export compiled for OpenVINO's CPU plugin in float32 (``f32`` hint),
+                one infer request reused; with the ``LATENCY`` hint (not in ``--quick``)
+litert          our ``.tflite`` export in the ``ai-edge-litert`` interpreter (its default
+                CPU delegate, XNNPACK), input allocated once per batch shape
 keras-*         ``predict_on_batch`` (compiled predict function) or a direct call
 flax            the port's ``jax.jit``-compiled forward, NHWC input already on device
                 (on CPU it maps the layers through the second pool over the images)

@@ -95,12 +95,19 @@ FORMATS: dict[str, Format] = {
                    metavar="MODE"),)),
     "chainer": Format("chainer", (".npz",)),
     "onnx": Format("onnx", (".onnx",)),
+    "tflite": Format("tflite", (".tflite",)),
     "orbax": Format("orbax", (".orbax",), directory=True),
+    "coreml": Format("coreml", (".mlmodel",)),
+    "coreml-package": Format("coreml_package", (".mlpackage",), directory=True),
     "mxnet-export": Format("mxnet_export", ("-symbol.json",), companions=("-0000.params",),
                            prefix=True, read_options=(
         ReadOption("epoch", "epoch N of an MXNet export pair: reads PREFIX-000N.params "
                    "(default 0)", metavar="N", type=int),)),
 }
+
+
+# What each directory format's folder is called, for the error a plain file gets.
+FOLDERS = {"orbax": "an Orbax checkpoint", "coreml-package": "a Core ML .mlpackage"}
 
 
 def codec(name: str) -> ModuleType:
@@ -112,7 +119,8 @@ def codec(name: str) -> ModuleType:
 
 def detect(path: os.PathLike | str) -> str:
     """Format name from the file name's ending; an existing directory without a known ending
-    is the one directory format's (an Orbax checkpoint)."""
+    is an Orbax checkpoint (the first directory format registered: Orbax names none; a
+    ``.mlpackage`` is always named by its ending)."""
     lower = os.fspath(path).rstrip("/" + os.sep).lower()
     best, best_len = None, 0
     for name, fmt in FORMATS.items():
@@ -120,8 +128,8 @@ def detect(path: os.PathLike | str) -> str:
             if lower.endswith(ext) and len(ext) > best_len:
                 best, best_len = name, len(ext)
     directories = [name for name, fmt in FORMATS.items() if fmt.directory]
-    if best is None and len(directories) == 1 and os.path.isdir(path):
-        best = directories[0]
+    if best is None and directories and os.path.isdir(path):
+        best = directories[0]  # the first registered (Orbax); the others are named by ending
     if best is None:
         known = ", ".join(e for fmt in FORMATS.values() for e in fmt.extensions)
         raise WeightsError(f"cannot tell the format from the file name (known endings: {known});"
@@ -163,7 +171,7 @@ def read(path: os.PathLike | str, format: str | None = None, *,
         raise WeightsError("no such " + ("directory" if fmt.directory else "file"), path=p,
                            format=name)
     if fmt.directory and not p.is_dir():
-        raise WeightsError("not a directory (an Orbax checkpoint is one)", path=path,
+        raise WeightsError(f"not a directory ({FOLDERS.get(name, name)} is one)", path=path,
                            format=name)
     if not fmt.directory and not p.is_file():
         raise WeightsError("not a regular file", path=p, format=name)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import struct
 import tempfile
@@ -183,6 +184,113 @@ def atomic_write(path: PathLike, content: Union[bytes, Callable[[BinaryIO], None
         except FileNotFoundError:
             pass
         raise
+    return path
+
+
+
+def read_limited(path: PathLike, limit: int) -> bytes:
+    """The bytes of the file ``path``, refused (before any is read) above ``limit`` bytes;
+    exactly the file's size is read, nothing reserved beyond it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise WeightsError(f"file is {size} bytes, more than the {limit} allowed")
+        return f.read(size)
+
+
+# --- folders: written whole beside the target, then renamed onto it ------------------------
+def _remove_stale_folders(path: Path) -> None:
+    """Temporary directories of ``path`` left by writers that are gone (as
+    :func:`remove_stale_temps` does for files)."""
+    parent, prefix, now = path.parent, temp_prefix(path), time.time()
+    for name in os.listdir(parent):
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not (name.startswith(prefix) and name.endswith(".part") and pid.isdigit()):
+            continue
+        candidate = parent / name
+        try:
+            st = candidate.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and now - st.st_mtime >= STALE_AFTER \
+                and not _pid_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> None:
+    """Every ``relative path -> bytes`` of ``files`` under ``root``, each file and folder
+    synced; folders ``rwxr-xr-x``."""
+    for rel, data in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    folders = {(root / rel).parent for rel in files}
+    for folder in folders | {p for f in folders for p in f.parents if root in p.parents}:
+        os.chmod(folder, 0o755)
+    for folder in folders:
+        _fsync_dir(folder)
+    os.chmod(root, 0o755)
+
+
+def atomic_write_folder(path: PathLike, files: Callable[[], dict[str, bytes]], *,
+                        replaceable: Callable[[Path], bool], noun: str,
+                        overwrite: bool = True) -> Path:
+    """Write the folder ``path`` holding ``files()`` (relative path -> bytes) atomically: it
+    is made whole in a temporary directory beside ``path`` (``.NAME.PID.RANDOM.part``) and
+    renamed onto it, so a reader sees the old folder, none, or the new one.  An existing
+    ``path`` is replaced (with ``overwrite``) only where ``replaceable(path)`` says it is
+    what this writer writes (``noun``: what that is, for the refusal), or an empty folder;
+    the contents are computed (``files()``) only once that is settled."""
+    path = Path(os.fspath(path).rstrip("/" + os.sep) or ".")
+    parent = path.parent
+
+    def replaceable_now() -> bool:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        return not os.listdir(path) or replaceable(path)
+
+    if not parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"directory {parent} does not exist", str(path))
+    exists = os.path.lexists(path)
+    if exists and not overwrite:
+        raise FileExistsError(errno.EEXIST, "already exists; not overwritten", str(path))
+    if exists and not replaceable_now():
+        raise FileExistsError(errno.EEXIST, f"exists and is not {noun} (nor an empty "
+                              "directory); not replaced", str(path))
+    content = files()
+    _remove_stale_folders(path)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f"{temp_prefix(path)}{os.getpid()}.",
+                                suffix=".part"))
+    old = None
+    try:
+        _write_tree(tmp, content)
+        if os.path.lexists(path):  # again: it may have appeared meanwhile
+            if not overwrite or not replaceable_now():
+                raise FileExistsError(errno.EEXIST, "appeared meanwhile; not overwritten",
+                                      str(path))
+            # Aside, then in: a reader sees the old folder, none, or the new one.
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f"{temp_prefix(path)}"
+                                        f"{os.getpid()}.", suffix=".part"))
+            os.rename(path, old / "old")
+        try:
+            os.rename(tmp, path)  # onto nothing (or an empty directory)
+        except OSError as e:
+            if old is not None:
+                os.rename(old / "old", path)
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise FileExistsError(errno.EEXIST, "appeared meanwhile; not overwritten",
+                                      str(path)) from None
+            raise
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -15,7 +15,7 @@ from ..errors import WeightsError
 # Modules the codecs import -> the distribution that provides them (the ``convert`` extra
 # installs every one; safetensors is a dependency of the package itself).
 PACKAGES = {"google.protobuf": "protobuf", "h5py": "h5py", "msgpack": "msgpack",
-            "onnx": "onnx", "safetensors": "safetensors"}
+            "onnx": "onnx", "safetensors": "safetensors", "flatbuffers": "flatbuffers"}
 INSTALL = "pip install 'squeezenet-ports[convert]'"
 
 

@@ -20,16 +20,13 @@ files: ``[1, 1, 1, out]``).
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
+
+from ._protobuf import F as _F
+from ._protobuf import add_enums, message_classes, set_type
 
 PACKAGE = "squeezenet_ports.caffe"
 
-_F = descriptor_pb2.FieldDescriptorProto
-_TYPES = {
-    "string": _F.TYPE_STRING, "bool": _F.TYPE_BOOL, "float": _F.TYPE_FLOAT,
-    "double": _F.TYPE_DOUBLE, "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64,
-    "uint32": _F.TYPE_UINT32, "uint64": _F.TYPE_UINT64,
-}
 
 # V1LayerParameter.LayerType (the full enum, so that an unsupported V1 type can be named).
 V1_LAYER_TYPES = {
@@ -191,11 +188,6 @@ def _file_proto() -> descriptor_pb2.FileDescriptorProto:
     fdp = descriptor_pb2.FileDescriptorProto(name="squeezenet_ports_caffe.proto",
                                              package=PACKAGE, syntax="proto2")
 
-    def add_enum(container, name: str, values: dict[str, int]) -> None:
-        enum = container.enum_type.add(name=name)
-        for value_name, number in values.items():
-            enum.value.add(name=value_name, number=number)
-
     messages = {}
     for msg_name, fields in _MESSAGES.items():
         msg = fdp.message_type.add(name=msg_name)
@@ -205,35 +197,14 @@ def _file_proto() -> descriptor_pb2.FileDescriptorProto:
             field.label = _F.LABEL_OPTIONAL if label == "opt" else _F.LABEL_REPEATED
             if label == "packed":
                 field.options.packed = True
-            if ftype in _TYPES:
-                field.type = _TYPES[ftype]
-            elif ftype.startswith("."):
-                field.type = _F.TYPE_ENUM
-                field.type_name = f".{PACKAGE}{ftype}"
-            else:
-                field.type = _F.TYPE_MESSAGE
-                field.type_name = f".{PACKAGE}.{ftype}"
+            set_type(field, ftype, PACKAGE)
             if default is not None:
                 field.default_value = default
-    for enum_name, values in _ENUMS.items():
-        owner, _, name = enum_name.rpartition(".")
-        add_enum(messages[owner] if owner else fdp, name, values)
+    add_enums(fdp, messages, _ENUMS)
     return fdp
 
 
-def _message_classes() -> dict[str, type]:
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(_file_proto().SerializeToString())
-    get_class = getattr(message_factory, "GetMessageClass", None)
-    factory = None if get_class is not None else message_factory.MessageFactory(pool)
-    classes = {}
-    for name in _MESSAGES:
-        descriptor = pool.FindMessageTypeByName(f"{PACKAGE}.{name}")
-        classes[name] = get_class(descriptor) if get_class else factory.GetPrototype(descriptor)
-    return classes
-
-
-_CLASSES = _message_classes()
+_CLASSES = message_classes(_file_proto(), _MESSAGES)
 NetParameter = _CLASSES["NetParameter"]
 LayerParameter = _CLASSES["LayerParameter"]
 V1LayerParameter = _CLASSES["V1LayerParameter"]

@@ -40,9 +40,10 @@ import numpy as np
 from .. import spec as S
 from ..errors import WeightsError
 from ..spec import Variant
-from ._io import atomic_write
+from . import _graph
+from ._io import atomic_write, read_limited
 from ._library import dependency
-from .canonical import Weights, infer_variant, make
+from .canonical import Weights, make
 
 NAME = "onnx"
 OPSET = 13
@@ -133,6 +134,28 @@ def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
     return [atomic_write(path, encode(weights), overwrite=overwrite)]
 
 
+def activation_tensors(variant: Variant) -> dict[str, str]:
+    """Activation name -> the tensor of our ONNX export that holds it (the exporter names
+    each node's output: ``relu1`` for conv1 after its ReLU, ``fire2.squeeze.relu``,
+    ``fire2.concat`` or ``fire2.add``, ``pool10`` [N,C,1,1], ``logits``)."""
+    out = {}
+    for layer in variant.layers():
+        if isinstance(layer, S.ReLU):
+            out[layer.of] = layer.name
+        elif isinstance(layer, S.MaxPool):
+            out[layer.name] = layer.name
+        elif isinstance(layer, S.Fire):
+            for c in (layer.squeeze, layer.expand1x1, layer.expand3x3):
+                out[c.name] = f"{c.name}.relu"
+            if layer.bypass_conv is not None:
+                out[layer.bypass_conv.name] = layer.bypass_conv.name
+            out[layer.name] = f"{layer.name}.{'concat' if layer.bypass is None else 'add'}"
+        elif isinstance(layer, S.GlobalAvgPool):
+            out[layer.name] = layer.name
+    out["logits"] = OUTPUT
+    return out
+
+
 # --- import ----------------------------------------------------------------------------------
 def _known_names(variant: Variant) -> dict[str, str]:
     """Weight names known exporters give each conv -> canonical conv name."""
@@ -156,11 +179,7 @@ def _known_names(variant: Variant) -> dict[str, str]:
 
 def read(path, *, variant: Variant | None = None) -> Weights:
     """An ONNX file -> canonical :class:`Weights` (see the module docstring)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > MAX_BYTES:
-            raise WeightsError(f"file is {size} bytes, more than the {MAX_BYTES} allowed")
-        blob = f.read(size)  # exactly the file's size: nothing reserved beyond it
+    blob = read_limited(path, MAX_BYTES)
     return decode(blob, path=path, variant=variant)
 
 
@@ -276,12 +295,8 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
             return f"unknown attribute type {code}"
 
     # Every Conv in graph order, with its weights and geometry.
-    conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
-    if len(conv_nodes) not in (26, 30):
-        raise WeightsError(f"graph has {len(conv_nodes)} Conv nodes; SqueezeNet has 26 (30 with "
-                           "the complex bypass)")
     convs = []
-    for n in conv_nodes:
+    for n in (n for n in graph.node if n.op_type == "Conv"):
         label = _text(n.name) or (_text(n.output[0]) if n.output else "(unnamed)")
         if len(n.input) < 2:
             raise WeightsError(f"Conv {label!r} has no weight input")
@@ -308,90 +323,28 @@ def decode(blob: bytes, *, path=None, variant: Variant | None = None) -> Weights
         if len(set(stride)) != 1 or len(set(pads)) != 1 or kernel[0] != kernel[1]:
             raise WeightsError(f"Conv {label!r}: non-square stride {stride}, pads {pads} or kernel "
                                f"{kernel}")
-        convs.append({"node": n, "label": label, "w": w, "b": b, "stride": stride[0],
-                      "pad": pads[0], "wname": resolve(n.input[1])})
+        convs.append(_graph.Conv(id(n), label, w, b, stride[0], pads[0], resolve(n.input[1])))
 
-    # The variant, from the graph.
-    stem, head = convs[0], convs[-1]
-    if len(convs) == 30:
-        bypass = "complex"
-    else:
-        computed = lambda name: resolve(name) not in consts  # noqa: E731
-        adds = [n for n in graph.node if n.op_type in ("Add", "Sum")
-                and len(n.input) >= 2 and all(computed(i) for i in n.input)]
-        bypass = "simple" if adds else "none"
-    if head["pad"] not in (0, 1):
-        raise WeightsError(f"last Conv {head['label']!r} (conv10) has pads {head['pad']}, expected "
-                           "0 or 1")
-    found = infer_variant(stem["w"].shape, head["w"].shape,
-                          names=(f"first Conv {stem['label']!r}", f"last Conv {head['label']!r}"),
-                          bypass=bypass, final_conv_padding=int(head["pad"]))
-    if variant is not None and variant != found:
-        raise WeightsError(f"the graph is SqueezeNet {found.id}, not the requested {variant.id}")
-    variant = found
-
-    # Spec groups, matched in graph order; inside a group by shape and geometry.
-    groups: list[list[S.Conv]] = []
-    for layer in variant.layers():
-        if isinstance(layer, S.Conv):
-            groups.append([layer])
-        elif isinstance(layer, S.Fire):
-            groups.append(list(layer.convs()))
-    known = _known_names(variant)
-    matched: dict[str, dict] = {}
-    start = 0
-    for group in groups:
-        pool = convs[start:start + len(group)]
-        start += len(group)
-        for c in group:
-            hits = [g for g in pool if tuple(g["w"].shape) == c.weight_shape
-                    and g["stride"] == c.stride and g["pad"] == c.padding]
-            if len(hits) != 1:
-                seen = ", ".join(f"{g['label']} {list(g['w'].shape)} stride {g['stride']} pad "
-                                 f"{g['pad']}" for g in pool)
-                raise WeightsError(f"{c.name}: expected one Conv with weight "
-                                   f"{list(c.weight_shape)}, "
-                                   f"stride {c.stride}, pad {c.padding} among [{seen}]")
-            g = hits[0]
-            if g["b"].shape != (c.out_channels,):
-                raise WeightsError(f"{c.name}: bias shape {list(g['b'].shape)}, expected "
-                                   f"[{c.out_channels}]")
-            other = known.get(g["wname"])
-            if other is not None and other != c.name:
-                raise WeightsError(f"weight {g['wname']!r} sits where {c.name} belongs, but that "
-                                   f"name is {other}'s")
-            matched[c.name] = g
-            pool.remove(g)
+    # The variant, from the graph; the spec's convs matched in graph order.
+    def computed(name: str) -> bool:
+        return resolve(name) not in consts
+    simple = any(n.op_type in ("Add", "Sum") and len(n.input) >= 2
+                 and all(computed(i) for i in n.input) for n in graph.node)
+    variant = _graph.variant_of(convs, simple_bypass=simple, requested=variant)
+    matched = _graph.match(convs, variant, known=_known_names(variant))
 
     # Each Fire's Concat must put expand1x1 first.
-    def source_conv(name: str):
-        for _ in range(8):
-            n = producer.get(resolve(name))
-            if n is None:
-                return None
-            if n.op_type == "Conv":
-                return n
-            if n.op_type not in ("Relu", "Identity", "Clip") or not n.input:
-                return None
-            name = n.input[0]
-        return None
+    def made_by(name: str):
+        n = producer.get(resolve(name))
+        return None if n is None else (n.op_type, list(n.input), id(n))
 
-    concat_pos: dict[int, tuple[int, int]] = {}
-    for ci, n in enumerate(graph.node):
-        if n.op_type == "Concat":
-            for pos, inp in enumerate(n.input):
-                src = source_conv(inp)
-                if src is not None:
-                    concat_pos[id(src)] = (ci, pos)
-    for fire in variant.fires():
-        a = concat_pos.get(id(matched[fire.expand1x1.name]["node"]))
-        b = concat_pos.get(id(matched[fire.expand3x3.name]["node"]))
-        if a and b and a[0] == b[0] and a[1] > b[1]:
-            raise WeightsError(f"{fire.name}: the graph concatenates expand3x3 before expand1x1")
+    def source(name: str):
+        return _graph.source_conv(name, made_by, conv="Conv",
+                                  through=("Relu", "Identity", "Clip"))
+    concats = [(i, list(n.input)) for i, n in enumerate(graph.node) if n.op_type == "Concat"]
+    _graph.check_concat_order(variant, matched, _graph.concat_positions(concats, source))
 
-    tensors = {}
-    for name, g in matched.items():
-        tensors[f"{name}.weight"], tensors[f"{name}.bias"] = g["w"], g["b"]
+    tensors = _graph.tensors_of(matched)
     props = {_text(p.key): _text(p.value) for p in model.metadata_props}
     label = os.path.basename(os.fspath(path)) if path is not None else "bytes"
     if _text(model.producer_name) == PRODUCER and "preprocessing" in props:

@@ -73,13 +73,10 @@ Writing is atomic: the checkpoint is made in a temporary directory beside ``PATH
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
 import re
-import shutil
-import stat
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +89,7 @@ from ..layouts import hwio_to_oihw, oihw_shape_to_hwio, oihw_to_hwio
 from ..spec import Variant
 from . import canonical
 from ._folder import Folder
-from ._io import STALE_AFTER, _fsync_dir, _pid_alive, temp_prefix
+from ._io import atomic_write_folder
 from .canonical import Weights, key_problems
 from .flax import key_table as flax_key_table
 
@@ -174,88 +171,15 @@ def encode(weights: Weights) -> dict[str, bytes]:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    """Whether ``path`` may be replaced: an Orbax checkpoint, or an empty directory."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    names = set(os.listdir(path))
-    return not names or bool(names & {CHECKPOINT_METADATA, TREE_METADATA})
-
-
-def _remove_stale(path: Path) -> None:
-    """Temporary directories of ``path`` left by writers that are gone (as ``ports.formats._io``
-    does for files)."""
-    parent, prefix, now = path.parent, temp_prefix(path), time.time()
-    for name in os.listdir(parent):
-        pid = name[len(prefix):].split(".", 1)[0]
-        if not (name.startswith(prefix) and name.endswith(".part") and pid.isdigit()):
-            continue
-        candidate = parent / name
-        try:
-            st = candidate.lstat()
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and now - st.st_mtime >= STALE_AFTER \
-                and not _pid_alive(int(pid)):
-            shutil.rmtree(candidate, ignore_errors=True)
-
-
-def _write_tree(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    for d in {(root / rel).parent for rel in files}:
-        _fsync_dir(d)
+    """Whether the existing folder ``path`` may be replaced: an Orbax checkpoint."""
+    return bool(set(os.listdir(path)) & {CHECKPOINT_METADATA, TREE_METADATA})
 
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
-    """Write the checkpoint directory ``path`` atomically; returns ``[path]``."""
-    path = Path(os.fspath(path).rstrip("/" + os.sep) or ".")
-    parent = path.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, f"directory {parent} does not exist", str(path))
-    exists = os.path.lexists(path)
-    if exists and not overwrite:
-        raise FileExistsError(errno.EEXIST, "already exists; not overwritten", str(path))
-    if exists and not _is_checkpoint(path):
-        raise FileExistsError(errno.EEXIST, "exists and is not an Orbax checkpoint directory "
-                              "(nor an empty one); not replaced", str(path))
-    files = encode(weights)
-    _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f"{temp_prefix(path)}{os.getpid()}.",
-                                suffix=".part"))
-    old = None
-    try:
-        _write_tree(tmp, files)
-        os.chmod(tmp, 0o755)
-        if os.path.lexists(path):  # again: it may have appeared meanwhile
-            if not overwrite or not _is_checkpoint(path):
-                raise FileExistsError(errno.EEXIST, "appeared meanwhile; not overwritten",
-                                      str(path))
-            # Aside, then in: a reader sees the old checkpoint, none, or the new one.
-            old = Path(tempfile.mkdtemp(dir=parent, prefix=f"{temp_prefix(path)}"
-                                        f"{os.getpid()}.", suffix=".part"))
-            os.rename(path, old / "old")
-        try:
-            os.rename(tmp, path)  # onto nothing (or an empty directory)
-        except OSError as e:
-            if old is not None:
-                os.rename(old / "old", path)
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-                raise FileExistsError(errno.EEXIST, "appeared meanwhile; not overwritten",
-                                      str(path)) from None
-            raise
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return [path]
+    """Write the checkpoint directory ``path`` atomically
+    (:func:`ports.formats._io.atomic_write_folder`); returns ``[path]``."""
+    return [atomic_write_folder(path, lambda: encode(weights), replaceable=_is_checkpoint,
+                                noun="an Orbax checkpoint directory", overwrite=overwrite)]
 
 
 # --- reading: files and metadata --------------------------------------------------------------

@@ -98,16 +98,35 @@ def hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
             z.writestr("archive/version", "3\n")
         put("a .pth whose data.pkl calls open() (would run code)", buf.getvalue())
         put("a legacy raw-pickle .pth", pickle.dumps({"a": 1}, protocol=2))
+    import os
+    import shutil
+
+    def folder(label: str, change) -> None:  # a copy of the seed folder, changed
+        d = directory / f"case{len(out)}{ext}"
+        shutil.copytree(seeds[0].root, d)
+        change(d)
+        out.append((label, d))
+
+    if name == "coreml-package":  # a package is a folder: broken and hostile folders
+        manifest, weights = "Manifest.json", hostile_folders.MLPACKAGE_WEIGHTS
+        model = hostile_folders.MLPACKAGE_MODEL
+        folder("Manifest.json nested 100000 deep",
+               lambda d: (d / manifest).write_bytes(b"[" * 100000 + b"]" * 100000))
+        folder("the root model's path '../../etc/passwd' (a path out of the package)",
+               lambda d: (d / manifest).write_text((d / manifest).read_text().replace(
+                   '"com.apple.CoreML/model.mlmodel"', '"../../etc/passwd"', 1)))
+        folder("weight.bin truncated by one byte",
+               lambda d: (d / weights).write_bytes((d / weights).read_bytes()[:-1]))
+        folder("weight.bin's first blob record pointing past the end of the file",
+               lambda d: (d / weights).write_bytes(_far_blob((d / weights).read_bytes())))
+        folder("model.mlmodel truncated to half",
+               lambda d: (d / model).write_bytes((d / model).read_bytes()[:len(
+                   (d / model).read_bytes()) // 2]))
+        folder("weight.bin that is a FIFO",
+               lambda d: (os.remove(d / weights), os.mkfifo(d / weights)))
+        folder("weight.bin a link to /dev/zero",
+               lambda d: (os.remove(d / weights), os.symlink("/dev/zero", d / weights)))
     if name == "orbax":  # a checkpoint is a folder: broken and hostile folders
-        import os
-        import shutil
-
-        def folder(label: str, change) -> None:
-            d = directory / f"case{len(out)}{ext}"
-            shutil.copytree(seeds[0].root, d)
-            change(d)
-            out.append((label, d))
-
         chunk = "conv1.kernel.value/0.0.0.0"
         folder("_METADATA nested 100000 deep",
                lambda d: (d / "_METADATA").write_bytes(b"[" * 100000 + b"]" * 100000))
@@ -181,6 +200,17 @@ def hostile_files(name: str, directory: Path) -> list[tuple[str, Path]]:
         struct.pack_into("<I", many, layer, math.prod(conv1.weight_shape) + 1)
         put("conv1 claims one entry more than its weights", bytes(many))
     return out
+
+
+def _far_blob(data: bytes) -> bytes:
+    """A MIL blob-storage file (``weight.bin``) whose first blob's metadata record (at the
+    64-byte-aligned offset the file header's 64 bytes end at) says its data starts at
+    2**40: sentinel u32, data type u32, size u64, offset u64."""
+    import struct
+
+    out = bytearray(data)
+    struct.pack_into("<Q", out, 64 + 16, 2**40)
+    return bytes(out)
 
 
 def bad_inputs_table(work: Path) -> str:

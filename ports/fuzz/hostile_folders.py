@@ -2,7 +2,8 @@
 
 A reader reads only the file (or folder) it was given.  Each builder here writes a valid
 seed -- the honest twin, which reads -- and a copy of it in which one part (a chunk, a leaf
-folder, ``_METADATA``, an export's params or symbol file) is replaced by a symbolic link to a
+folder, ``_METADATA``, an export's params or symbol file, a Core ML package's weights,
+model or ``Data`` folder) is replaced by a symbolic link to a
 copy of that same part placed *outside* the checkpoint folder (or beside the pair, in
 another directory).  The bytes are the same, so following the link is the only way the
 hostile input could read; a contained reader refuses it, naming the link.
@@ -29,10 +30,13 @@ CHUNK = "conv1.kernel.value/0.0.0.0"
 LEAF = "conv1.kernel.value"
 TREE_METADATA = "_METADATA"
 PREFIX = "m"
+MLPACKAGE_MODEL = "Data/com.apple.CoreML/model.mlmodel"
+MLPACKAGE_WEIGHTS = "Data/com.apple.CoreML/weights/weight.bin"
 
 __all__ = ["SEED_VARIANT", "Hostile", "BUILDERS", "build_all", "orbax_chunk_link",
            "orbax_leaf_folder_link", "orbax_metadata_link", "mxnet_params_link",
-           "mxnet_symbol_link"]
+           "mxnet_symbol_link", "mlpackage_weights_link", "mlpackage_model_link",
+           "mlpackage_data_folder_link"]
 
 
 @dataclass(frozen=True)
@@ -58,18 +62,48 @@ def _seed(dest: Path, name: str) -> None:
     formats.write(seeded_weights(SEED_VARIANT), dest, name)
 
 
-def _orbax(directory: os.PathLike | str, part: str, label: str) -> Hostile:
-    """A checkpoint whose ``part`` (relative path) is a link to a copy of itself outside."""
+def _folder(name: str, ending: str, directory: os.PathLike | str, part: str,
+            label: str) -> Hostile:
+    """A folder of format ``name`` whose ``part`` (relative path) is a link to a copy of
+    itself outside."""
     directory = Path(os.path.abspath(directory))
     directory.mkdir(parents=True, exist_ok=True)
-    honest, hostile = directory / "honest.orbax", directory / "hostile.orbax"
-    _seed(honest, "orbax")
+    honest, hostile = directory / f"honest{ending}", directory / f"hostile{ending}"
+    _seed(honest, name)
     shutil.copytree(honest, hostile, symlinks=True)
     outside = directory / "outside" / Path(part).name
     outside.parent.mkdir()
     shutil.move(str(hostile / part), str(outside))
     os.symlink(outside, hostile / part)
-    return Hostile("orbax", label, hostile, honest, hostile, hostile / part, part, outside)
+    return Hostile(name, label, hostile, honest, hostile, hostile / part, part, outside)
+
+
+def _orbax(directory: os.PathLike | str, part: str, label: str) -> Hostile:
+    """A checkpoint whose ``part`` (relative path) is a link to a copy of itself outside."""
+    return _folder("orbax", ".orbax", directory, part, label)
+
+
+def _mlpackage(directory: os.PathLike | str, part: str, label: str) -> Hostile:
+    """A Core ML package whose ``part`` is a link to a copy of itself outside."""
+    return _folder("coreml-package", ".mlpackage", directory, part, label)
+
+
+def mlpackage_weights_link(directory: os.PathLike | str) -> Hostile:
+    """A Core ML package whose ``weight.bin`` is a link to the same file outside."""
+    return _mlpackage(directory, MLPACKAGE_WEIGHTS, "weight.bin a link to the same file "
+                      "outside the package")
+
+
+def mlpackage_model_link(directory: os.PathLike | str) -> Hostile:
+    """A Core ML package whose ``model.mlmodel`` is a link to the same file outside."""
+    return _mlpackage(directory, MLPACKAGE_MODEL, "model.mlmodel a link to the same file "
+                      "outside the package")
+
+
+def mlpackage_data_folder_link(directory: os.PathLike | str) -> Hostile:
+    """A Core ML package whose ``Data/`` folder is a link to a copy of it outside."""
+    return _mlpackage(directory, "Data", "the Data folder a link to the same folder outside "
+                      "the package")
 
 
 def orbax_chunk_link(directory: os.PathLike | str) -> Hostile:
@@ -126,6 +160,8 @@ def mxnet_symbol_link(directory: os.PathLike | str) -> Hostile:
 BUILDERS: dict[str, tuple[Callable[[os.PathLike | str], Hostile], ...]] = {
     "orbax": (orbax_chunk_link, orbax_leaf_folder_link, orbax_metadata_link),
     "mxnet-export": (mxnet_params_link, mxnet_symbol_link),
+    "coreml-package": (mlpackage_weights_link, mlpackage_model_link,
+                       mlpackage_data_folder_link),
 }
 
 

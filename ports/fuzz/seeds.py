@@ -42,6 +42,8 @@ SHARED_SEEDS = {
 MEMBERS = {
     "orbax": ("_METADATA", "_CHECKPOINT_METADATA", "conv1.kernel.value/.zarray",
               "conv1.kernel.value/0.0.0.0"),
+    "coreml-package": ("Manifest.json", "Data/com.apple.CoreML/model.mlmodel",
+                       "Data/com.apple.CoreML/weights/weight.bin"),
 }
 
 
