@@ -13,33 +13,28 @@ from __future__ import annotations
 
 import warnings
 
+import coremltools as ct  # the coreml environment runs this module
 import numpy as np
 import pytest
+from coremltools import libmilstoragepython  # its blob reader (in the Linux wheels too)
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.frontend.milproto import load as milproto
+from coremltools.models import datatypes
+from coremltools.models.neural_network import NeuralNetworkBuilder
 
-coremltools = pytest.importorskip("coremltools")
-import coremltools as ct  # noqa: E402
-from coremltools.converters.mil import Builder as mb  # noqa: E402
-from coremltools.converters.mil.frontend.milproto import load as milproto  # noqa: E402
-from coremltools.models import datatypes  # noqa: E402
-from coremltools.models.neural_network import NeuralNetworkBuilder  # noqa: E402
-
-from conformance import golden  # noqa: E402
-from conformance.inputs import inputs  # noqa: E402
-from ports import formats  # noqa: E402
-from ports import spec as S  # noqa: E402
-from ports.formats import coreml_program, coreml_schema  # noqa: E402
-from ports.layouts import oihw_to_hwio  # noqa: E402
-from ports.seeded import seeded_weights  # noqa: E402
-from ports.spec import Variant, all_variants  # noqa: E402
+from conformance import golden
+from conformance.harness import assert_agrees, tolerance
+from conformance.inputs import inputs
+from ports import formats
+from ports import spec as S
+from ports.formats import coreml_program, coreml_schema
+from ports.layouts import oihw_to_hwio
+from ports.seeded import seeded_weights
+from ports.spec import Variant, all_variants
 
 VARIANTS = [v.id for v in all_variants()]
-ATOL = 1e-4          # conformance/tolerances.toml [default.float32]
+ATOL, RTOL = tolerance("coreml", "float32")  # the float32 bound of every engine
 SIZE, BATCH = 224, 2
-
-try:
-    from coremltools import libmilstoragepython
-except ImportError:  # pragma: no cover - it ships in the Linux wheels of coremltools 9.0
-    libmilstoragepython = None
 
 
 def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -118,8 +113,6 @@ def test_coremltools_reads_our_package_weight_for_weight(tmp_path, vid):
         for part in ("weight", "bias"):
             assert bits_equal(consts[const_name(conv, part)], w.tensors[f"{conv.name}.{part}"]), \
                 (conv.name, part)
-    if libmilstoragepython is None:
-        pytest.skip("coremltools.libmilstoragepython cannot be imported here")
     reader = libmilstoragepython._BlobStorageReader(f"{model.weights_dir}/weight.bin")
     ops = spec.mlProgram.functions["main"].block_specializations["CoreML5"].operations
     by_name = {op.outputs[0].name: op for op in ops if op.type == "const"}
@@ -262,7 +255,7 @@ def test_we_read_and_run_the_ml_program_coremltools_writes(tmp_path, vid, record
     diff = float(np.abs(got - want).max())
     record_property("max_abs_diff", diff)
     print(f"{vid}: coremltools ML program, evaluator vs golden: max abs diff {diff:.3g}")
-    assert diff <= ATOL
+    assert_agrees(got, want, ATOL, RTOL, f"evaluator on coremltools' ML program {vid}")
 
 
 @pytest.mark.parametrize("vid", VARIANTS)
@@ -281,7 +274,7 @@ def test_we_read_and_run_the_neural_network_coremltools_builds(tmp_path, vid, re
     record_property("max_abs_diff", diff)
     print(f"{vid}: coremltools NeuralNetworkBuilder, evaluator vs golden: max abs diff "
           f"{diff:.3g}")
-    assert diff <= ATOL
+    assert_agrees(got, want, ATOL, RTOL, f"evaluator on coremltools' NeuralNetwork {vid}")
 
 
 @pytest.mark.parametrize("name,ext", [("coreml-package", ".mlpackage"), ("coreml", ".mlmodel")])
@@ -290,4 +283,4 @@ def test_our_files_run_to_the_goldens(tmp_path, name, ext):
         path = tmp_path / f"{vid}{ext}"
         formats.write(seeded_weights(Variant.from_id(vid)), path, name)
         got = coreml_program.run(path, inputs(SIZE)[:BATCH])
-        assert np.abs(got - golden.load(vid, SIZE)[:BATCH]).max() <= ATOL
+        assert_agrees(got, golden.load(vid, SIZE)[:BATCH], ATOL, RTOL, f"our {ext} {vid}")

@@ -25,7 +25,7 @@ from ports.formats import safetensors
 from ports.fuzz import atheris_engine, outcome
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = int(os.environ.get("SQUEEZENET_FUZZ_CASES", "300"))
+CASES = int(os.environ.get("SQUEEZENET_FUZZ_CASES", "150"))
 NAMES = list(formats.FORMATS)
 
 
