@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ports.numpy as reference
+from conformance.harness import tolerance
 from ports import formats
 from ports.errors import WeightsError
 from ports.formats import coreml, coreml_program, coreml_schema
@@ -27,7 +27,7 @@ from ports.spec import Variant, all_variants
 FORMATS = {"coreml": ".mlmodel", "coreml-package": ".mlpackage"}
 MODEL = "Data/com.apple.CoreML/model.mlmodel"
 WEIGHT_BIN = "Data/com.apple.CoreML/weights/weight.bin"
-ATOL = 1e-4      # conformance/tolerances.toml [default.float32]
+ATOL = tolerance("coreml", "float32")[0]  # the float32 bound of every engine (max abs)
 SMALL = Variant("1_0", 10, 1, "complex")
 
 
@@ -181,18 +181,15 @@ def test_evaluator_matches_the_float64_reference(tmp_path, name, variant, record
     assert diff <= ATOL
 
 
-def test_evaluator_batch_of_four_at_224_is_quick_and_equal(tmp_path):
+def test_evaluator_batch_of_four_at_224_equals_the_reference(tmp_path):
+    """(How fast it is is the bench's business, not a test's.)"""
     variant = Variant("1_0", 1000, 1, "complex")
     path = written(tmp_path, variant, "coreml-package")
     x = images(4, 224, seed=5)
-    start = time.perf_counter()
     got = coreml_program.run(path, x)
-    seconds = time.perf_counter() - start
-    ref = reference_logits(variant, x)
-    diff = float(np.abs(got - ref).max())
-    print(f"batch 4 at 224: {seconds:.2f} s, max abs diff {diff:.3g}")
+    diff = float(np.abs(got - reference_logits(variant, x)).max())
+    print(f"batch 4 at 224: max abs diff {diff:.3g}")
     assert diff <= ATOL
-    assert seconds < 30
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
