@@ -403,3 +403,21 @@ def test_a_plain_file_named_mlpackage_is_refused_as_not_a_package(tmp_path):
     with pytest.raises(WeightsError, match=r"not a directory \(a Core ML \.mlpackage is one\)"):
         formats.read(path)
     assert {n for n, f in formats.FORMATS.items() if f.directory} == set(formats.FOLDERS)
+
+
+def test_the_same_weights_give_the_same_bytes_in_any_process():
+    """Protobuf writes map fields (an op's attributes) in hash order unless told otherwise:
+    two processes with different hash seeds write the same files."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from ports.formats import coreml; "
+            "from ports.seeded import seeded_weights; from ports.spec import Variant; "
+            "w = seeded_weights(Variant('1_1', 10)); model, blob = coreml.program(w); "
+            "print(hashlib.sha256(model + blob + coreml.encode(w)).hexdigest())")
+    root = Path(__file__).resolve().parent.parent
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, text=True, check=True,
+                           capture_output=True, timeout=120,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1, outs

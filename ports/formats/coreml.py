@@ -261,7 +261,7 @@ def build(weights: Weights):
 
 def encode(weights: Weights) -> bytes:
     """The ``.mlmodel`` bytes of ``weights``."""
-    return build(weights).SerializeToString()
+    return build(weights).SerializeToString(deterministic=True)
 
 
 def write(weights: Weights, path, *, overwrite: bool = True) -> list[Path]:
@@ -412,7 +412,7 @@ def program(weights: Weights, name: str = NAME) -> tuple[bytes, bytes]:
         elif not isinstance(item, (S.ReLU, S.Dropout)):  # pragma: no cover
             raise TypeError(f"unknown layer {item!r}")
     block.outputs.append(h)
-    return model.SerializeToString(), bytes(blobs.data)
+    return model.SerializeToString(deterministic=True), bytes(blobs.data)
 
 
 def manifest() -> bytes:
