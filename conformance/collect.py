@@ -20,6 +20,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
+from ports._api import REDUCED
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 
@@ -46,11 +47,20 @@ class Case:
         return f"{self.kind}-{base}" if self.kind in TRAINING_KINDS else base
 
 
+# A reduced precision (``Port.reduced``: bfloat16) runs every variant at 227, Caffe's size
+# (where both versions' pools overhang), and every real-weights fixture: its question is how
+# far the precision moves the logits, which the float cases have already tied to the spec.
+REDUCED_SIZES = (227,)
+
+
 def cases(port: str) -> list[Case]:
     p = PORTS[port]
     out = [Case("golden", vid, size, dt) for dt in p.dtypes for vid in golden.VARIANTS
            for size in SIZES]
     out += [Case("fixture", f.name, 0, dt) for dt in p.dtypes for f in FIXTURES]
+    out += [Case("golden", vid, size, dt) for dt in p.reduced for vid in golden.VARIANTS
+            for size in REDUCED_SIZES]
+    out += [Case("fixture", f.name, 0, dt) for dt in p.reduced for f in FIXTURES]
     if p.training:  # variant by variant: the float64 reference is computed once for both
         out += [Case(kind, vid, training.SIZE, dt) for vid in golden.VARIANTS
                 for kind in TRAINING_KINDS for dt in p.dtypes]
@@ -74,7 +84,14 @@ def train_case(port: str, case: Case) -> dict:
 
 # The names an engine's ``precision(model)`` may give for each case dtype (OpenVINO says
 # ``f32``, LiteRT the tensors' type): anything else is an error, never a verdict.
-SAME_PRECISION = {"float32": {"float32", "f32"}, "float64": {"float64", "f64"}}
+SAME_PRECISION = {"float32": {"float32", "f32"}, "float64": {"float64", "f64"},
+                  "bfloat16": {"bfloat16", "bf16"}}
+
+
+def feed(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The input a port is given for a case in ``dtype``: in that dtype, or float32 for a
+    reduced precision (NumPy has none: the port rounds it, ``ports._api``)."""
+    return x.astype(dtype if dtype in ("float32", "float64") else "float32")
 
 
 @cache
@@ -104,11 +121,11 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
     extra: dict = {}
     if case.kind == "golden":
         x, expected = inputs(case.size), golden.load(case.name, case.size)
-        atol, rtol = tolerance(port, case.dtype)
+        atol, rtol = tolerance(port, case.dtype, expected=expected)
     else:
         fx = _fixture(case.name)
         x, expected = fx.inputs(), fx.expected()
-        atol, rtol = tolerance(port, case.dtype, fx.tolerance)
+        atol, rtol = tolerance(port, case.dtype, fx.tolerance, expected=expected)
     model = _model(port, case.kind, case.name, case.dtype)
     precision = getattr(_module(port), "precision", None)
     if callable(precision):  # an engine that chooses its own precision says what it ran in
@@ -117,9 +134,12 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
             raise RuntimeError(f"{port} computed a {case.dtype} case in "
                                f"{extra['precision']}: no {case.dtype} verdict can be given")
     start = time.perf_counter()
-    logits = np.asarray(_module(port).predict(model, x.astype(case.dtype)))
+    logits = np.asarray(_module(port).predict(model, feed(x, case.dtype)))
     extra["seconds"] = time.perf_counter() - start
+    if case.dtype == "bfloat16" and not callable(precision):
+        check_bfloat16(port, logits)
     agreement = compare(logits, expected, atol, rtol)
+    extra["top1_agree"] = top1_agree(logits, expected)
     if not agreement.ok:
         extra["first_divergent"] = first_divergent(port, case, model, x)
     if case.kind == "fixture":
@@ -131,6 +151,29 @@ def evaluate(port: str, case: Case) -> tuple[Agreement, np.ndarray, dict]:
             extra["top3_ok"] = all(set(classes) <= set(extra["top5"][int(i)][:3])
                                    for i, classes in fx.top3_contains.items())
     return agreement, logits, extra
+
+
+def check_bfloat16(port: str, logits: np.ndarray) -> None:
+    """A port's bfloat16 logits are bfloat16 values (widened exactly to float32); any other
+    value means it computed them, or their last layer, in a wider precision, and its error
+    says nothing of bfloat16 (an engine that picks its own precision says so instead:
+    ``precision``)."""
+    from .bf16 import round_to_bfloat16
+
+    finite = np.isfinite(logits)
+    wide = int((round_to_bfloat16(logits[finite]) != logits[finite]).sum())
+    if wide:
+        raise RuntimeError(f"{port} returned bfloat16 logits of which {wide} of {logits.size} "
+                           f"are not bfloat16 values: computed in another precision, no "
+                           f"bfloat16 verdict can be given")
+
+
+def top1_agree(logits: np.ndarray, expected: np.ndarray) -> int:
+    """How many images' top-1 class is the expected one (reported, not judged: the verdict
+    is the bound and the top-5 with ties; an image with a non-finite logit never agrees)."""
+    logits = np.asarray(logits, np.float64)
+    same = np.argmax(logits, axis=1) == np.argmax(expected, axis=1)
+    return int((same & np.isfinite(logits).all(axis=1)).sum())
 
 
 def first_divergent(port: str, case: Case, model, x: np.ndarray) -> str | None:
@@ -145,7 +188,7 @@ def first_divergent(port: str, case: Case, model, x: np.ndarray) -> str | None:
     try:
         weights = _seeded(case.name) if case.kind == "golden" else _fixture(case.name).weights()
         reference = ref.activations(ref.load(weights), x)
-        acts = mod.activations(model, x.astype(case.dtype))
+        acts = mod.activations(model, feed(x, case.dtype))
     except Exception as e:  # the trace is an aid: its failure must not hide the mismatch
         return f"(not traced: {type(e).__name__}: {e})"
     return trace_compare(reference, acts, case.dtype)["first_divergent"]
@@ -221,7 +264,8 @@ def describe(r: dict) -> str:
                 f"{r['bound']:.0e}, loss rel {r['loss_rel']:.1e}{update} "
                 f"{'ok' if r['ok'] else 'MISMATCH'}")
     top = "" if r.get("top1_ok", True) and r.get("top3_ok", True) else " WRONG CLASS"
-    return (f"max abs {r['max_abs']:.2e} top-5 {r['top5_agree']}/{r['images']} "
+    top1 = f"top-1 {r['top1_agree']}/{r['images']} " if r["dtype"] in REDUCED else ""
+    return (f"max abs {r['max_abs']:.2e} {top1}top-5 {r['top5_agree']}/{r['images']} "
             f"{'ok' if r['ok'] else 'MISMATCH'}{top}")
 
 

@@ -25,7 +25,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("case", all_cases, ids=[c.id for c in all_cases])
     if cls is not None and issubclass(cls, suite.TraceSuite):
         if "trace_dtype" in metafunc.fixturenames:
-            metafunc.parametrize("trace_dtype", PORTS[cls.port].dtypes)
+            port = PORTS[cls.port]
+            metafunc.parametrize("trace_dtype", port.dtypes + port.reduced)
         if "trace_path" in metafunc.fixturenames:
             metafunc.parametrize("trace_path", cls.paths)
 

@@ -104,13 +104,29 @@ def tolerances_table() -> dict:
     return tomllib.loads(TOLERANCES.read_text())
 
 
-def tolerance(port: str, dtype: str, fixture: str | None = None) -> tuple[float, float]:
-    """(atol, rtol) from the tolerance table."""
+def tolerance(port: str, dtype: str, fixture: str | None = None,
+              expected=None) -> tuple[float, float]:
+    """(atol, rtol) from the tolerance table.  A section with ``scale = "max"`` (the
+    reduced precisions) gives ``atol`` in units of the case's largest ``|expected|``, which
+    it then needs."""
     table = tolerances_table()
     for section in ((table.get("fixture", {}).get(fixture, {}) if fixture else {}),
                     table.get(port, {}), table["default"]):
         if dtype in section:
-            return float(section[dtype]["atol"]), float(section[dtype]["rtol"])
+            entry = section[dtype]
+            atol, rtol = float(entry["atol"]), float(entry["rtol"])
+            if entry.get("scale") == "max":
+                if expected is None:
+                    raise ValueError(f"the {dtype} bound is relative to the expected logits' "
+                                     f"largest magnitude: pass expected=")
+                scale = float(np.abs(np.asarray(expected, np.float64)).max())
+                if not math.isfinite(scale):  # a NaN bound would pass every element
+                    raise ValueError(f"the expected logits of a {dtype} case are not finite")
+                atol *= scale
+            elif "scale" in entry:
+                raise ValueError(f"tolerances.toml {dtype}: scale {entry['scale']!r}, "
+                                 f"expected \"max\"")
+            return atol, rtol
     raise KeyError(f"no tolerance for {port} {dtype}")
 
 

@@ -260,6 +260,7 @@ def table(records: list[dict]) -> str:
                          f"{r['max_abs']:.2e} / {r['max_rel']:.2e} / "
                          f"{r['top5_agree']}/{r['images']} / {top1}"
                          f"{'' if r['ok'] else '  MISMATCH'}")
+    lines += _reduced(records)
     ran_in = {}
     for r in records:
         if r.get("precision"):
@@ -278,6 +279,30 @@ def table(records: list[dict]) -> str:
             lines.append(f"  {r['port']:<12} {r['id']:<36} first divergent layer: "
                          f"{r.get('first_divergent') or 'not traced'}")
     return "\n".join(lines)
+
+
+def _reduced(records: list[dict]) -> list[str]:
+    """Per port and reduced precision (bfloat16): cases within the bound, the worst error as
+    a fraction of the bound (``tolerances.toml``: relative to each case's largest logit),
+    top-1 agreement with the float64 expectation over every image."""
+    from ports._api import REDUCED
+
+    by: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["dtype"] in REDUCED and r["kind"] in ("golden", "fixture"):
+            by.setdefault((r["port"], r["dtype"]), []).append(r)
+    if not by:
+        return []
+    lines = ["", "reduced precision (cases within the bound / worst |error| as a fraction of "
+                 "the bound / top-1 agreement):"]
+    for (port, dtype), rs in by.items():
+        ran = [r for r in rs if not r.get("error")]
+        worst = max((r["max_abs"] / r["atol"] for r in ran if r["atol"] > 0), default=float("nan"))
+        top1 = sum(r.get("top1_agree", 0) for r in ran)
+        images = sum(r["images"] for r in ran)
+        lines.append(f"  {port:<12} {dtype:<8} {sum(r['ok'] for r in ran)}/{len(rs)} / "
+                     f"{worst:.2f} / {top1}/{images}")
+    return lines
 
 
 def _heatmap(ax, rows: list, cols: list, grid: np.ndarray, title: str, xlabels: list) -> object:

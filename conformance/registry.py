@@ -16,8 +16,8 @@ documented in :mod:`ports._api` and ``docs/port-protocol.md``):
 * by **entry point**: a package that declares ``[project.entry-points."squeezenet_ports.ports"]
   myport = "mypackage.squeezenet"`` is listed under ``myport`` beside the built-in ports.
 
-Such a module may set ``DTYPES`` (default ``("float32",)``); it is a training port when it
-has ``loss_and_grads``.
+Such a module may set ``DTYPES`` (default ``("float32",)``) and ``REDUCED`` (e.g.
+``("bfloat16",)``, default none); it is a training port when it has ``loss_and_grads``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class Port:
     env: str
     dtypes: tuple[str, ...] = ("float32", "float64")
     setenv: dict = field(default_factory=dict)
+    # Reduced precisions it also runs (``ports._api.REDUCED``): golden and fixture cases only,
+    # at BF16 sizes (conformance.collect), with their own bounds; never training.
+    reduced: tuple[str, ...] = ()
     training: bool = False  # has loss_and_grads / train_steps / dropout (the float64 NumPy
                             # reference is what the others are compared with: not itself)
     compiles: bool = False  # compiles each case before running it (XLA): the longest ports
@@ -65,7 +68,7 @@ def external(name: str, module: str | None = None) -> Port:
             raise ValueError(f"port {name}: module {mod.__name__} has no {needed}() (see "
                              f"the port protocol, ports._api)")
     dtypes = tuple(getattr(mod, "DTYPES", ("float32",)))
-    return Port(name, mod.__name__, None, dtypes,
+    return Port(name, mod.__name__, None, dtypes, reduced=tuple(getattr(mod, "REDUCED", ())),
                 training=callable(getattr(mod, "loss_and_grads", None)))
 
 
@@ -109,19 +112,21 @@ class Registry(dict):
 _KERAS = {"keras": "SQUEEZENET_KERAS_VERSION"}
 _JAX = {"jax": "SQUEEZENET_JAX_VERSION", "jaxlib": None}
 _TORCH = {"torch": "SQUEEZENET_TORCH_VERSION"}
+_BF16 = ("bfloat16",)  # computed on the CPU by the framework (docs/deployment.md: which natively)
 BUILT_IN: list[Port] = [
     Port("numpy", "ports.numpy", "core", ("float64",), framework={"numpy": None}),
-    Port("torch", "ports.torch", "torch", training=True, bench="torch",
+    Port("torch", "ports.torch", "torch", reduced=_BF16, training=True, bench="torch",
          framework={**_TORCH, "torchvision": "SQUEEZENET_TORCHVISION_VERSION"}),
     Port("keras-tf", "ports.keras", "keras-tf", setenv={"KERAS_BACKEND": "tensorflow"},
-         training=True, bench="keras",
+         reduced=_BF16, training=True, bench="keras",
          framework={**_KERAS, "tensorflow-cpu": "SQUEEZENET_TF_VERSION", "tensorflow": None}),
     Port("keras-jax", "ports.keras", "keras-jax",
-         setenv={"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}, training=True, compiles=True,
+         setenv={"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}, reduced=_BF16, training=True,
+         compiles=True,
          bench="keras", framework={**_KERAS, **_JAX}),
     Port("keras-torch", "ports.keras", "keras-torch", setenv={"KERAS_BACKEND": "torch"},
-         training=True, bench="keras", framework={**_KERAS, **_TORCH}),
-    Port("flax", "ports.flax", "flax", setenv={"JAX_ENABLE_X64": "1"}, training=True,
+         reduced=_BF16, training=True, bench="keras", framework={**_KERAS, **_TORCH}),
+    Port("flax", "ports.flax", "flax", setenv={"JAX_ENABLE_X64": "1"}, reduced=_BF16, training=True,
          compiles=True, bench="flax", framework={"flax": "SQUEEZENET_FLAX_VERSION", **_JAX}),
     Port("mxnet", "ports.mxnet", "mxnet", training=True, bench="mxnet",
          framework={"mxnet": "SQUEEZENET_MXNET_VERSION"}),
@@ -132,7 +137,7 @@ BUILT_IN: list[Port] = [
     Port("onnxruntime", "conformance.engines.onnxruntime", "onnx", ("float32",),
          bench="onnxruntime",
          framework={"onnxruntime": "SQUEEZENET_ONNXRUNTIME_VERSION", "onnx": None}),
-    Port("openvino", "conformance.engines.openvino", "openvino", ("float32",),
+    Port("openvino", "conformance.engines.openvino", "openvino", ("float32",), reduced=_BF16,
          bench="openvino", framework={"openvino": "SQUEEZENET_OPENVINO_VERSION"}),
     Port("litert", "conformance.engines.litert", "litert", ("float32",), bench="litert",
          framework={"ai-edge-litert": "SQUEEZENET_LITERT_VERSION"}),

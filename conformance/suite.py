@@ -139,8 +139,9 @@ class TraceSuite:
         weights, x, reference = case
         mod = PORTS[self.port].import_module()
         model = mod.load(weights, dtype, fast=(path == "fast"))
-        before = np.asarray(mod.predict(model, x.astype(dtype)))
-        acts = mod.activations(model, x.astype(dtype))
+        x = collect.feed(x, dtype)
+        before = np.asarray(mod.predict(model, x))
+        acts = mod.activations(model, x)
         assert list(acts) == weights.variant.activation_names()
         for name, a in acts.items():
             assert isinstance(a, np.ndarray) and a.shape == reference[name].shape, name
@@ -152,7 +153,7 @@ class TraceSuite:
         assert r["first_divergent"] is None, (
             f"{self.port} {dtype} {path}: first divergent layer {r['first_divergent']} "
             f"{r['layers'][r['first_divergent']]} (threshold {r['threshold']:.1e})")
-        assert np.array_equal(np.asarray(mod.predict(model, x.astype(dtype))), before)
+        assert np.array_equal(np.asarray(mod.predict(model, x)), before)
         np.testing.assert_array_equal(acts["logits"], acts["pool10"])
         assert worst[1] <= r["threshold"], worst
 

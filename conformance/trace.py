@@ -32,17 +32,24 @@ import math
 import numpy as np
 
 
-def roundoffs() -> float:
-    """The trace threshold in unit roundoffs: ``[trace] roundoffs`` of ``tolerances.toml``."""
+def roundoffs(dtype="float32") -> float:
+    """The trace threshold in unit roundoffs: ``[trace] roundoffs`` of ``tolerances.toml``
+    (``roundoffs_bfloat16`` for bfloat16)."""
     from .harness import tolerances_table
 
-    return float(tolerances_table()["trace"]["roundoffs"])
+    table = tolerances_table()["trace"]
+    return float(table["roundoffs_bfloat16" if _name(dtype) == "bfloat16" else "roundoffs"])
+
+
+def _name(dtype) -> str:
+    return dtype if isinstance(dtype, str) else np.dtype(dtype).name
 
 
 def threshold(dtype) -> float:
     """Largest honest ``max_rel`` for a computation in ``dtype``: :func:`roundoffs` unit
-    roundoffs ``u = eps / 2`` of ``dtype``."""
-    return roundoffs() * float(np.finfo(np.dtype(dtype)).eps) / 2
+    roundoffs ``u = eps / 2`` of ``dtype`` (bfloat16: ``eps = 2^-7``, without ml_dtypes)."""
+    eps = 2.0 ** -7 if _name(dtype) == "bfloat16" else float(np.finfo(np.dtype(dtype)).eps)
+    return roundoffs(dtype) * eps / 2
 
 
 def layer_inputs(variant) -> dict[str, tuple[str, ...]]:

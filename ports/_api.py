@@ -19,6 +19,11 @@ computations, tested equal to the plain ones) where it has them and they are fas
 tuned layers give the same network either way.  ``model.variant`` is the model's
 :class:`~ports.spec.Variant`.  ``predict`` returns the pre-softmax scores in the model's
 dtype.  The NumPy reference differs only in its default dtype, float64.
+
+Reduced precision: a port whose framework computes bfloat16 on the CPU (torch, Keras on
+each backend, Flax) also takes ``dtype="bfloat16"`` (:func:`dtype_name`): parameters and
+activations in bfloat16; ``predict`` and ``activations`` take float input and return float32
+arrays (bfloat16 widened exactly: NumPy itself has no bfloat16).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .spec import Variant
 
 BATCH_SIZE = 32
 DTYPES = ("float32", "float64")
+REDUCED = ("bfloat16",)  # the ports that compute it say so (conformance.registry: reduced)
 
 M = TypeVar("M")
 
@@ -65,6 +71,20 @@ def dtype(value) -> np.dtype:
     if dt.name not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES}, got {dt.name}")
     return dt
+
+
+def dtype_name(value, reduced: tuple[str, ...] = REDUCED) -> str:
+    """``value`` (a name, NumPy or ml_dtypes dtype) as one of :data:`DTYPES` or of the
+    ``reduced`` names this port computes (else ``ValueError``), without importing
+    ml_dtypes."""
+    name = value if isinstance(value, str) else \
+        getattr(value, "name", None) or getattr(value, "__name__", None) or str(value)
+    if name in reduced:
+        return name
+    if name in REDUCED:
+        raise ValueError(f"dtype: {name} is not computed by this port (it takes "
+                         f"{', '.join(DTYPES + reduced)})")
+    return dtype(value).name
 
 
 def weights(source, variant: Variant | None = None) -> Weights:

@@ -32,8 +32,13 @@ mxnet           ``hybridize(static_alloc=True, static_shape=True)``, or the same
 chainer         ``using_config('train', False)`` + ``no_backprop_mode``
 =============== ==================================================================
 
-A candidate whose logits disagree with the float64 NumPy reference (the float32 bound of
-``tolerances.toml``, top-5 included) is rejected.  Workers run with glibc's malloc told to
+``PORT@bfloat16`` (every port that computes bfloat16, by default) is the same port loaded
+in bfloat16, its candidates the same modes on a bfloat16 model, timed against ONNX
+Runtime's float32 like the others; the CPU's bfloat16 support (``avx512_bf16``,
+``amx_tile``) is recorded with the machine.
+
+A candidate whose logits disagree with the float64 NumPy reference (the bound of its dtype
+in ``tolerances.toml``, top-5 included) is rejected.  Workers run with glibc's malloc told to
 keep freed memory (``MALLOC_TUNED`` below; ``--system-malloc`` turns that off): by default
 every block above 32 MB is a fresh ``mmap``, so a framework without its own arena pays
 page faults on each large activation of every call, which ONNX Runtime (an arena) never
@@ -69,7 +74,17 @@ from conformance.host import cpu_description
 from conformance.registry import PORTS
 
 from . import peak
-from .config import BATCHES, DEFAULT_PORTS, OUT, QUICK_BATCHES, REFERENCE, SIZE, VARIANT_ID
+from .config import (
+    BATCHES,
+    DEFAULT_PORTS,
+    OUT,
+    QUICK_BATCHES,
+    REFERENCE,
+    SIZE,
+    VARIANT_ID,
+    split,
+    unknown,
+)
 
 # glibc malloc serves every block above 32 MB (its largest mmap threshold) with a fresh mmap
 # and unmaps it on free, so a framework without its own arena page-faults and zeroes every
@@ -171,13 +186,14 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
                           "peak_blas": probe["blas"], "peak_unset_env": probe["unset"]},
               "reference": REFERENCE, "ports": {}, "not_run": {}}
 
-    needed = list(dict.fromkeys(PORTS[p].env for p in [REFERENCE, *ports] if PORTS[p].env
-                                and p not in pythons and PORTS[p].env not in pythons))
+    env = {p: PORTS[split(p)[0]].env for p in [REFERENCE, *ports]}
+    needed = list(dict.fromkeys(env[p] for p in env if env[p] and split(p)[0] not in pythons
+                                and env[p] not in pythons))
     pythons = {**(toxenv.pythons(needed, log) if needed else {}), **pythons}
 
     def python_for(port: str) -> str:  # an environment that could not be built says why
-        p = PORTS[port]
-        return pythons.get(port) or pythons.get(p.env) or toxenv.python(p.env, log)
+        name = split(port)[0]
+        return pythons.get(name) or pythons.get(env[port]) or toxenv.python(env[port], log)
 
     def start(port: str) -> Worker:
         log(f"   starting {port} worker (load, warm up, choose the fastest mode) ...")
@@ -198,7 +214,7 @@ def bench(ports: list[str], pythons: dict[str, str], *, quick: bool, rounds: int
     others = [p for p in ports if p != REFERENCE]
     try:
         for i, port in enumerate(others, 1):
-            log(f"== [{i}/{len(others)}] {port} (env {PORTS[port].env})")
+            log(f"== [{i}/{len(others)}] {port} (env {env[port]})")
             try:
                 w = start(port)
             except Exception as e:
@@ -269,7 +285,8 @@ def _finish(record: dict, info: dict, macs: int, roof: float) -> dict:
     for b in record["batches"].values():
         b["gflops"] = b["images_per_s"] * 2 * macs / 1e9
         b["fraction_of_peak"] = b["gflops"] / roof
-    record.update({"env": PORTS[info["port"]].env, "modes": info["modes"],
+    record.update({"env": PORTS[split(info["port"])[0]].env, "dtype": split(info["port"])[1],
+                   "modes": info["modes"],
                    "trials": info["trials"], "versions": info["versions"],
                    "python": info["python"]})
     return record
@@ -284,7 +301,7 @@ def _print_port(port: str, rec: dict, log) -> None:
 
 def table(result: dict) -> str:
     batches = [str(b) for b in result["batches"]]
-    head = f"{'port':<13}" + "".join(f"{'b' + b + ' img/s':>12}{'xORT':>7}{'%peak':>7}"
+    head = f"{'port':<21}" + "".join(f"{'b' + b + ' img/s':>12}{'xORT':>7}{'%peak':>7}"
                                      for b in batches) + "  mode"
     lines = [head]
     for port, rec in result["ports"].items():
@@ -292,9 +309,9 @@ def table(result: dict) -> str:
                         f"{rec['batches'][b]['ratio_to_onnxruntime']:>7.2f}"
                         f"{100 * rec['batches'][b]['fraction_of_peak']:>7.1f}" for b in batches)
         modes = " / ".join(dict.fromkeys(rec["modes"].values()))
-        lines.append(f"{port:<13}{cells}  {modes}")
+        lines.append(f"{port:<21}{cells}  {modes}")
     for port, why in result["not_run"].items():
-        lines.append(f"{port:<13}  not run: {why[:150]}")
+        lines.append(f"{port:<21}  not run: {why[:150]}")
     return "\n".join(lines)
 
 
@@ -340,7 +357,9 @@ def plot(result: dict, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--ports", default=",".join(DEFAULT_PORTS),
-                        help="comma-separated ports (default: all but the numpy oracle)")
+                        help="comma-separated ports, PORT@bfloat16 for a reduced precision "
+                             "(default: all but the numpy oracle, and each in bfloat16 where "
+                             "it computes it)")
     parser.add_argument("--quick", action="store_true", help="CI: 2 short rounds, no compile")
     parser.add_argument("--rounds", type=int, help="timed rounds per port and batch (default 7)")
     parser.add_argument("--seconds", type=float, help="seconds per timed run (default 1.0)")
@@ -367,9 +386,9 @@ def main(argv=None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # progress shows even through a pipe or a file
         sys.stdout.reconfigure(line_buffering=True)
     ports = [p for p in args.ports.split(",") if p]
-    unknown = [p for p in ports if p not in PORTS]
-    if unknown:
-        parser.error(f"unknown ports {unknown}; known: {', '.join(PORTS)}")
+    wrong = [p for p in ports if unknown(p)]
+    if wrong:
+        parser.error(f"unknown ports {wrong}; known: {', '.join(DEFAULT_PORTS)}")
     pythons = {}
     for item in args.python:
         key, sep, value = item.partition("=")

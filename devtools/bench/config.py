@@ -1,5 +1,6 @@
-"""What the bench measures: SqueezeNet 1.1 (the fast one), 224x224, float32, batch 1 and 32,
-against ONNX Runtime."""
+"""What the bench measures: SqueezeNet 1.1 (the fast one), 224x224, batch 1 and 32, against
+ONNX Runtime's float32; each port in float32, and as ``PORT@bfloat16`` in each reduced
+precision it computes (``conformance.registry``: ``reduced``)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,17 @@ SIZE = 224
 BATCHES = (1, 32)
 QUICK_BATCHES = (1, 4)  # --quick (CI): proves every port runs, batched and not; no timing
 DEFAULT_PORTS = [p for p in PORTS if p != "numpy"]  # the float64 oracle is not meant to be fast
+DEFAULT_PORTS += [f"{p}@{d}" for p in DEFAULT_PORTS for d in PORTS[p].reduced]
+
+
+def split(entry: str) -> tuple[str, str]:
+    """``"torch@bfloat16"`` -> ``("torch", "bfloat16")``; ``"torch"`` -> ``("torch",
+    "float32")``."""
+    port, _, dtype = entry.partition("@")
+    return port, dtype or "float32"
+
+
+def unknown(entry: str) -> bool:
+    """Not a port, or a precision the port does not compute."""
+    port, dtype = split(entry)
+    return port not in PORTS or dtype not in ("float32",) + PORTS[port].reduced

@@ -22,7 +22,7 @@ import numpy as np
 from conformance.registry import PORTS
 
 from .candidates import candidates as all_candidates
-from .config import SIZE, VARIANT_ID
+from .config import SIZE, VARIANT_ID, split
 
 
 def _time_for(run, seconds: float, min_calls: int = 1) -> tuple[int, float]:
@@ -41,7 +41,7 @@ def _versions(port: str) -> dict:
 
     installed = versions()
     return {"python": platform.python_version(), "numpy": np.__version__,
-            **{d: installed[d] for d in PORTS[port].framework if d in installed}}
+            **{d: installed[d] for d in PORTS[split(port)[0]].framework if d in installed}}
 
 
 def worker(port: str, batches: list[int], quick: bool) -> int:
@@ -61,13 +61,14 @@ def worker(port: str, batches: list[int], quick: bool) -> int:
         from ports.seeded import seeded_weights
         from ports.spec import Variant
 
-        mod = PORTS[port].import_module()
+        name, dtype = split(port)  # "torch@bfloat16": the torch port in bfloat16
+        mod = PORTS[name].import_module()
         weights = seeded_weights(Variant.from_id(VARIANT_ID))
         images = inputs(SIZE, count=max(batches))
         # every candidate's logits must agree with the float64 oracle, or it is not chosen
         expected = reference.predict(reference.load(weights, "float64"), images)
-        atol, rtol = tolerance(port, "float32")
-        candidates = all_candidates(port, mod, weights, quick)
+        atol, rtol = tolerance(name, dtype, expected=expected)
+        candidates = all_candidates(name, mod, weights, quick, dtype)
         chosen, trials = {}, {}
         for batch in batches:
             x = np.ascontiguousarray(images[:batch])

@@ -1,7 +1,7 @@
 """``tools/trace``: compare implementations layer by layer and name where they part ways.
 
     tools/trace --weights FILE [--against FILE2] [--ports torch,keras-jax,onnxruntime]
-                [--input seeded|IMAGE] [--size 224] [--dtype float32]
+                [--input seeded|IMAGE] [--size 224] [--dtype float32|float64|bfloat16]
                 [--path fast|reference] [--json OUT.json] [--plot OUT.png]
 
 Every port runs in its own tox environment (created on first use, as the matrix does) on
@@ -168,7 +168,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--preprocessing", choices=("caffe", "torchvision"),
                    help="for an image input (default: the weights' metadata)")
     p.add_argument("--size", type=int, default=224, help="side of the seeded input (224)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32",
+                   help="bfloat16: the ports that compute it (default ports), its own threshold")
     p.add_argument("--path", choices=("fast", "reference"), default="fast",
                    help="trace the tuned layers predict uses (fast, default) or the plain "
                         "reference network")
@@ -176,7 +177,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--plot", type=Path, help="plot error against depth here")
     args = p.parse_args(argv)
 
-    default = "numpy" if args.against else ",".join(q for q in PORTS if q != "numpy")
+    computes = (lambda q: True) if args.dtype != "bfloat16" else (
+        lambda q: args.dtype in PORTS[q].reduced)
+    default = "numpy" if args.against else ",".join(
+        q for q in PORTS if q != "numpy" and computes(q))
     ports = [q for q in (args.ports or default).split(",") if q]
     unknown = [q for q in ports if q not in PORTS]
     if unknown:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance.collect import feed
 from conformance.registry import PORTS
 
 
@@ -38,11 +39,12 @@ def trace(port: str, weights, x: np.ndarray, dtype: str, path: str,
     """(activations, notes) of ``port`` on ``x``, in this process."""
     mod = PORTS[port].import_module()
     model = mod.load(weights, dtype, fast=(path == "fast"))
-    acts = mod.activations(model, x.astype(dtype), layers)
+    x = feed(x, dtype)  # float32 for bfloat16: the port rounds it
+    acts = mod.activations(model, x, layers)
     notes: dict = {"path": path, "dtype": dtype}
     effect = getattr(mod, "marking_effect", None)
     if effect is not None:  # an engine: what marking intermediate outputs costs
-        notes.update(effect(model, x.astype(dtype)))
+        notes.update(effect(model, x))
     return acts, notes
 
 

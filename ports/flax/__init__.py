@@ -24,7 +24,7 @@ from ..formats.canonical import Weights, check
 from ..formats.flax import from_state, to_state
 from ..layouts import nchw_to_nhwc
 from . import fast as _fast
-from .network import Fire, SqueezeNet, max_pool
+from .network import Fire, SqueezeNet, jax_dtype, max_pool, to_numpy
 from .trace import activations
 from .train import dropout, loss_and_grads, train_steps
 
@@ -36,7 +36,7 @@ def load(source, dtype="float32", *, variant=None, fast: bool = True) -> Squeeze
     """Model from any supported weights file or :class:`Weights` (``variant``: for a file
     whose shapes cannot tell conv10's padding or a simple bypass)."""
     weights = _api.weights(source, variant)
-    return fill(nnx.merge(*_abstract(fast, weights.variant, _api.dtype(dtype))), weights)
+    return fill(nnx.merge(*_abstract(fast, weights.variant, jax_dtype(dtype))), weights)
 
 
 @lru_cache(maxsize=32)
@@ -57,10 +57,11 @@ def fill(model: SqueezeNet, weights: Weights) -> SqueezeNet:
 
 
 def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
-    """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype."""
+    """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype (a
+    bfloat16 model's as float32)."""
     x = nchw_to_nhwc(as_input(x, model.variant).astype(model.dtype, copy=False))
     run = jitted(model)
-    return np.concatenate([np.asarray(run(jnp.asarray(b))) for b in _api.batches(x, batch_size)])
+    return np.concatenate([to_numpy(run(jnp.asarray(b))) for b in _api.batches(x, batch_size)])
 
 
 def to_weights(model: SqueezeNet, *, preprocessing: str = "none",

@@ -2,7 +2,8 @@
 :class:`Fire`), ``drop9``, ``conv10``; NNX state paths ``conv1/kernel``, ``fire2/squeeze/bias``,
 ..., ``conv10/bias``.  NHWC activations, HWIO kernels, explicit padding (Flax's default
 ``"SAME"`` would change conv1's size), products at ``Precision.HIGHEST`` (no TF32/bf16),
-float32 or float64 (``JAX_ENABLE_X64=1``).  Each named activation passes through
+float32 or float64 (``JAX_ENABLE_X64=1``), or bfloat16 (parameters and
+activations).  Each named activation passes through
 ``record(name, h)`` (the layer trace); :mod:`.fast` subclasses :class:`SqueezeNet`.
 """
 
@@ -24,6 +25,19 @@ def max_pool(x: jax.Array, pool: S.MaxPool = POOL) -> jax.Array:  # [N,H,W,C] ->
     bottom/right edge, padded with -inf (``nnx.max_pool``'s initial value), which never wins."""
     pad = ((0, pool.ceil_extra(x.shape[1])), (0, pool.ceil_extra(x.shape[2])))
     return nnx.max_pool(x, (pool.kernel,) * 2, strides=(pool.stride,) * 2, padding=pad)
+
+
+def jax_dtype(dtype) -> np.dtype:
+    """float32, float64 or bfloat16 (``jnp.bfloat16``, ml_dtypes' NumPy dtype) as a NumPy
+    dtype; anything else: ``ValueError``."""
+    name = _api.dtype_name(dtype)
+    return np.dtype(jnp.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def to_numpy(a) -> np.ndarray:
+    """A JAX array as NumPy in its dtype; bfloat16 widened to float32 (the port protocol)."""
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype == jnp.bfloat16 else a
 
 
 def _conv(in_c: int, out_c: int, kernel: int, dtype, rngs: nnx.Rngs, stride: int = 1,
@@ -70,7 +84,7 @@ class SqueezeNet(nnx.Module):
     def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
                  bypass: str = "none", *, dtype="float32", rngs: nnx.Rngs | None = None) -> None:
         self.variant = v = _api.variant(version, num_classes, final_conv_padding, bypass)
-        self.dtype = dt = _api.dtype(dtype)
+        self.dtype = dt = jax_dtype(dtype)
         if dt == np.float64 and not jax.config.jax_enable_x64:
             raise RuntimeError("float64 in JAX needs JAX_ENABLE_X64=1 (before importing jax)")
         rngs = rngs if rngs is not None else nnx.Rngs(0)

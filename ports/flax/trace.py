@@ -15,12 +15,13 @@ import numpy as np
 from .. import _api
 from .._predict import as_input
 from ..layouts import nchw_to_nhwc, nhwc_to_nchw
-from .network import SqueezeNet
+from .network import SqueezeNet, to_numpy
 
 
 def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
     """``{name: array}`` for ``model.variant.activation_names()`` (or ``layers``), in
-    network order, in the model's dtype, NCHW; ``pool10`` and ``logits`` are ``[N, C]``."""
+    network order, in the model's dtype (bfloat16 widened to float32), NCHW; ``pool10``
+    and ``logits`` are ``[N, C]``."""
     names = _api.activation_names(model.variant, layers)
     out: dict[str, jax.Array] = {}
 
@@ -29,5 +30,5 @@ def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
         return h
 
     model(jnp.asarray(nchw_to_nhwc(as_input(x, model.variant).astype(model.dtype))), keep)
-    return {n: (nhwc_to_nchw if out[n].ndim == 4 else np.array)(np.asarray(out[n]))
+    return {n: (nhwc_to_nchw if out[n].ndim == 4 else np.array)(to_numpy(out[n]))
             for n in names}

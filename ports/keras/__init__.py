@@ -19,7 +19,7 @@ from ..layouts import hwio_to_oihw, nchw_to_nhwc, oihw_to_hwio
 from . import fast as _fast
 from .layers import CeilMaxPooling2D, ExactGlobalAveragePooling2D
 from .network import SqueezeNet
-from .trace import activations
+from .trace import activations, feed, to_numpy
 from .train import dropout, loss_and_grads, train_steps
 
 __all__ = ["SqueezeNet", "CeilMaxPooling2D", "ExactGlobalAveragePooling2D", "load", "fill",
@@ -55,9 +55,10 @@ def to_weights(model: SqueezeNet, *, preprocessing: str = "none",
 
 
 def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
-    """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype.
-    ``predict_on_batch``: inference mode (dropout off), compiled by the backend."""
+    """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype (a
+    bfloat16 model's as float32).  ``predict_on_batch``: inference mode (dropout off),
+    compiled by the backend."""
     x = as_input(x, model.variant)
     return np.concatenate([  # [N,3,H,W] -> [N,H,W,3] -> [N, classes]
-        np.asarray(model.predict_on_batch(nchw_to_nhwc(b).astype(model.inputs[0].dtype)))
+        to_numpy(model.predict_on_batch(feed(model, nchw_to_nhwc(b))))
         for b in _api.batches(x, batch_size)])

@@ -33,7 +33,7 @@ class SqueezeNet(keras.Model):
     def __init__(self, version="1_1", num_classes: int = 1000, final_conv_padding: int = 0,
                  bypass: str = "none", *, dtype="float32", random_init: bool = True) -> None:
         v = _api.variant(version, num_classes, final_conv_padding, bypass)
-        dtype = _api.dtype(dtype).name
+        dtype = _api.dtype_name(dtype)  # float32, float64, bfloat16
         init = "glorot_uniform" if random_init else "zeros"  # glorot: Keras's default
 
         def layer(cls, name: str, *args, **kwargs):  # every layer in the model's dtype

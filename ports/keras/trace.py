@@ -24,6 +24,24 @@ from . import fast
 from .network import SqueezeNet
 
 
+def to_numpy(a) -> np.ndarray:
+    """A backend tensor as NumPy in its dtype; bfloat16 (which NumPy lacks) widened to
+    float32."""
+    a = np.asarray(ops.convert_to_numpy(a))
+    return a.astype(np.float32) if a.dtype.name == "bfloat16" else a
+
+
+def feed(model: SqueezeNet, x_nhwc: np.ndarray) -> np.ndarray:
+    """Float NHWC input in the model's dtype (bfloat16 through ml_dtypes, which Keras
+    requires)."""
+    dtype = model.inputs[0].dtype
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return x_nhwc.astype(ml_dtypes.bfloat16)
+    return x_nhwc.astype(dtype)
+
+
 def layer_names(variant: S.Variant) -> dict[str, str]:
     """Activation name -> the Keras layer whose output it is, in network order: a conv's
     ReLU (conv1 -> ``relu1``; fire convolutions: their own ``activation``), a Fire's sum or
@@ -39,10 +57,11 @@ def layer_names(variant: S.Variant) -> dict[str, str]:
 
 def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
     """``{name: array}`` for ``model.variant.activation_names()`` (or ``layers``), in
-    network order, in the model's dtype; NCHW, ``pool10`` and ``logits`` ``[N, C]``."""
+    network order, in the model's dtype (bfloat16 widened to float32); NCHW, ``pool10``
+    and ``logits`` ``[N, C]``."""
     names = _api.activation_names(model.variant, layers)
     table = layer_names(model.variant)
-    x = nchw_to_nhwc(as_input(x, model.variant)).astype(model.inputs[0].dtype)
+    x = feed(model, nchw_to_nhwc(as_input(x, model.variant)))
     wanted = {n: model.get_layer(table[n]).output for n in names}
     cut = model.mapped_head(len(x)) if isinstance(model, fast.SqueezeNet) else None
     if cut is None:
@@ -60,6 +79,6 @@ def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
             got |= zip(tail, keras.Function(cut_out, [wanted[n] for n in tail])(per_image[0]))
     out = {}
     for n in names:
-        a = np.asarray(ops.convert_to_numpy(got[n]))
+        a = to_numpy(got[n])
         out[n] = nhwc_to_nchw(a) if a.ndim == 4 else a.copy()  # [N,H,W,C] -> [N,C,H,W]
     return out

@@ -15,7 +15,7 @@ from .._predict import as_input
 from ..formats.canonical import Weights, check
 from ..formats.torch import key_table
 from .network import Fire, SqueezeNet
-from .trace import activations
+from .trace import activations, to_numpy
 from .train import dropout, loss_and_grads, train_steps
 
 __all__ = ["SqueezeNet", "Fire", "load", "fill", "predict", "to_weights", "activations",
@@ -39,12 +39,14 @@ def fill(model: SqueezeNet, weights: Weights) -> SqueezeNet:
 
 
 def predict(model: SqueezeNet, x, batch_size: int = _api.BATCH_SIZE) -> np.ndarray:
-    """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype."""
+    """Canonical NCHW input -> logits ``[N, classes]`` as NumPy, in the model's dtype
+    (a bfloat16 model's as float32)."""
     x = as_input(x, model.variant)
     dtype = next(model.parameters()).dtype
     with torch.inference_mode():
-        return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(b)).to(dtype))
-                               .numpy() for b in _api.batches(x, batch_size)])
+        return np.concatenate([to_numpy(model(torch.from_numpy(np.ascontiguousarray(b))
+                                              .to(dtype)))
+                               for b in _api.batches(x, batch_size)])
 
 
 def to_weights(model: SqueezeNet, *, preprocessing: str = "none",

@@ -71,7 +71,7 @@ class SqueezeNet(nn.Module):
             nn.Conv2d(512, v.num_classes, kernel_size=1, padding=v.final_conv_padding),
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d((1, 1)))
-        self.to(getattr(torch, _api.dtype(dtype).name))
+        self.to(getattr(torch, _api.dtype_name(dtype)))  # float32, float64, bfloat16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N,3,H,W] -> [N, classes]
         return torch.flatten(self.classifier(self.features(x)), 1)

@@ -15,6 +15,11 @@ from .._predict import as_input
 from .network import Fire, SqueezeNet
 
 
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as NumPy in its dtype; bfloat16 (which NumPy lacks) widened to float32."""
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def _named_modules(model: SqueezeNet) -> list[tuple[str, torch.nn.Module]]:
     """(activation name, module whose output it is), in network order; a pool is named
     after the layer before it (``pool1`` after conv1, ``pool4`` after fire4)."""
@@ -36,15 +41,16 @@ def _named_modules(model: SqueezeNet) -> list[tuple[str, torch.nn.Module]]:
 
 def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
     """``{name: array}`` for ``model.variant.activation_names()`` (or ``layers``), in
-    network order, in the model's dtype; ``pool10`` and ``logits`` are ``[N, C]``."""
+    network order, in the model's dtype (bfloat16 widened to float32); ``pool10`` and
+    ``logits`` are ``[N, C]``."""
     names = _api.activation_names(model.variant, layers)
     x = as_input(x, model.variant)
     out: dict[str, np.ndarray] = {}
 
     def keeper(name: str):
         def hook(module, inputs, output):
-            out[name] = output.detach().flatten(1).numpy().copy() if name == "pool10" \
-                else output.detach().numpy().copy()
+            out[name] = to_numpy(output.detach().flatten(1) if name == "pool10"
+                                 else output.detach()).copy()
         return hook
 
     handles = [module.register_forward_hook(keeper(name))
@@ -52,7 +58,7 @@ def activations(model: SqueezeNet, x, layers=None) -> dict[str, np.ndarray]:
     dtype = next(model.parameters()).dtype
     try:
         with torch.inference_mode():
-            out["logits"] = model(torch.from_numpy(np.ascontiguousarray(x)).to(dtype)).numpy()
+            out["logits"] = to_numpy(model(torch.from_numpy(np.ascontiguousarray(x)).to(dtype)))
     finally:
         for handle in handles:
             handle.remove()

@@ -12,11 +12,16 @@ from __future__ import annotations
 import importlib
 
 
-def candidates(port: str, mod, weights, quick: bool) -> list:
+def candidates(port: str, mod, weights, quick: bool, dtype: str = "float32") -> list:
+    """(A module's ``candidates`` takes ``dtype`` too when its port computes a reduced
+    precision: the model loaded in it, the input cast by the port, float32 logits out.)"""
     from conformance.registry import PORTS
 
     name = PORTS[port].bench if port in PORTS else None  # its registry record
     if name is None:
-        model = mod.load(weights)
+        model = mod.load(weights, dtype)
         return [("port predict()", lambda x: lambda: mod.predict(model, x))]
-    return importlib.import_module(f"{__name__}.{name}").candidates(port, mod, weights, quick)
+    module = importlib.import_module(f"{__name__}.{name}")
+    if dtype != "float32":
+        return module.candidates(port, mod, weights, quick, dtype)
+    return module.candidates(port, mod, weights, quick)

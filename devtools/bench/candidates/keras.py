@@ -1,27 +1,26 @@
 """Keras 3 (any backend): ``predict_on_batch`` (the backend-compiled predict function) or a
-direct call; on keras-torch also one thread, as for torch."""
+direct call; on keras-torch also one thread, as for torch.  In bfloat16: the model built in
+bfloat16, the input cast once, logits widened to float32."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from ports.layouts import nchw_to_nhwc
 
 
-def candidates(port: str, mod, weights, quick: bool) -> list:
-    model = mod.load(weights)
+def candidates(port: str, mod, weights, quick: bool, dtype: str = "float32") -> list:
+    model = mod.load(weights, dtype)
 
     def keras_batch(x):
-        xh = nchw_to_nhwc(x)
-        return lambda: np.asarray(model.predict_on_batch(xh))
+        xh = mod.feed(model, nchw_to_nhwc(x))
+        return lambda: mod.to_numpy(model.predict_on_batch(xh))
 
     def keras_call(x):
         from keras import ops
 
-        xh = ops.convert_to_tensor(nchw_to_nhwc(x))
-        return lambda: np.asarray(ops.convert_to_numpy(model(xh, training=False)))
+        xh = ops.convert_to_tensor(mod.feed(model, nchw_to_nhwc(x)))
+        return lambda: mod.to_numpy(model(xh, training=False))
 
     out = [("predict_on_batch (compiled)", keras_batch),
            ("model(x, training=False)", keras_call)]

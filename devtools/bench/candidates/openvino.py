@@ -1,13 +1,14 @@
-"""OpenVINO: our ONNX export compiled for the CPU plugin in float32 (``f32`` hint), one
-infer request reused; and the same with the ``LATENCY`` performance hint."""
+"""OpenVINO: our ONNX export compiled for the CPU plugin in float32 (``f32`` hint) or, as
+``openvino@bfloat16``, in its bfloat16 mode (``bf16`` hint), one infer request reused; and the
+same with the ``LATENCY`` performance hint."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def candidates(port: str, mod, weights, quick: bool) -> list:
-    model = mod.load(weights)
+def candidates(port: str, mod, weights, quick: bool, dtype: str = "float32") -> list:
+    model = mod.load(weights, dtype)
 
     def request_of(compiled):
         def make(x):
@@ -19,14 +20,14 @@ def candidates(port: str, mod, weights, quick: bool) -> list:
             return run
         return make
 
-    modes = [("CompiledModel f32, one infer request", request_of(model.compiled))]
+    modes = [(f"CompiledModel {model.hint}, one infer request", request_of(model.compiled))]
     if not quick:
         import openvino as ov
 
         latency = ov.Core().compile_model(model.model, "CPU", {
-            "INFERENCE_PRECISION_HINT": mod.PRECISION, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": model.hint, "PERFORMANCE_HINT": "LATENCY",
             **({"INFERENCE_NUM_THREADS": t} if (t := _threads()) else {})})
-        modes.append(("CompiledModel f32, LATENCY hint", request_of(latency)))
+        modes.append((f"CompiledModel {model.hint}, LATENCY hint", request_of(latency)))
     return modes
 
 

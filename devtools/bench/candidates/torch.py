@@ -1,6 +1,8 @@
 """PyTorch: ``inference_mode``, NCHW or channels-last, at the run's thread count or one
 thread (OpenMP teams stall on a busy machine); a frozen TorchScript trace run by oneDNN Graph
-(conv + ReLU fused); ``torch.compile`` (not in ``--quick``)."""
+(conv + ReLU fused); ``torch.compile`` (not in ``--quick``).  In bfloat16 the same modes on a
+bfloat16 model (oneDNN's bfloat16 kernels where the CPU has them), logits widened to
+float32."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import numpy as np
 import torch
 
 
-def candidates(port: str, mod, weights, quick: bool) -> list:
+def candidates(port: str, mod, weights, quick: bool, dtype: str = "float32") -> list:
     threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
-    model = mod.load(weights).eval()
+    model = mod.load(weights, dtype).eval()
+    as_dtype = next(model.parameters()).dtype
 
     def placed(x, channels_last):
         """(model, input tensor), both channels-last or both as they are."""
-        m, t = model, torch.from_numpy(np.ascontiguousarray(x))
+        m, t = model, torch.from_numpy(np.ascontiguousarray(x)).to(as_dtype)
         if channels_last:
             m = copy.deepcopy(model).to(memory_format=torch.channels_last)
             t = t.contiguous(memory_format=torch.channels_last)
@@ -28,7 +31,7 @@ def candidates(port: str, mod, weights, quick: bool) -> list:
             if torch.get_num_threads() != n:
                 torch.set_num_threads(n)
             with mode():
-                return f(t).numpy()
+                return mod.to_numpy(f(t))
         return run
 
     def eager(x, channels_last=False, compiled=False, n=threads):
