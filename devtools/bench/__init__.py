@@ -79,6 +79,7 @@ from .config import (
     DEFAULT_PORTS,
     OUT,
     QUICK_BATCHES,
+    QUICK_PORTS,
     REFERENCE,
     SIZE,
     VARIANT_ID,
@@ -356,10 +357,10 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--ports", default=",".join(DEFAULT_PORTS),
-                        help="comma-separated ports, PORT@bfloat16 for a reduced precision "
-                             "(default: all but the numpy oracle, and each in bfloat16 where "
-                             "it computes it)")
+    parser.add_argument("--ports", help="comma-separated ports, PORT@bfloat16 for a reduced "
+                                        "precision (default: all but the numpy oracle, and "
+                                        "each in bfloat16 where it computes it; --quick: one "
+                                        "Keras backend in bfloat16)")
     parser.add_argument("--quick", action="store_true", help="CI: 2 short rounds, no compile")
     parser.add_argument("--rounds", type=int, help="timed rounds per port and batch (default 7)")
     parser.add_argument("--seconds", type=float, help="seconds per timed run (default 1.0)")
@@ -385,7 +386,8 @@ def main(argv=None) -> int:
         return worker(args.worker, batches, args.quick)
     if hasattr(sys.stdout, "reconfigure"):  # progress shows even through a pipe or a file
         sys.stdout.reconfigure(line_buffering=True)
-    ports = [p for p in args.ports.split(",") if p]
+    ports = [p for p in (args.ports or ",".join(QUICK_PORTS if args.quick else DEFAULT_PORTS))
+             .split(",") if p]
     wrong = [p for p in ports if unknown(p)]
     if wrong:
         parser.error(f"unknown ports {wrong}; known: {', '.join(DEFAULT_PORTS)}")

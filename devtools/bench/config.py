@@ -18,6 +18,10 @@ BATCHES = (1, 32)
 QUICK_BATCHES = (1, 4)  # --quick (CI): proves every port runs, batched and not; no timing
 DEFAULT_PORTS = [p for p in PORTS if p != "numpy"]  # the float64 oracle is not meant to be fast
 DEFAULT_PORTS += [f"{p}@{d}" for p in DEFAULT_PORTS for d in PORTS[p].reduced]
+# --quick (CI) proves each candidate module in each precision: the Keras backends share one
+# module, so one of them in bfloat16 (keras-torch, the quickest to start) stands for all three
+QUICK_PORTS = [p for p in DEFAULT_PORTS
+               if p not in ("keras-tf@bfloat16", "keras-jax@bfloat16")]
 
 
 def split(entry: str) -> tuple[str, str]:
