@@ -23,12 +23,15 @@ def pytest_generate_tests(metafunc):
     if cls is not None and issubclass(cls, suite.PortSuite) and "case" in metafunc.fixturenames:
         all_cases = collect.cases(cls.port)
         metafunc.parametrize("case", all_cases, ids=[c.id for c in all_cases])
-    if cls is not None and issubclass(cls, suite.TraceSuite):
-        if "trace_dtype" in metafunc.fixturenames:
-            port = PORTS[cls.port]
-            metafunc.parametrize("trace_dtype", port.dtypes + port.reduced)
-        if "trace_path" in metafunc.fixturenames:
-            metafunc.parametrize("trace_path", cls.paths)
+    if cls is not None and issubclass(cls, suite.TraceSuite) \
+            and {"trace_dtype", "trace_path"} <= set(metafunc.fixturenames):
+        # every full dtype on every path; a reduced precision on the path predict takes (its
+        # question is where the precision loses, which the float cases tie to the spec)
+        port = PORTS[cls.port]
+        pairs = [(d, p) for d in port.dtypes for p in cls.paths]
+        pairs += [(d, cls.paths[0]) for d in port.reduced]
+        metafunc.parametrize("trace_dtype,trace_path", pairs,
+                             ids=[f"{d}-{p}" for d, p in pairs])
 
 
 @pytest.fixture(scope="session")

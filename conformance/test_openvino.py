@@ -48,8 +48,25 @@ def test_it_computes_in_float32_whatever_the_cpu_would_choose():
 
 
 def test_float64_is_refused():
-    with pytest.raises(ValueError, match="float32 only"):
+    with pytest.raises(ValueError, match="'float64' not supported \\(float32, bfloat16\\)"):
         ovengine.load(seeded_weights(Variant("1_1")), dtype="float64")
+
+
+def test_bfloat16_is_the_plugins_bf16_mode_and_says_so():
+    """``dtype="bfloat16"`` compiles with the ``bf16`` hint; the precision recorded is what the
+    compiled model reports (``bf16`` on this project's CPUs with AVX512-BF16; a CPU without
+    it would report ``f32``, which collect turns into an error), and its logits move by
+    bfloat16's rounding, not float32's."""
+    w = seeded_weights(Variant("1_1"))
+    model = ovengine.load(w, dtype="bfloat16")
+    assert model.hint == "bf16"
+    assert ovengine.precision(model) == str(
+        model.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+    x, expected = inputs(227)[:2], golden.load("1_1-p0-none", 227)[:2]
+    err = np.abs(ovengine.predict(model, x) - expected).max() / np.abs(expected).max()
+    f32 = np.abs(ovengine.predict(ovengine.load(w), x) - expected).max() / np.abs(expected).max()
+    if ovengine.precision(model) == "bf16":
+        assert 1e-4 < err < 8 * 2.0 ** -8 and f32 < 1e-5, (err, f32)
 
 
 def test_a_one_percent_error_in_one_tensor_fails():

@@ -38,3 +38,16 @@ def test_the_first_processor_is_read(tmp_path):
 def test_without_cpuinfo_the_platform_names_the_cpu(tmp_path):
     found = host.cpu_description(tmp_path / "missing")
     assert found["cpu_id"] == "?/?" and found["simd"] == [] and found["cpu"]
+
+
+def test_bench_entries_name_a_port_and_a_precision_it_computes():
+    """``PORT@bfloat16`` is the port in bfloat16 (issue 31); a precision the port does not
+    compute is unknown; --quick keeps one Keras backend in bfloat16."""
+    from devtools.bench.config import DEFAULT_PORTS, QUICK_PORTS, split, unknown
+
+    assert split("torch@bfloat16") == ("torch", "bfloat16")
+    assert split("torch") == ("torch", "float32")
+    assert not unknown("openvino@bfloat16") and not unknown("chainer")
+    assert unknown("mxnet@bfloat16") and unknown("onnxruntime@bfloat16") and unknown("nope")
+    assert {"torch@bfloat16", "flax@bfloat16", "openvino@bfloat16"} <= set(DEFAULT_PORTS)
+    assert "keras-torch@bfloat16" in QUICK_PORTS and "keras-tf@bfloat16" not in QUICK_PORTS

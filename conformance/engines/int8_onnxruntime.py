@@ -28,7 +28,6 @@ become ``QLinearConv`` (``tools/int8`` measures both).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +42,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from conformance.engines.onnxruntime import session  # ORT_ENABLE_ALL fuses QDQ pairs
 from conformance.quantized import QuantizedRun
 from ports.formats import onnx as onnx_format
 from ports.spec import Variant
@@ -78,19 +78,6 @@ def quantize(float_onnx, out_path, calibration, *, per_channel: bool = True,
                     quant_format=QuantFormat.QDQ, activation_type=kinds[activations],
                     weight_type=QuantType.QInt8, per_channel=per_channel,
                     calibrate_method=CalibrationMethod.MinMax)
-
-
-def session(model_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session with all graph optimisations (ORT fuses the QDQ pairs into int8
-    kernels); ``threads``: intra-op threads (default ``$OMP_NUM_THREADS`` or ORT's)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, sess_options=opts,
-                                providers=["CPUExecutionProvider"])
 
 
 @dataclass
