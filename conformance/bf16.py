@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 2.0 ** -7   # bfloat16 machine epsilon
+from ports._api import BFLOAT16_EPS
+
+EPS = BFLOAT16_EPS  # bfloat16 machine epsilon
 U = EPS / 2       # unit roundoff
 
 
@@ -76,6 +78,7 @@ def logit_error(logits: np.ndarray, expected: np.ndarray) -> float:
 def main() -> int:
     """Measure the emulation over every golden case: the worst logit error (in ``u`` of the
     case's largest |logit|), top-1 agreement and the worst layer of the trace."""
+    from ports import numpy as ref
     from ports.seeded import seeded_weights
     from ports.spec import Variant
 
@@ -93,8 +96,6 @@ def main() -> int:
             err = logit_error(acts["logits"], expected) / U
             top1 += int((acts["logits"].argmax(1) == expected.argmax(1)).sum())
             images += len(x)
-            from ports import numpy as ref
-
             layers = compare(ref.activations(ref.load(weights), x), acts, "float64")["layers"]
             name, rel = max(((k, v["max_rel"]) for k, v in layers.items()), key=lambda t: t[1])
             print(f"{vid}@{size}: logits {err:.2f} u of max |logit|; worst layer {name} "

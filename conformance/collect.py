@@ -20,7 +20,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from ports._api import REDUCED
+from ports._api import DTYPES, REDUCED
 from ports.seeded import seeded_weights
 from ports.spec import Variant
 
@@ -91,7 +91,7 @@ SAME_PRECISION = {"float32": {"float32", "f32"}, "float64": {"float64", "f64"},
 def feed(x: np.ndarray, dtype: str) -> np.ndarray:
     """The input a port is given for a case in ``dtype``: in that dtype, or float32 for a
     reduced precision (NumPy has none: the port rounds it, ``ports._api``)."""
-    return x.astype(dtype if dtype in ("float32", "float64") else "float32")
+    return x.astype(dtype if dtype in DTYPES else "float32")
 
 
 @cache

@@ -16,10 +16,12 @@ from pathlib import Path
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
-def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo"),
+                    wanted: tuple[str, ...] = SIMD_FLAGS) -> dict:
     """``{"cpu": model name, "cpu_id": "family/model", "simd": [...]}`` from /proc/cpuinfo:
     the same model name ("AMD EPYC") covers generations with and without AVX-512, and the
-    ports' ratios to ONNX Runtime differ between them."""
+    ports' ratios to ONNX Runtime differ between them; ``simd``: those of ``wanted`` the CPU
+    has."""
     fields: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text().splitlines():
@@ -32,7 +34,7 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     flags = set(fields.get("flags", "").split())
     return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
             "cpu_id": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
-            "simd": [f for f in SIMD_FLAGS if f in flags]}
+            "simd": [f for f in wanted if f in flags]}
 
 
 @cache

@@ -93,15 +93,11 @@ def metrics(reference: np.ndarray, actual: np.ndarray, step: float) -> dict:
     if nonfinite:
         return {"cosine": math.nan, "snr_db": math.nan, "max_abs": math.nan,
                 "max_steps": math.nan, "nonfinite": nonfinite}
-    diff = act - ref
-    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
-    norms = float(np.linalg.norm(ref)) * float(np.linalg.norm(act))
-    cosine = float(ref.ravel() @ act.ravel() / norms) if norms else \
-        (1.0 if max_abs == 0 else 0.0)
-    noise, signal = float(np.square(diff).sum()), float(np.square(ref).sum())
-    snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal else -math.inf)
-    return {"cosine": cosine, "snr_db": snr, "max_abs": max_abs,
-            "max_steps": max_abs / step, "nonfinite": 0}
+    from .trace import layer_metrics  # the layer trace's cosine, SNR and max abs
+
+    m = layer_metrics(ref, act)
+    return {"cosine": m["cosine"], "snr_db": m["snr_db"], "max_abs": m["max_abs"],
+            "max_steps": m["max_abs"] / step, "nonfinite": 0}
 
 
 def against_float(run: QuantizedRun, floats: dict[str, np.ndarray],

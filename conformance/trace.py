@@ -31,6 +31,8 @@ import math
 
 import numpy as np
 
+from ports._api import BFLOAT16_EPS, dtype_name
+
 
 def roundoffs(dtype="float32") -> float:
     """The trace threshold in unit roundoffs: ``[trace] roundoffs`` of ``tolerances.toml``
@@ -38,17 +40,13 @@ def roundoffs(dtype="float32") -> float:
     from .harness import tolerances_table
 
     table = tolerances_table()["trace"]
-    return float(table["roundoffs_bfloat16" if _name(dtype) == "bfloat16" else "roundoffs"])
-
-
-def _name(dtype) -> str:
-    return dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return float(table["roundoffs_bfloat16" if dtype_name(dtype) == "bfloat16" else "roundoffs"])
 
 
 def threshold(dtype) -> float:
     """Largest honest ``max_rel`` for a computation in ``dtype``: :func:`roundoffs` unit
     roundoffs ``u = eps / 2`` of ``dtype`` (bfloat16: ``eps = 2^-7``, without ml_dtypes)."""
-    eps = 2.0 ** -7 if _name(dtype) == "bfloat16" else float(np.finfo(np.dtype(dtype)).eps)
+    eps = BFLOAT16_EPS if dtype_name(dtype) == "bfloat16" else float(np.finfo(np.dtype(dtype)).eps)
     return roundoffs(dtype) * eps / 2
 
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -57,22 +56,15 @@ def bounds() -> dict:
 
 
 def cpu() -> dict:
-    """``lscpu``'s model name and which int8/bf16 extensions /proc/cpuinfo lists."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                      if line.startswith("Model name")), "?")
-    except OSError:
-        model = "?"
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        flags = set()
+    """The CPU's model name and which int8/bf16 extensions it has (``/proc/cpuinfo``, as the
+    suite's records and the bench read it: :func:`conformance.host.cpu_description`)."""
     import os
 
-    return {"model": model, "cores": os.cpu_count(),
-            "flags": {f: f in flags for f in CPU_FLAGS}}
+    from conformance.host import cpu_description
+
+    described = cpu_description(wanted=CPU_FLAGS)
+    return {"model": described["cpu"], "cores": os.cpu_count(),
+            "flags": {f: f in described["simd"] for f in CPU_FLAGS}}
 
 
 class Engine:

@@ -38,6 +38,7 @@ from .spec import Variant
 BATCH_SIZE = 32
 DTYPES = ("float32", "float64")
 REDUCED = ("bfloat16",)  # the ports that compute it say so (conformance.registry: reduced)
+BFLOAT16_EPS = 2.0 ** -7  # its machine epsilon (8 significant bits), which NumPy cannot give
 
 M = TypeVar("M")
 
@@ -85,6 +86,13 @@ def dtype_name(value, reduced: tuple[str, ...] = REDUCED) -> str:
         raise ValueError(f"dtype: {name} is not computed by this port (it takes "
                          f"{', '.join(DTYPES + reduced)})")
     return dtype(value).name
+
+
+def widened(a) -> np.ndarray:
+    """``a`` as a NumPy array in its dtype, bfloat16 (an ml_dtypes array, which NumPy cannot
+    compute with) widened exactly to float32: what ``predict`` and ``activations`` return."""
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype.name == "bfloat16" else a
 
 
 def weights(source, variant: Variant | None = None) -> Weights:

@@ -33,14 +33,15 @@ lowest code (-128, the zero point: 0.0 after a ReLU), exact for a max pool of Re
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_quantizer import quantizer, recipe
 from ai_edge_quantizer.utils import qsv_utils
 
+from conformance.engines import litert
 from conformance.quantized import QuantizedRun
 from ports.formats import tflite
 from ports.layouts import nchw_to_nhwc, nhwc_to_nchw, ohwi_to_oihw
@@ -86,9 +87,8 @@ def quantize(float_tflite: bytes, out_path, calibration, *,
 def interpreter(path, *, threads: int | None = None, keep_tensors: bool = False):
     """An interpreter of the file at ``path`` (``threads``: default ``$OMP_NUM_THREADS`` or
     1; ``keep_tensors``: every intermediate tensor stays readable, the trace)."""
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1
-    interp = Interpreter(model_path=str(path), num_threads=threads,
-                         experimental_preserve_all_tensors=keep_tensors)
+    interp = litert.interpreter(Path(path).read_bytes(), threads=threads,
+                                keep_tensors=keep_tensors)
     interp.allocate_tensors()
     return interp
 

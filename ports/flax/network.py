@@ -36,8 +36,7 @@ def jax_dtype(dtype) -> np.dtype:
 
 def to_numpy(a) -> np.ndarray:
     """A JAX array as NumPy in its dtype; bfloat16 widened to float32 (the port protocol)."""
-    a = np.asarray(a)
-    return a.astype(np.float32) if a.dtype == jnp.bfloat16 else a
+    return _api.widened(a)
 
 
 def _conv(in_c: int, out_c: int, kernel: int, dtype, rngs: nnx.Rngs, stride: int = 1,

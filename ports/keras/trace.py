@@ -27,8 +27,7 @@ from .network import SqueezeNet
 def to_numpy(a) -> np.ndarray:
     """A backend tensor as NumPy in its dtype; bfloat16 (which NumPy lacks) widened to
     float32."""
-    a = np.asarray(ops.convert_to_numpy(a))
-    return a.astype(np.float32) if a.dtype.name == "bfloat16" else a
+    return _api.widened(ops.convert_to_numpy(a))
 
 
 def feed(model: SqueezeNet, x_nhwc: np.ndarray) -> np.ndarray:
